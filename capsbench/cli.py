@@ -1,0 +1,150 @@
+"""The ``capsbench`` command.
+
+Exit codes: 0 success; 1 a run failed (the others still finished); 2 bad input
+(spec, arguments, missing data, corrupt file) with a one-line message; 130
+interrupted. ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from capsbench.errors import UserError, did_you_mean
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="capsbench", description="How capsule networks scale with depth: run, validate and compare specs."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run every run of a spec (finished runs are skipped, interrupted ones resume)")
+    run.add_argument("spec", help="a YAML spec, e.g. specs/quickstart.yaml")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="override spec keys, e.g. train.epochs=2")
+    run.add_argument("--out", help="folder for run directories (default: output.dir of the spec, 'runs')")
+    run.add_argument("--executor", default=None, help="where runs execute (default: executor.name, 'local')")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    validate = sub.add_parser("validate", help="validate spec files or folders of specs")
+    validate.add_argument("paths", nargs="+", help="spec files or folders (searched for *.yaml)")
+    validate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    lister = sub.add_parser("list", help="list registered components, one name per line")
+    lister.add_argument("kind", help="routings, models, backbones, datasets, losses, metrics, optimizers or schedulers")
+    lister.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    prepare = sub.add_parser("prepare", help="download and verify every data set a spec needs (for offline nodes)")
+    prepare.add_argument("spec")
+    prepare.add_argument("overrides", nargs="*", metavar="key=value")
+    prepare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from capsbench import spec
+    from capsbench.executors import get_executor
+
+    runs = spec.load(args.spec, args.overrides)
+    out = Path(args.out or runs[0].config.output.dir)
+    executor = get_executor(args.executor or str(runs[0].config.executor.name), quiet=args.quiet)
+    records = executor.run_all(runs, out)
+    from capsbench.summary import print_summary
+
+    print_summary(records)
+    return EXIT_OK if all(r.get("status") == "ok" for r in records) else EXIT_RUN_FAILED
+
+
+def _spec_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*.yaml") if not p.name.startswith(".")))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such spec file or folder")
+    return files
+
+
+def cmd_validate(args) -> int:
+    from capsbench import spec
+
+    files = _spec_files(args.paths)
+    if not files:
+        raise UserError(f"{', '.join(args.paths)}: no *.yaml spec files found")
+    bad = 0
+    checked_routings: set[str] = set()
+    for path in files:
+        try:
+            runs = spec.load(path)
+            for run in runs:
+                key = (run.config.model.routing, tuple(sorted(run.config.model.routing_options)))
+                if key not in checked_routings:
+                    spec.check_routing_options(run.config)
+                    checked_routings.add(key)
+            print(f"ok     {path} ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+        except UserError as exc:
+            bad += 1
+            print(f"error  {path}: {exc}", file=sys.stderr)
+    return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
+def cmd_list(args) -> int:
+    from capsbench.registry import REGISTRIES
+
+    if args.kind not in REGISTRIES:
+        raise UserError(
+            f"list: unknown kind '{args.kind}'{did_you_mean(args.kind, REGISTRIES)}; "
+            f"expected one of: {', '.join(REGISTRIES)}"
+        )
+    for name in REGISTRIES[args.kind].names():
+        print(name)
+    return EXIT_OK
+
+
+def cmd_prepare(args) -> int:
+    import json
+
+    from capsbench import spec
+    from capsbench.data import prepare
+    from omegaconf import OmegaConf
+
+    seen = set()
+    for run in spec.load(args.spec, args.overrides):
+        key = json.dumps(OmegaConf.to_container(run.config.data), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        for line in prepare(run.config.data):
+            print(line)
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "prepare": cmd_prepare}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted: finished epochs are saved; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

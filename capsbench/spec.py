@@ -1,0 +1,454 @@
+"""Specs: YAML -> validated run configs.
+
+A spec is a YAML file whose keys follow ``capsbench.config.RunConfig``, plus
+- ``extends: path.yaml`` (or a list): files it builds on, resolved relative to the spec;
+- ``sweep: {dotted.key: [values...]}``: a grid, expanded into one run per point
+  (the cartesian product, in the order written).
+CLI overrides (``key=value``, the value parsed as YAML) apply after inheritance;
+overriding a swept key fixes it.
+
+Example::
+
+    runs = load("specs/em_depth_sweep.yaml", ["train.epochs=2"])
+    runs[0].config.model.depth, runs[0].spec_hash, runs[0].label
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import itertools
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from capsbench.config import NON_RESULT_KEYS, RunConfig
+from capsbench.errors import SpecError, UserError, did_you_mean
+
+SPEC_KEYS = ("extends", "sweep")  # keys of a spec file that are not run-config keys
+
+
+@dataclass
+class RunSpec:
+    """One fully resolved run of a spec."""
+
+    config: DictConfig  # typed, validated RunConfig
+    spec_hash: str  # sha256 of the result-relevant config (seed excluded)
+    point: dict[str, Any]  # the sweep values of this run ({} without a sweep)
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.seed)
+
+    @property
+    def run_id(self) -> str:
+        """Unique per (spec hash, seed): the key of a result record."""
+        return f"{self.spec_hash[:12]}-s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        """A folder name a person can read: the swept values, then a short hash."""
+        parts = [f"{key.split('.')[-1]}{_short(value)}" for key, value in self.point.items() if key != "seed"]
+        parts.append(f"seed{self.seed}")
+        return "-".join(parts + [self.spec_hash[:8]])
+
+
+def _short(value: Any) -> str:
+    text = str(value).replace("/", "_").replace(" ", "")
+    return text[:24]
+
+
+# ----------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (YAML 1.1 wants 1.0e-3) and rejects duplicate keys."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}'", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{where}: malformed YAML: {problem}") from None
+
+
+def read_yaml_file(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read spec file ({exc.__class__.__name__}: {exc})") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec must be a YAML mapping of keys, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- inheritance
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("sweep",):
+            out[key] = _deep_merge(out[key], value)
+        elif key == "sweep" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """Read a spec file and everything it ``extends``, merged (the extending file wins)."""
+    path = Path(path).resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise SpecError(f"{path}: 'extends' forms a cycle: {cycle}")
+    data = read_yaml_file(path)
+    parents = data.pop("extends", None)
+    if parents is None:
+        parents = []
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise SpecError(f"{path}: extends: expected a file path or a list of paths, got {parents!r}")
+    merged: dict = {}
+    for parent in parents:
+        parent_path = (path.parent / parent).resolve()
+        if not parent_path.exists():
+            raise SpecError(f"{path}: extends: file '{parent}' not found (looked for {parent_path})")
+        merged = _deep_merge(merged, resolve_file(parent_path, (*_chain, path)))
+    return _deep_merge(merged, data)
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=2"`` -> ``("train.epochs", 2)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"override '{text}': expected key=value, e.g. train.epochs=2")
+    value = parse_yaml(raw, f"override {key}") if raw.strip() else None
+    return key, value
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"{'.'.join(parts[: i + 1])}: is a value, cannot set '{key}' inside it")
+        node = child
+    node[parts[-1]] = value
+
+
+def _flatten_sweep(sweep: Any, source: str) -> dict[str, list]:
+    if sweep is None:
+        return {}
+    if not isinstance(sweep, dict):
+        raise SpecError(f"{source}: sweep: expected a mapping of dotted keys to lists, got {sweep!r}")
+    flat: dict[str, list] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+            elif isinstance(value, list) and value:
+                flat[dotted] = value
+            else:
+                raise SpecError(f"{source}: sweep.{dotted}: expected a non-empty list of values, got {value!r}")
+
+    walk(sweep, "")
+    return flat
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _expected(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_expected(a) for a in args) + " or null"
+    if origin is dict:
+        return "a mapping"
+    if origin is list:
+        return f"a list of {_expected(typing.get_args(tp)[0])}" if typing.get_args(tp) else "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` coerced to ``tp`` (int -> float only) or raise SpecError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except SpecError:
+                pass
+        raise _type_error(key, value, tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(key, value, tp)
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _type_error(key, value, tp)
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, item_tp, f"{key}[{i}]") if item_tp is not Any else v for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _type_error(key, value, tp)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(key, value, tp)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(key, value, tp)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _type_error(key, value, tp)
+        return value
+    return value
+
+
+def _type_error(key: str, value: Any, tp: Any) -> SpecError:
+    return SpecError(f"{key}: expected {_expected(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _validate_section(data: Any, cls: type, prefix: str) -> dict:
+    """Check ``data`` against dataclass ``cls``: unknown keys and types, recursively."""
+    where = prefix.rstrip(".") or "spec"
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise SpecError(
+                f"{prefix}{key}: unknown key{did_you_mean(str(key), names)}; "
+                f"expected one of: {', '.join(names)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            out[key] = _validate_section(value if value is not None else {}, tp, f"{prefix}{key}.")
+        else:
+            out[key] = _check_type(value, tp, f"{prefix}{key}")
+    return out
+
+
+def _check_range(cfg: DictConfig) -> None:
+    """Value checks types cannot express."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+
+    def need(ok: bool, key: str, expected: str, value: Any) -> None:
+        if not ok:
+            raise SpecError(f"{key}: expected {expected}, got {value!r}")
+
+    need(m.depth >= 0, "model.depth", "an integer >= 0 (extra ConvCaps layers)", m.depth)
+    need(m.capsule_types >= 1, "model.capsule_types", "an integer >= 1", m.capsule_types)
+    need(m.primary_types >= 1, "model.primary_types", "an integer >= 1", m.primary_types)
+    need(m.pose_dim >= 1, "model.pose_dim", "an integer >= 1", m.pose_dim)
+    need(m.iterations >= 1, "model.iterations", "an integer >= 1", m.iterations)
+    need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
+    need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
+    need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)
+    need(t.amp in ("off", "bf16", "fp16"), "train.amp", "one of off, bf16, fp16", t.amp)
+    need(t.optimizer.lr > 0, "train.optimizer.lr", "a number > 0", t.optimizer.lr)
+    need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "a number > 0 or null", t.grad_clip)
+    need(
+        t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
+        "train.max_steps_per_epoch", "an integer >= 1 or null", t.max_steps_per_epoch,
+    )
+    need(d.subset is None or d.subset >= 1, "data.subset", "an integer >= 1 or null", d.subset)
+    need(d.test_subset is None or d.test_subset >= 1, "data.test_subset", "an integer >= 1 or null", d.test_subset)
+    need(d.val_size >= 0, "data.val_size", "a fraction in [0, 1) or a count >= 1", d.val_size)
+    need(d.image_size is None or d.image_size >= 4, "data.image_size", "an integer >= 4 or null", d.image_size)
+    need(0 <= cfg.metrics.dead_threshold <= 1, "metrics.dead_threshold", "a number in [0, 1]", cfg.metrics.dead_threshold)
+    need(cfg.metrics.grad_norm_every >= 1, "metrics.grad_norm_every", "an integer >= 1", cfg.metrics.grad_norm_every)
+    need(cfg.executor.name in ("local", "slurm"), "executor.name", "one of local, slurm", cfg.executor.name)
+    need(cfg.executor.jobs >= 1, "executor.jobs", "an integer >= 1", cfg.executor.jobs)
+    dev = str(cfg.device)
+    need(
+        dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+        "device", "auto, cpu, cuda, cuda:N or mps", dev,
+    )
+
+
+def _check_names(cfg: DictConfig) -> None:
+    """Registry names: did-you-mean on misspellings."""
+    from capsbench.registry import BACKBONES, DATASETS, LOSSES, MODELS, OPTIMIZERS, ROUTINGS, SCHEDULERS
+
+    MODELS.check(cfg.model.arch, "model.arch")
+    ROUTINGS.check(cfg.model.routing, "model.routing")
+    BACKBONES.check(cfg.model.backbone, "model.backbone")
+    DATASETS.check(cfg.data.name, "data.name")
+    if cfg.train.loss is not None:
+        LOSSES.check(cfg.train.loss, "train.loss")
+    OPTIMIZERS.check(cfg.train.optimizer.name, "train.optimizer.name")
+    SCHEDULERS.check(cfg.train.scheduler.name, "train.scheduler.name")
+
+
+def check_routing_options(cfg: DictConfig) -> None:
+    """Unknown routing options are errors: checked against the routing's constructor.
+
+    Imports the routing module (and so torch); ``capsbench validate`` calls it.
+    """
+    from capsbench.registry import ROUTINGS
+
+    routing = ROUTINGS.get(cfg.model.routing)
+    params = inspect.signature(routing.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n in params if n not in ("self", "children", "parents", "pose_dim", "iterations", "in_pose_dim")]
+    for key in cfg.model.routing_options:
+        if key not in accepted:
+            raise SpecError(
+                f"model.routing_options.{key}: unknown option of routing '{cfg.model.routing}'"
+                f"{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted) or '(none)'}"
+            )
+
+
+def build_config(data: dict) -> DictConfig:
+    """Validate a merged spec mapping (without ``extends``/``sweep``) into a typed RunConfig."""
+    clean = _validate_section(data, RunConfig, "")
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(clean))
+    _check_range(cfg)
+    _check_names(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- hash
+
+
+def canonical(cfg: DictConfig) -> dict:
+    """The result-relevant part of a config: everything but ``NON_RESULT_KEYS``."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NON_RESULT_KEYS:
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return data
+
+
+def spec_hash(cfg: DictConfig) -> str:
+    """SHA-256 of the canonical JSON of the result-relevant config (stable across runs and machines)."""
+    text = json.dumps(canonical(cfg), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> list[RunSpec]:
+    """Load, inherit, override, validate and expand a spec into its runs."""
+    path = Path(path)
+    data = resolve_file(path)
+    sweep = _flatten_sweep(data.pop("sweep", None), str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        if key.startswith("sweep."):
+            sweep.update(_flatten_sweep({key[len("sweep."):]: value}, "override"))
+            continue
+        sweep.pop(key, None)  # an override fixes a swept key
+        _set_dotted(data, key, value)
+    if "name" not in data:
+        data["name"] = path.stem
+    return expand(data, sweep, str(path))
+
+
+def expand(data: dict, sweep: dict[str, list], source: str = "spec") -> list[RunSpec]:
+    """One RunSpec per point of the sweep grid (cartesian product, in written order)."""
+    keys = list(sweep)
+    runs = []
+    for values in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
+        point = dict(zip(keys, values))
+        merged = json.loads(json.dumps(data))  # deep copy of plain YAML data
+        for key, value in point.items():
+            _set_dotted(merged, key, value)
+        try:
+            cfg = build_config(merged)
+        except UserError as exc:
+            key = str(exc).split(":")[0].split("[")[0]
+            if any(key == k or key.startswith(k + ".") for k in point):
+                raise SpecError(f"{exc} (sweep point {_point_text(point)} of {source})") from None
+            raise SpecError(f"{exc} (in {source})") from None
+        runs.append(RunSpec(config=cfg, spec_hash=spec_hash(cfg), point=point))
+    seen: dict[str, dict] = {}
+    for run in runs:
+        if run.run_id in seen:
+            raise SpecError(
+                f"{source}: sweep points {_point_text(seen[run.run_id])} and {_point_text(run.point)} "
+                "give the same run (a swept key that does not change results?)"
+            )
+        seen[run.run_id] = run.point
+    return runs
+
+
+def _point_text(point: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)

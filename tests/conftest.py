@@ -1,0 +1,57 @@
+"""Shared test setup: a deterministic hypothesis profile, tiny torch threads, shared data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# CI profile: no deadlines (a loaded 2-core machine must not fail a property test), derandomised
+# (same examples every run), few examples (tiny shapes; each example runs real routing).
+settings.register_profile(
+    "ci",
+    deadline=None,
+    derandomize=True,
+    max_examples=25,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", deadline=None, max_examples=100)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path | None:
+    """The real data sets: $CAPSBENCH_SHARED_DATA, else ../shared/data beside the checkout."""
+    env = os.environ.get("CAPSBENCH_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("real data sets not found: set CAPSBENCH_SHARED_DATA or place them in ../shared/data")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _small_torch():
+    """One intra-op thread per test worker: xdist runs one worker per core."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
