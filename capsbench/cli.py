@@ -43,7 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("spec")
     prepare.add_argument("overrides", nargs="*", metavar="key=value")
     prepare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    bench = sub.add_parser("bench", help="training-step time and peak memory of every run of a spec (JSON lines)")
+    bench.add_argument("spec")
+    bench.add_argument("overrides", nargs="*", metavar="key=value")
+    bench.add_argument("--steps", type=int, default=5, help="timed steps per run (median reported)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def cmd_bench(args) -> int:
+    from capsbench.bench import bench_spec
+
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError("--steps: expected an integer >= 1 (and --warmup >= 0)")
+    results = bench_spec(args.spec, args.overrides, steps=args.steps, warmup=args.warmup)
+    return EXIT_OK if all("error" not in r for r in results) else EXIT_RUN_FAILED
 
 
 def cmd_run(args) -> int:
@@ -127,7 +142,9 @@ def cmd_prepare(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "prepare": cmd_prepare}
+COMMANDS = {
+    "run": cmd_run, "validate": cmd_validate, "list": cmd_list, "prepare": cmd_prepare, "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

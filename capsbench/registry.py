@@ -67,7 +67,13 @@ class Registry:
             )
         obj = self._entries[name]
         if isinstance(obj, str):
-            obj = _import(obj)
+            try:
+                obj = _import(obj)
+            except (ImportError, AttributeError) as exc:
+                raise UserError(
+                    f"{self.kind} '{name}' is registered as '{obj}' ({self._sources[name]}) but cannot be "
+                    f"imported: {exc.__class__.__name__}: {exc}"
+                ) from exc
             self._entries[name] = obj
         return obj
 

