@@ -9,7 +9,6 @@ with the public reference implementation's numbers measured on a 2-core CPU (see
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 

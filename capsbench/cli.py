@@ -127,9 +127,10 @@ def cmd_list(args) -> int:
 def cmd_prepare(args) -> int:
     import json
 
+    from omegaconf import OmegaConf
+
     from capsbench import spec
     from capsbench.data import prepare
-    from omegaconf import OmegaConf
 
     seen = set()
     for run in spec.load(args.spec, args.overrides):
@@ -148,7 +149,14 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`run SPEC --out DIR a=1`); argparse stops at the option
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

@@ -8,7 +8,7 @@ spec hash.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -21,7 +21,7 @@ class ModelConfig:
     primary_types: int = 16  # types of the primary capsules
     pose_dim: int = 16  # 16 = a 4x4 pose matrix
     iterations: int = 3  # routing iterations
-    pose_norm: Optional[bool] = None  # BatchNorm on poses after stacked layers; None = per-method reference
+    pose_norm: bool | None = None  # BatchNorm on poses after stacked layers; None = per-method reference
     residual: bool = False  # skip from the layer two back when shapes match
     checkpointing: bool = False  # activation checkpointing per capsule layer
     routing_options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the routing
@@ -31,12 +31,12 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "digits"  # DATASETS registry
-    root: Optional[str] = None  # None = $CAPSBENCH_DATA, else ~/.cache/capsbench/data
+    root: str | None = None  # None = $CAPSBENCH_DATA, else ~/.cache/capsbench/data
     download: bool = False
-    image_size: Optional[int] = None  # None = the data set's own size
-    subset: Optional[int] = None  # training images kept (stratified, deterministic); None = all
+    image_size: int | None = None  # None = the data set's own size
+    subset: int | None = None  # training images kept (stratified, deterministic); None = all
     val_size: float = 0.1  # validation split carved from training: a fraction (<1) or a count (>=1)
-    test_subset: Optional[int] = None  # test images kept (stratified, deterministic); None = all
+    test_subset: int | None = None  # test images kept (stratified, deterministic); None = all
     normalize: bool = True  # training-set mean and std, computed once and cached
     num_workers: int = 0
     split_seed: int = 0  # seeds subset and validation split, independent of the run seed
@@ -66,15 +66,15 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int = 256
-    loss: Optional[str] = None  # LOSSES registry; None = the routing method's reference loss
+    loss: str | None = None  # LOSSES registry; None = the routing method's reference loss
     loss_options: dict[str, Any] = field(default_factory=dict)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     amp: str = "off"  # off | bf16 | fp16
     compile: bool = False
-    grad_clip: Optional[float] = None  # max global grad norm; None = off
+    grad_clip: float | None = None  # max global grad norm; None = off
     test_every_epoch: bool = False
-    max_steps_per_epoch: Optional[int] = None  # cap for smoke tests; None = whole epoch
+    max_steps_per_epoch: int | None = None  # cap for smoke tests; None = whole epoch
 
 
 @dataclass
@@ -95,7 +95,7 @@ class OutputConfig:
 class ExecutorConfig:
     name: str = "local"  # local | slurm
     jobs: int = 1
-    partition: Optional[str] = None
+    partition: str | None = None
     time_min: int = 240
     gpus: int = 1
     cpus: int = 4

@@ -323,7 +323,8 @@ def _check_range(cfg: DictConfig) -> None:
     need(d.test_subset is None or d.test_subset >= 1, "data.test_subset", "an integer >= 1 or null", d.test_subset)
     need(d.val_size >= 0, "data.val_size", "a fraction in [0, 1) or a count >= 1", d.val_size)
     need(d.image_size is None or d.image_size >= 4, "data.image_size", "an integer >= 4 or null", d.image_size)
-    need(0 <= cfg.metrics.dead_threshold <= 1, "metrics.dead_threshold", "a number in [0, 1]", cfg.metrics.dead_threshold)
+    threshold = cfg.metrics.dead_threshold
+    need(0 <= threshold <= 1, "metrics.dead_threshold", "a number in [0, 1]", threshold)
     need(cfg.metrics.grad_norm_every >= 1, "metrics.grad_norm_every", "an integer >= 1", cfg.metrics.grad_norm_every)
     need(cfg.executor.name in ("local", "slurm"), "executor.name", "one of local, slurm", cfg.executor.name)
     need(cfg.executor.jobs >= 1, "executor.jobs", "an integer >= 1", cfg.executor.jobs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ settings.register_profile("dev", deadline=None, max_examples=100)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Normalisation statistics are cached on disk; keep the suite's caches out of the user's home.
+os.environ.setdefault("CAPSBENCH_CACHE", tempfile.mkdtemp(prefix="capsbench-test-cache-"))
 
 
 def shared_data_dir() -> Path | None:

@@ -116,8 +116,9 @@ def test_hash_is_stable_and_ignores_non_result_keys(tmp_path):
 
 def test_hash_pinned_value(tmp_path):
     """A change of defaults or of the hash recipe changes every leaderboard key: make it visible."""
-    from capsbench.config import RunConfig
     from omegaconf import OmegaConf
+
+    from capsbench.config import RunConfig
 
     cfg = OmegaConf.structured(RunConfig)
     digest = spec.spec_hash(cfg)

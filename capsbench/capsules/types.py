@@ -28,7 +28,7 @@ class Capsules(NamedTuple):
     def spatial(self) -> tuple[int, int]:
         return tuple(self.pose.shape[-2:])
 
-    def check(self) -> "Capsules":
+    def check(self) -> Capsules:
         """Raise ValueError when the two tensors do not describe the same capsules."""
         p, a = self.pose, self.activation
         if p.dim() != 5 or a.dim() != 4 or p.shape[:2] != a.shape[:2] or p.shape[-2:] != a.shape[-2:]:

@@ -16,8 +16,9 @@ D pose dim):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar, NamedTuple, Optional
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -54,13 +55,28 @@ class Routing(nn.Module):
     - ``"receiving_parents"``: every parent in every window that receives the child
       (``geometry.child_sum(coefficients.sum(-1)) == 1``).
     ``loss`` names the reference loss of the method (LOSSES registry).
+
+    The remaining class attributes tell the layers and the model builder how the
+    method's reference implementation wires its capsules (all optional, with defaults):
+    - ``vote_transform``: ``"matrix"`` (vote = child pose 4x4 @ W 4x4, matrix capsules)
+      or ``"linear"`` (a full ``D_in -> D`` map per child and parent, vector capsules);
+    - ``class_caps``: ``"shared"`` (weights shared over positions, coordinate addition)
+      or ``"conv"`` (a kernel the size of the whole feature map, no padding);
+    - ``primary_activation``: ``"sigmoid"`` (a separate activation conv) or ``"length"``
+      (squashed poses whose length is the activation);
+    - ``per_child_parameters``: names of parameters indexed by child along dim 0
+      (permuting the children permutes these; used by the property tests).
     """
 
     normalised_over: ClassVar[str] = "parents"
     loss: ClassVar[str] = "cross_entropy"
     pose_norm: ClassVar[bool] = False  # reference puts a BatchNorm on poses after stacked layers
+    vote_transform: ClassVar[str] = "matrix"
+    class_caps: ClassVar[str] = "shared"
+    primary_activation: ClassVar[str] = "sigmoid"
+    per_child_parameters: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, children: int, parents: int, pose_dim: int, iterations: int = 3, in_pose_dim: Optional[int] = None):
+    def __init__(self, children: int, parents: int, pose_dim: int, iterations: int = 3, in_pose_dim: int | None = None):
         super().__init__()
         self.children_per_window = children
         self.parents = parents

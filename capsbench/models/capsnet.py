@@ -1,0 +1,318 @@
+"""The capsule network of the benchmark, built from a ``ModelConfig``.
+
+Layout (``options.head: paper``, the default, exactly as the paper counts depth)::
+
+    backbone -> PrimaryCaps -> depth x ConvCaps(k3, s1, p1, capsule_types) -> ClassCaps
+
+``depth = 0`` connects the primary capsules straight to the class capsules. With
+``options.head: reference`` the original stem of the method is kept in front of the
+stacked layers: EM and VB add ConvCaps 3x3 stride 2 and 3x3 stride 1 without padding
+(named ``head1``, ``head2``; kind ``conv``); SR-CapsNet's ResNet-20 variant gives the first
+stacked layer stride 2 (8x8 -> 4x4).
+
+``cfg.options`` (all optional):
+- ``head``: ``paper`` | ``reference``
+- ``class_caps``: ``conv`` | ``shared`` (default: the routing's ``class_caps``)
+- ``vote_transform``: ``matrix`` | ``linear`` (default: the routing's ``vote_transform``)
+- ``primary``: overrides of the ``PrimaryCaps`` arguments (``kernel_size``, ``padding``,
+  ``batch_norm``); default: the backbone's ``primary_caps``
+- ``backbone``: keyword arguments of the backbone
+- ``weight_std``: std of the transformation weights (default ``1/sqrt(fan_in)``)
+- ``coordinate_scale``: scale of the coordinate addition in shared class capsules
+- ``keep_coefficients``: keep the last routing coefficients on each layer (default true)
+
+Residual skips (``cfg.residual``, after Gugglberger et al. 2021, ``skip_dist = 2``): the
+output of stacked layer ``k >= 2`` gets the capsules from two layers back (the input of the
+first stacked layer counts as layer 0) when their shapes match. Poses add (no re-squash or
+renormalisation, as in the reference). Activations combine as a probabilistic OR,
+``a + b - a*b``: it stays in [0, 1] without a clamp that would cut the gradient, is never
+below either input, and equals the sum when both are small. Forward hooks on a layer see
+its own routed output, before the skip is added.
+
+Example::
+
+    >>> import torch
+    >>> from capsbench.config import ModelConfig
+    >>> model = build_capsnet(ModelConfig(routing="self", backbone="tiny", depth=2, capsule_types=4,
+    ...                                   primary_types=4), num_classes=10, in_channels=1, image_size=(32, 32))
+    >>> [layer.name for layer in model.capsule_layers], model.reference_loss
+    (['primary', 'conv1', 'conv2', 'class'], 'nll')
+    >>> model(torch.randn(2, 1, 32, 32)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from capsbench.capsules.geometry import window_hw
+from capsbench.capsules.layers import CapsuleLayer, ClassCaps, ConvCaps, PrimaryCaps
+from capsbench.capsules.types import Capsules
+from capsbench.errors import UserError
+from capsbench.registry import BACKBONES, ROUTINGS
+
+OPTIONS = (
+    "head",
+    "class_caps",
+    "vote_transform",
+    "primary",
+    "backbone",
+    "weight_std",
+    "coordinate_scale",
+    "keep_coefficients",
+)
+PRIMARY_OPTIONS = ("kernel_size", "padding", "stride", "batch_norm")
+
+# The extra ConvCaps layers (kernel, stride, padding) of each method's original stem.
+REFERENCE_HEADS: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "em": ((3, 2, 0), (3, 1, 0)),  # yl-1993: ConvCaps1 3x3 s2, ConvCaps2 3x3 s1
+    "vb": ((3, 2, 0), (3, 1, 0)),  # fabio-deep: ConvCaps 3x3 s2, ConvCaps 3x3 s1
+}
+# Backbones after which SR-CapsNet gives its first stacked capsule layer stride 2.
+REFERENCE_FIRST_STRIDE_2 = ("resnet20",)
+_ROUTING_BASE_ARGS = ("self", "children", "parents", "pose_dim", "iterations", "in_pose_dim")
+
+
+class CapsNet(nn.Module):
+    """Backbone + capsule layers; ``forward(x)`` returns class activations ``[N, num_classes]`` in [0, 1]."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        layers: Mapping[str, CapsuleLayer],
+        stacked: list[str],
+        residual: bool,
+        reference_loss: str,
+        routing: str,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.caps = nn.ModuleDict(layers)  # ordered: primary, [head1, head2,] conv1..convN, class
+        for name, layer in self.caps.items():
+            layer.name = name
+        self.stacked = list(stacked)
+        self.residual = residual
+        self.reference_loss = reference_loss
+        self.routing = routing
+        self.depth = len(self.stacked)
+
+    @property
+    def capsule_layers(self) -> list[CapsuleLayer]:
+        """Every capsule layer in forward order; ``layer.name`` and ``layer.kind`` say which."""
+        return list(self.caps.values())
+
+    def forward_capsules(self, x: torch.Tensor) -> Capsules:
+        """The class capsules (pose ``[N, C, D, 1, 1]``, activation ``[N, C, 1, 1]``)."""
+        caps = self.caps["primary"](self.backbone(x))
+        history: list[Capsules] = []  # outputs of layer k-2 and k-1 for the residual skip
+        for name, layer in self.caps.items():
+            if layer.kind == "primary" or layer.kind == "class":
+                continue
+            if name in self.stacked:
+                history.append(caps)  # the input of this layer = output of the previous one
+            out = layer(caps)
+            if self.residual and name in self.stacked and len(history) >= 2:
+                out = _skip(out, history[-2])
+            caps = out
+        return self.caps["class"](caps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_capsules(x).activation.flatten(1)
+
+
+def _skip(out: Capsules, earlier: Capsules) -> Capsules:
+    if out.pose.shape != earlier.pose.shape:
+        return out
+    a, b = out.activation, earlier.activation
+    return Capsules(out.pose + earlier.pose, a + b - a * b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    """A dict from a dict or an OmegaConf DictConfig (resolved)."""
+    if value is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(value, DictConfig):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(value)
+
+
+def _int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{key}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _bool(key: str, value: Any, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool):
+        expected = "true, false or null" if allow_none else "true or false"
+        raise UserError(f"{key}: expected {expected}, got {value!r}")
+    return value
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> Any:
+    if value is not None and value not in choices:
+        raise UserError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _check_routing_options(routing: str, cls: type, options: dict[str, Any]) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    for key in options:
+        if key in _ROUTING_BASE_ARGS:
+            hint = f"set model.{key} instead" if key in ("pose_dim", "iterations") else "the builder sets it"
+            raise UserError(f"model.routing_options.{key}: not a routing option ({hint})")
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = sorted(k for k in params if k not in _ROUTING_BASE_ARGS)
+    for key in options:
+        if key not in params:
+            raise UserError(
+                f"model.routing_options.{key}: unknown option of routing '{routing}'; "
+                f"expected one of: {', '.join(accepted) or '(none)'}"
+            )
+
+
+def _image_hw(image_size: Any) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    h, w = (int(s) for s in image_size)
+    if h < 1 or w < 1:
+        raise UserError(f"data.image_size: expected a positive size, got {image_size!r}")
+    return h, w
+
+
+# ---------------------------------------------------------------------------------------------
+# Builder
+
+
+def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any) -> CapsNet:
+    """Build the capsule network of ``cfg`` (a ``ModelConfig`` or a DictConfig with its fields).
+
+    Raises ``UserError`` naming the key for any bad value.
+    """
+    depth = _int("model.depth", cfg.depth, 0)
+    types = _int("model.capsule_types", cfg.capsule_types, 1)
+    primary_types = _int("model.primary_types", cfg.primary_types, 1)
+    pose_dim = _int("model.pose_dim", cfg.pose_dim, 1)
+    iterations = _int("model.iterations", cfg.iterations, 1)
+    residual = _bool("model.residual", cfg.residual)
+    checkpointing = _bool("model.checkpointing", cfg.checkpointing)
+    pose_norm = _bool("model.pose_norm", cfg.pose_norm, allow_none=True)
+    num_classes = _int("num_classes", num_classes, 1)
+    in_channels = _int("in_channels", in_channels, 1)
+    hw = _image_hw(image_size)
+
+    ROUTINGS.check(cfg.routing, "model.routing")
+    BACKBONES.check(cfg.backbone, "model.backbone")
+    routing_cls = ROUTINGS.get(cfg.routing)
+    routing_options = _plain(cfg.routing_options)
+    _check_routing_options(cfg.routing, routing_cls, routing_options)
+
+    options = _plain(cfg.options)
+    for key in options:
+        if key not in OPTIONS:
+            raise UserError(f"model.options.{key}: unknown option; expected one of: {', '.join(OPTIONS)}")
+    head = _choice("model.options.head", options.get("head", "paper"), ("paper", "reference"))
+    class_mode = _choice("model.options.class_caps", options.get("class_caps"), ("conv", "shared"))
+    transform = _choice("model.options.vote_transform", options.get("vote_transform"), ("matrix", "linear"))
+    transform = transform or getattr(routing_cls, "vote_transform", "matrix")
+    if transform == "matrix" and math.isqrt(pose_dim) ** 2 != pose_dim:
+        raise UserError(
+            f"model.pose_dim: expected a perfect square (16 = a 4x4 pose matrix) for the matrix votes of "
+            f"routing '{cfg.routing}', got {pose_dim}; or set model.options.vote_transform=linear"
+        )
+    primary_options = _plain(options.get("primary"))
+    for key in primary_options:
+        if key not in PRIMARY_OPTIONS:
+            expected = ", ".join(PRIMARY_OPTIONS)
+            raise UserError(f"model.options.primary.{key}: unknown option; expected one of: {expected}")
+    keep = _bool("model.options.keep_coefficients", options.get("keep_coefficients", True))
+    weight_std = options.get("weight_std")
+    bad_std = isinstance(weight_std, bool) or not isinstance(weight_std, int | float) or weight_std <= 0
+    if weight_std is not None and bad_std:
+        raise UserError(f"model.options.weight_std: expected a positive number or null, got {weight_std!r}")
+
+    try:
+        backbone = BACKBONES.get(cfg.backbone)(in_channels=in_channels, **_plain(options.get("backbone")))
+    except TypeError as exc:
+        raise UserError(f"model.options.backbone: bad arguments for backbone '{cfg.backbone}': {exc}") from None
+    grid = _backbone_grid(backbone, in_channels, hw, cfg.backbone)
+
+    routed = dict(
+        routing=routing_cls,
+        pose_dim=pose_dim,
+        iterations=iterations,
+        vote_transform=transform,
+        weight_std=weight_std,
+        checkpointing=checkpointing,
+        keep_coefficients=keep,
+        **routing_options,
+    )
+    layers: dict[str, CapsuleLayer] = {}
+    primary_kw = {**getattr(backbone, "primary_caps", {}), **primary_options}
+    primary_kw.setdefault("activation", getattr(routing_cls, "primary_activation", "sigmoid"))
+    layers["primary"] = PrimaryCaps(backbone.out_channels, primary_types, pose_dim, **primary_kw)
+    kernel = primary_kw.get("kernel_size", 3)
+    padding = primary_kw.get("padding")
+    grid = _fit(grid, kernel, primary_kw.get("stride", 1), kernel // 2 if padding is None else padding, "primary")
+
+    in_types = primary_types
+    convs: list[tuple[str, int, int, int]] = []
+    if head == "reference":
+        convs += [(f"head{n}", k, s, p) for n, (k, s, p) in enumerate(REFERENCE_HEADS.get(cfg.routing, ()), 1)]
+    first_stride = 2 if head == "reference" and cfg.backbone in REFERENCE_FIRST_STRIDE_2 else 1
+    convs += [(f"conv{n}", 3, first_stride if n == 1 else 1, 1) for n in range(1, depth + 1)]
+    for name, k, s, p in convs:
+        grid = _fit(grid, k, s, p, name)
+        layers[name] = ConvCaps(in_types, types, k, s, p, pose_norm=pose_norm, **routed)
+        in_types = types
+
+    try:
+        layers["class"] = ClassCaps(
+            in_types, num_classes, in_hw=grid, mode=class_mode, coordinate_scale=options.get("coordinate_scale", 1.0),
+            **routed,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UserError(f"model: cannot build the class capsules: {exc}") from None
+    stacked = [name for name, *_ in convs if name.startswith("conv")]
+    return CapsNet(backbone, layers, stacked, residual, getattr(routing_cls, "loss", "cross_entropy"), cfg.routing)
+
+
+def _backbone_grid(backbone: nn.Module, in_channels: int, hw: tuple[int, int], name: str) -> tuple[int, int]:
+    """The feature grid the backbone leaves for an ``hw`` image (one dummy forward, no state change)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros(1, in_channels, *hw))
+    except RuntimeError as exc:
+        raise UserError(
+            f"data.image_size: a {hw[0]}x{hw[1]} image is too small for backbone '{name}' ({exc})"
+        ) from None
+    finally:
+        backbone.train(was_training)
+    return tuple(out.shape[-2:])
+
+
+def _fit(grid: tuple[int, int], kernel: int, stride: int, padding: int, layer: str) -> tuple[int, int]:
+    try:
+        return window_hw(grid, kernel, stride, padding)
+    except ValueError as exc:
+        raise UserError(f"data.image_size: too small for capsule layer '{layer}': {exc}") from None
