@@ -8,6 +8,7 @@ interrupted. ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -29,27 +30,40 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="folder for run directories (default: output.dir of the spec, 'runs')")
     run.add_argument("--executor", default=None, help="where runs execute (default: executor.name, 'local')")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    debug_flag(run)
 
     validate = sub.add_parser("validate", help="validate spec files or folders of specs")
     validate.add_argument("paths", nargs="+", help="spec files or folders (searched for *.yaml)")
-    validate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    debug_flag(validate)
 
     lister = sub.add_parser("list", help="list registered components, one name per line")
     lister.add_argument("kind", help="routings, models, backbones, datasets, losses, metrics, optimizers or schedulers")
-    lister.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    debug_flag(lister)
 
     prepare = sub.add_parser("prepare", help="download and verify every data set a spec needs (for offline nodes)")
     prepare.add_argument("spec")
     prepare.add_argument("overrides", nargs="*", metavar="key=value")
-    prepare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    debug_flag(prepare)
     bench = sub.add_parser("bench", help="training-step time and peak memory of every run of a spec (JSON lines)")
     bench.add_argument("spec")
     bench.add_argument("overrides", nargs="*", metavar="key=value")
     bench.add_argument("--steps", type=int, default=5, help="timed steps per run (median reported)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    debug_flag(bench)
+    for module in COMMAND_MODULES:  # commands that live beside the code they drive
+        for name, func in importlib.import_module(module).add_commands(sub).items():
+            COMMANDS[name] = func
     return parser
+
+
+# Modules with ``add_commands(subparsers) -> {name: func(args) -> exit code}``; kept free of
+# heavy imports at module level so `capsbench --help` stays fast.
+COMMAND_MODULES: list[str] = []
+
+
+def debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` accepted after the subcommand too (``capsbench run x --debug``)."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def cmd_bench(args) -> int:

@@ -223,17 +223,22 @@ class _RoutedCaps(CapsuleLayer):
         """-> votes [N, L, I, J, D], child activations [N, L, I], child poses [N, L, I, D_in], Geometry."""
         raise NotImplementedError
 
-    def _route(self, pose: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _route(self, pose: torch.Tensor, act: torch.Tensor):
+        """-> pose, activation (in the input dtype), detached coefficients (or None).
+
+        No attribute is set in here: a side effect inside a checkpointed region would be
+        replayed by the recomputation and makes torch.compile break the graph.
+        """
         dtype = pose.dtype
         work = torch.promote_types(dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays fp64
         with _no_autocast(pose.device.type):
             votes, child_act, child_pose, geometry = self._children(pose.to(work), act.to(work))
             out = self.routing(votes, child_act, child_pose, geometry)
-        self.last_coefficients = out.coefficients.detach() if self.keep_coefficients else None
         n, (h, w) = pose.shape[0], geometry.out_hw
         new_pose = out.pose.permute(0, 2, 3, 1).reshape(n, self.parents, self.pose_dim, h, w)
         new_act = out.activation.permute(0, 2, 1).reshape(n, self.parents, h, w)
-        return new_pose.to(dtype), new_act.to(dtype)
+        coefficients = out.coefficients.detach() if self.keep_coefficients else None
+        return new_pose.to(dtype), new_act.to(dtype), coefficients
 
     def _checkpointed_route(self, pose: torch.Tensor, act: torch.Tensor):
         if torch.compiler.is_compiling():
@@ -247,9 +252,9 @@ class _RoutedCaps(CapsuleLayer):
     def forward(self, caps: Capsules) -> Capsules:
         pose, act = caps
         if self.checkpointing and torch.is_grad_enabled():
-            pose, act = self._checkpointed_route(pose, act)
+            pose, act, self.last_coefficients = self._checkpointed_route(pose, act)
         else:
-            pose, act = self._route(pose, act)
+            pose, act, self.last_coefficients = self._route(pose, act)
         if getattr(self, "pose_norm", None) is not None:
             # outside the checkpointed region: its running statistics move once per step
             pose = self.pose_norm(pose.flatten(1, 2)).view_as(pose)
