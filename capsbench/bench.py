@@ -29,7 +29,8 @@ def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
     import torch
 
     from capsbench.data import build_data
-    from capsbench.registry import LOSSES, MODELS
+    from capsbench.registry import MODELS
+    from capsbench.train.losses import build_loss
     from capsbench.train.optim import build_optimizer
     from capsbench.train.runner import resolve_device
 
@@ -43,8 +44,8 @@ def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
     model = MODELS.get(cfg.model.arch)(
         cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
     ).to(device)
-    loss_fn = LOSSES.get(cfg.train.loss or model.reference_loss)(**cfg.train.loss_options)
-    optimizer = build_optimizer(model, cfg.train.optimizer)
+    loss_fn = build_loss(cfg.train.loss or model.reference_loss, OmegaConf.to_container(cfg.train.loss_options))
+    optimizer = build_optimizer(model.parameters(), cfg.train.optimizer)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.train.amp))
     if cfg.train.compile:
         model = torch.compile(model)

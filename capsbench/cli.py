@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="folder for run directories (default: output.dir of the spec, 'runs')")
     run.add_argument("--executor", default=None, help="where runs execute (default: executor.name, 'local')")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--jobs", type=int, default=None, help="runs at once (default: executor.jobs)")
+    run.add_argument("--retry-failed", action="store_true", help="run failed/oom runs again (old record kept aside)")
     debug_flag(run)
 
     validate = sub.add_parser("validate", help="validate spec files or folders of specs")
@@ -58,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Modules with ``add_commands(subparsers) -> {name: func(args) -> exit code}``; kept free of
 # heavy imports at module level so `capsbench --help` stays fast.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["capsbench.executors.status", "capsbench.results.cli", "capsbench.report.cli"]
 
 
 def debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +83,10 @@ def cmd_run(args) -> int:
 
     runs = spec.load(args.spec, args.overrides)
     out = Path(args.out or runs[0].config.output.dir)
-    executor = get_executor(args.executor or str(runs[0].config.executor.name), quiet=args.quiet)
+    executor = get_executor(
+        args.executor or str(runs[0].config.executor.name),
+        quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed,
+    )
     records = executor.run_all(runs, out)
     from capsbench.summary import print_summary
 

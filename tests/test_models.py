@@ -136,14 +136,15 @@ def test_residual_adds_the_capsules_from_two_layers_back():
         layer.register_forward_hook(lambda m, args, out: seen.__setitem__(m.name, (args[0], out)))
     with torch.no_grad():
         model(torch.randn(2, 1, 32, 32))
-    primary_out = seen["primary"][1]
-    conv1_out, conv2_out = seen["conv1"][1], seen["conv2"][1]
-    conv3_in = seen["conv3"][0]
-    torch.testing.assert_close(seen["conv2"][0].pose, conv1_out.pose)  # no skip into layer 2
-    torch.testing.assert_close(conv3_in.pose, conv2_out.pose + primary_out.pose)
-    a, b = conv2_out.activation, primary_out.activation
-    torch.testing.assert_close(conv3_in.activation, a + b - a * b)
-    assert ((conv3_in.activation >= 0) & (conv3_in.activation <= 1)).all()
+    conv1_out, conv2_out, conv3_out = (seen[f"conv{i}"][1] for i in (1, 2, 3))
+    # res-capsnet's rule: stacked layer i (from 0) adds layer i-2's own output when i is even > 0
+    torch.testing.assert_close(seen["conv2"][0].pose, conv1_out.pose)  # no skip into conv2
+    torch.testing.assert_close(seen["conv3"][0].pose, conv2_out.pose)  # none out of conv2 either
+    class_in = seen["class"][0]
+    torch.testing.assert_close(class_in.pose, conv3_out.pose + conv1_out.pose)  # conv3 <- conv1
+    a, b = conv3_out.activation, conv1_out.activation
+    torch.testing.assert_close(class_in.activation, a + b - a * b)
+    assert ((class_in.activation >= 0) & (class_in.activation <= 1)).all()
     # types that do not match: no skip from the primary capsules
     plain = build_capsnet(small(routing="self", depth=2, residual=True, primary_types=3), 10, 1, 32)
     with torch.no_grad():

@@ -11,6 +11,7 @@ from capsbench.errors import UserError, did_you_mean
 
 EXECUTORS = {
     "local": "capsbench.executors.local:LocalExecutor",
+    "slurm": "capsbench.executors.slurm:SlurmExecutor",
 }
 
 

@@ -29,13 +29,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from capsbench.metrics.layers import capsule_layers
+from capsbench.metrics.layers import capsule_layers, telemetry_blocks
 
 
 class GradNorms:
     def __init__(self, model: nn.Module, every: int = 50):
         self.every = int(every)
-        self.layers = capsule_layers(model)
+        self.layers = capsule_layers(model) + telemetry_blocks(model)
         self._params = {layer.name: [p for p in layer.module.parameters() if p.requires_grad] for layer in self.layers}
         self._params["backbone"] = _backbone_params(model, self.layers)
         self._input_sq: dict[str, torch.Tensor] = {}

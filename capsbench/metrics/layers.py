@@ -42,6 +42,16 @@ def capsule_layers(model: nn.Module) -> list[LayerInfo]:
     return layers
 
 
+def telemetry_blocks(model: nn.Module) -> list[LayerInfo]:
+    """Non-capsule blocks a model declares as ``model.telemetry_blocks`` (e.g. a ResNet's blocks).
+
+    Only gradient norms observe them; activation telemetry stays on capsule layers.
+    """
+    declared = getattr(model, "telemetry_blocks", None) or []
+    items = declared.items() if isinstance(declared, Mapping | nn.ModuleDict) else enumerate(declared)
+    return [LayerInfo(str(getattr(m, "name", key)), str(getattr(m, "kind", "block")), m) for key, m in items]
+
+
 def _marked_layers(model: nn.Module) -> list[LayerInfo]:
     try:  # imported here: the layer library is optional for telemetry
         from capsbench.capsules.layers import CapsuleLayer

@@ -17,13 +17,15 @@ stacked layer stride 2 (8x8 -> 4x4).
 - ``primary``: overrides of the ``PrimaryCaps`` arguments (``kernel_size``, ``padding``,
   ``batch_norm``); default: the backbone's ``primary_caps``
 - ``backbone``: keyword arguments of the backbone
-- ``weight_std``: std of the transformation weights (default ``1/sqrt(fan_in)``)
+- ``weight_std``: std of the transformation weights (default: the routing's ``weight_std``,
+  else ``1/sqrt(fan_in)``)
 - ``coordinate_scale``: scale of the coordinate addition in shared class capsules
 - ``keep_coefficients``: keep the last routing coefficients on each layer (default true)
 
-Residual skips (``cfg.residual``, after Gugglberger et al. 2021, ``skip_dist = 2``): the
-output of stacked layer ``k >= 2`` gets the capsules from two layers back (the input of the
-first stacked layer counts as layer 0) when their shapes match. Poses add (no re-squash or
+Residual skips (``cfg.residual``, as res-capsnet's ``skip_dist = 2``): numbering the stacked
+layers from 0, layer ``i`` adds the own routed output of layer ``i - 2`` when ``i`` is a positive
+even number and the shapes match (conv3 <- conv1, conv5 <- conv3, ...; none at depth <= 2; the
+primary capsules are never a source). Poses add (no re-squash or
 renormalisation, as in the reference). Activations combine as a probabilistic OR,
 ``a + b - a*b``: it stays in [0, 1] without a clamp that would cut the gradient, is never
 below either input, and equals the sum when both are small. Forward hooks on a layer see
@@ -110,15 +112,18 @@ class CapsNet(nn.Module):
     def forward_capsules(self, x: torch.Tensor) -> Capsules:
         """The class capsules (pose ``[N, C, D, 1, 1]``, activation ``[N, C, 1, 1]``)."""
         caps = self.caps["primary"](self.backbone(x))
-        history: list[Capsules] = []  # outputs of layer k-2 and k-1 for the residual skip
+        raw: list[Capsules] = []  # each stacked layer's own routed output, before any skip
         for name, layer in self.caps.items():
             if layer.kind == "primary" or layer.kind == "class":
                 continue
-            if name in self.stacked:
-                history.append(caps)  # the input of this layer = output of the previous one
             out = layer(caps)
-            if self.residual and name in self.stacked and len(history) >= 2:
-                out = _skip(out, history[-2])
+            if name in self.stacked:
+                i = len(raw)
+                raw.append(out)
+                # res-capsnet (skip_dist = 2): stacked layer i (from 0) adds layer i-2's own
+                # output when i is a positive even number: conv3 <- conv1, conv5 <- conv3, ...
+                if self.residual and i > 0 and i % 2 == 0:
+                    out = _skip(out, raw[i - 2])
             caps = out
         return self.caps["class"](caps)
 
@@ -244,7 +249,7 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
             expected = ", ".join(PRIMARY_OPTIONS)
             raise UserError(f"model.options.primary.{key}: unknown option; expected one of: {expected}")
     keep = _bool("model.options.keep_coefficients", options.get("keep_coefficients", True))
-    weight_std = options.get("weight_std")
+    weight_std = options.get("weight_std", getattr(routing_cls, "weight_std", None))
     bad_std = isinstance(weight_std, bool) or not isinstance(weight_std, int | float) or weight_std <= 0
     if weight_std is not None and bad_std:
         raise UserError(f"model.options.weight_std: expected a positive number or null, got {weight_std!r}")

@@ -60,7 +60,11 @@ def verify(record: Any) -> bool:
 
 
 def write_record(path: str | Path, record: dict) -> dict:
+    """Seal, check against ``record.schema.json``, then write atomically."""
+    from capsbench.results.schema import check
+
     record = seal(record)
+    check(record, "run record", path)
     write_json(path, record)
     return record
 
@@ -71,4 +75,13 @@ def read_record(path: str | Path) -> dict | None:
         record = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    return record if verify(record) else None
+    if not verify(record):
+        return None
+    from capsbench.errors import UserError
+    from capsbench.results.schema import check
+
+    try:
+        check(record, "run record", path)
+    except UserError:
+        return None
+    return record

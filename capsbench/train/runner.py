@@ -149,6 +149,7 @@ class _Run:
         self.state = RunState()
         self.parts: _Parts | None = None
         self.trainer: Trainer | None = None
+        self.num_classes: int | None = None
         self._last_test = None  # (EpochResult, dead summary) of the latest test epoch
         self.started = time.perf_counter()
 
@@ -215,6 +216,7 @@ class _Run:
         try:
             seed_everything(cfg.seed)
             data = build_data(cfg.data)
+            self.num_classes = data.num_classes
             if len(data.train) == 0:
                 raise UserError(
                     f"data: the training split of '{cfg.data.name}' is empty; check data.subset and data.val_size"
@@ -406,6 +408,7 @@ class _Run:
             error=error,
             diverged_epoch=diverged_epoch,
             model=self.parts.model if self.parts else None,
+            num_classes=self.num_classes,
             loss_name=self.parts.loss_name if self.parts else None,
             device=self.device,
             wall_s=self.state.wall_s + time.perf_counter() - self.started,
@@ -413,7 +416,8 @@ class _Run:
 
 
 def build_record(
-    *, cfg, spec_hash, run_id, state: RunState, test, status, error, diverged_epoch, model, loss_name, device, wall_s
+    *, cfg, spec_hash, run_id, state: RunState, test, status, error, diverged_epoch, model, loss_name, device, wall_s,
+    num_classes: int | None = None,
 ) -> dict:
     """The run record (schema_version 1); ``seal`` adds the checksum when it is written."""
     from capsbench.env import environment
@@ -460,6 +464,7 @@ def build_record(
         },
         "peak_memory_mb": max(state.peak_memory_mb, peak_memory_mb(device)),
         "num_params": sum(p.numel() for p in model.parameters()) if model is not None else None,
+        "num_classes": num_classes,
         "resumes": list(state.resumes),
         "environment": environment(str(device)),
     }

@@ -75,6 +75,8 @@ class Routing(nn.Module):
     class_caps: ClassVar[str] = "shared"
     primary_activation: ClassVar[str] = "sigmoid"
     per_child_parameters: ClassVar[tuple[str, ...]] = ()
+    # std of the vote transformation weights when the spec sets none (None = 1/sqrt(fan_in))
+    weight_std: ClassVar[float | None] = None
 
     def __init__(self, children: int, parents: int, pose_dim: int, iterations: int = 3, in_pose_dim: int | None = None):
         super().__init__()

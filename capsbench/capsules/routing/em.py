@@ -332,6 +332,9 @@ class EMRouting(Routing):
     """
 
     loss = "spread"
+    # vote weight init: a capsbench choice (the references differ: yl-1993 std 1, Google 0.3 conv /
+    # 0.01 class); measured 95% vs 84% test accuracy with 1/sqrt(fan_in) on digits after 3 epochs
+    weight_std = 0.05
     pose_norm = True  # SR-CapsNet puts a BatchNorm on the poses after every stacked EM layer
     normalised_over = "parents"
     vote_transform = "matrix"

@@ -130,6 +130,9 @@ class VBRouting(Routing):
     """
 
     loss = "cross_entropy"
+    # the reference initialises capsule weights Xavier-uniform (std about 0.02); 1/sqrt(fan_in)
+    # learns far slower (41% vs 95% test accuracy on digits after 3 epochs)
+    weight_std = 0.02
     pose_norm = False  # the reference's pose BN is inside the routing (option pose_bn)
     normalised_over = "receiving_parents"
     vote_transform = "matrix"

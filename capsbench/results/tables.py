@@ -1,0 +1,178 @@
+"""Text renderings of an aggregated protocol version: JSON, CSV, Markdown and HTML.
+
+Pure functions of ``scores.aggregate`` output, with fixed float formatting (JSON: rounded to
+6 decimals; CSV: ``%.6f``; Markdown/HTML: percentages with one decimal), sorted keys and rows,
+and no timestamps: the same records give the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from capsbench.report.html import esc, image, table
+from capsbench.results.entry import FAILURES
+from capsbench.results.scores import CHANCE_MARGIN, HALF_DEAD
+
+SCORE_KEYS = ("best_accuracy", "best_depth", "deepest_depth", "deepest_accuracy", "retention", "collapse_depth",
+              "mean_dead_fraction", "half_dead_depth")
+DEFINITIONS = {
+    "accuracy": "mean test accuracy over the seeds that finished (status ok) at one depth",
+    "best_accuracy": "highest accuracy over depths; best_depth: its depth (the shallowest on ties)",
+    "deepest_accuracy": "accuracy at deepest_depth, the deepest depth with any run (null when all runs there failed)",
+    "retention": "deepest_accuracy / best_accuracy",
+    "collapse_depth": f"shallowest depth whose accuracy <= 1/classes + {CHANCE_MARGIN} (within 5 points of chance); "
+                      "null: never",
+    "mean_dead_fraction": "mean over depths of the mean fraction of dead capsule types per ConvCaps layer "
+                          "(test set, mean activation <= metrics.dead_threshold)",
+    "half_dead_depth": f"shallowest depth whose mean dead fraction >= {HALF_DEAD}; null: never",
+    "rank": "capsule methods only, per data set: deepest_accuracy (higher first), then best_accuracy, then name",
+    "failures": "runs that diverged, ran out of memory or crashed; counted, never averaged in",
+}
+
+
+def rounded(obj):
+    if isinstance(obj, float):
+        return round(obj, 6) + 0.0  # + 0.0 turns -0.0 into 0.0
+    if isinstance(obj, dict):
+        return {k: rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v) for v in obj]
+    return obj
+
+
+def to_json(protocol: str, version: str, leaderboard_version: str, tables: dict) -> str:
+    doc = {
+        "protocol": protocol,
+        "protocol_version": version,
+        "leaderboard_version": leaderboard_version,
+        "definitions": DEFINITIONS,
+        "datasets": [
+            {"dataset": name, "rows": tab["rows"],
+             **{k: tab[k] for k in ("num_classes", "chance", "conv_types", "dead_threshold")}}
+            for name, tab in sorted(tables.items())
+        ],
+    }
+    return json.dumps(rounded(doc), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for v in row])
+    return buf.getvalue()
+
+
+def scores_csv(tables: dict) -> str:
+    """One row per (data set, method): rank, scores, runs and failures."""
+    header = ["dataset", "rank", "method", "variant", "baseline", *SCORE_KEYS, "runs", "ok", *FAILURES, "seeds"]
+    rows = []
+    for dataset, tab in sorted(tables.items()):
+        for row in tab["rows"]:
+            rows.append([dataset, row["rank"], row["name"], row["variant"], str(row["baseline"]).lower(),
+                         *(row["scores"][k] for k in SCORE_KEYS), row["runs"], row["ok"],
+                         *(row["failures"][f] for f in FAILURES), " ".join(map(str, row["seeds"]))])
+    return _csv(header, rows)
+
+
+def depths_csv(tables: dict) -> str:
+    """One row per (data set, method, depth): mean, std and count over seeds, and failures."""
+    header = ["dataset", "method", "variant", "baseline", "depth", "runs", "ok", *FAILURES,
+              "accuracy_mean", "accuracy_std", "accuracy_count", "avg_dead_conv_mean", "avg_dead_conv_std",
+              "dead_fraction_mean", "dead_fraction_std"]
+    rows = []
+    for dataset, tab in sorted(tables.items()):
+        for row in tab["rows"]:
+            for d in row["depths"]:
+                rows.append([dataset, row["name"], row["variant"], str(row["baseline"]).lower(), d["depth"], d["runs"],
+                             d["ok"], *(d["failures"][f] for f in FAILURES), d["accuracy"]["mean"],
+                             d["accuracy"]["std"], d["accuracy"]["count"], d["avg_dead_conv"]["mean"],
+                             d["avg_dead_conv"]["std"], d["dead_fraction"]["mean"], d["dead_fraction"]["std"]])
+    return _csv(header, rows)
+
+
+# ----------------------------------------------------------------------------- human tables
+
+HEADERS = ["rank", "method", "best accuracy (depth)", "deepest accuracy (depth)", "retention", "collapse depth",
+           "dead fraction", "half-dead depth", "runs (seeds)", "failed"]
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _depth_stat(row: dict, depth) -> dict | None:
+    return next((d for d in row["depths"] if d["depth"] == depth), None)
+
+
+def human_rows(tab: dict) -> list[list[str]]:
+    out = []
+    for row in tab["rows"]:
+        s = row["scores"]
+        best = _depth_stat(row, s["best_depth"])
+        std = best["accuracy"]["std"] if best else None
+        best_text = "–" if s["best_accuracy"] is None else (
+            f"{100 * s['best_accuracy']:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "") + "%"
+            f" (d{s['best_depth']})")
+        deepest_text = f"{_pct(s['deepest_accuracy'])} (d{s['deepest_depth']})"
+        failed = sum(row["failures"].values())
+        failed_text = "0" if not failed else f"{failed} (" + ", ".join(
+            f"{n} {k}" for k, n in row["failures"].items() if n) + ")"
+        out.append([
+            "baseline" if row["baseline"] else str(row["rank"]),
+            row["name"] + (" (baseline)" if row["baseline"] else ""),
+            best_text,
+            deepest_text,
+            "–" if s["retention"] is None else f"{s['retention']:.2f}",
+            "never" if s["collapse_depth"] is None else str(s["collapse_depth"]),
+            _pct(s["mean_dead_fraction"]),
+            "never" if s["half_dead_depth"] is None else str(s["half_dead_depth"]),
+            f"{row['runs']} ({len(row['seeds'])})",
+            failed_text,
+        ])
+    return out
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(sections: list[dict]) -> str:
+    """The README section: one table per (protocol version, data set). ``sections``: see leaderboard.render."""
+    if not sections:
+        return "_No records yet: add finished runs with `capsbench leaderboard add RUN_DIR`, then " \
+               "`capsbench leaderboard build`._\n"
+    out = []
+    for sec in sections:
+        out.append(f"### {sec['protocol']} v{sec['protocol_version']} (leaderboard {sec['version']})\n")
+        folder = sec["folder"]
+        out.append(f"Files: [`leaderboard.csv`]({folder}/leaderboard.csv) · [`depths.csv`]({folder}/depths.csv) · "
+                   f"[`leaderboard.json`]({folder}/leaderboard.json) · [figures](index.html)\n")
+        for dataset, tab in sorted(sec["tables"].items()):
+            chance = "" if tab["chance"] is None else f", chance {_pct(tab['chance'])}"
+            out.append(f"#### {dataset} ({tab['num_classes'] or '?'} classes{chance})\n")
+            out.append("| " + " | ".join(HEADERS) + " |")
+            out.append("|" + "|".join("---" if i == 1 else "--:" for i in range(len(HEADERS))) + "|")
+            for cells in human_rows(tab):
+                out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+            out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def html_section(sec: dict) -> list[str]:
+    body = [f"<h2 id=\"{esc(sec['folder'])}\">{esc(sec['protocol'])} v{esc(sec['protocol_version'])} "
+            f"<small>(leaderboard {esc(sec['version'])})</small></h2>",
+            f"<p class=\"note\">Files: <a href=\"{esc(sec['folder'])}/leaderboard.csv\">leaderboard.csv</a> · "
+            f"<a href=\"{esc(sec['folder'])}/depths.csv\">depths.csv</a> · "
+            f"<a href=\"{esc(sec['folder'])}/leaderboard.json\">leaderboard.json</a></p>"]
+    for dataset, tab in sorted(sec["tables"].items()):
+        chance = "" if tab["chance"] is None else f", chance {_pct(tab['chance'])}"
+        body.append(f"<h3>{esc(dataset)} ({esc(tab['num_classes'] or '?')} classes{esc(chance)})</h3>")
+        rows = human_rows(tab)
+        classes = ["baseline" if r["baseline"] else ("failed" if r["ok"] == 0 else None) for r in tab["rows"]]
+        body.append(table(HEADERS, rows, classes))
+        body.append(image(f"{sec['folder']}/{dataset}.png", f"accuracy and dead capsules against depth on {dataset}"))
+    return body
