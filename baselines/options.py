@@ -14,21 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from capsbench.config import plain  # noqa: F401 - re-exported for the baseline builders
 from capsbench.errors import UserError, did_you_mean
-
-
-def plain(value: Any) -> dict[str, Any]:
-    """A plain dict from a dict, an OmegaConf DictConfig (resolved) or None."""
-    if value is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(value, DictConfig):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(value)
 
 
 def read_options(options: Any, defaults: dict[str, Any], model: str) -> dict[str, Any]:

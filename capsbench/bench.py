@@ -9,7 +9,6 @@ forward, loss, backward and optimiser step on one batch of the spec's real data
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -92,13 +91,14 @@ def bench_spec(path: str, overrides: list[str], steps: int = 5, warmup: int = 1)
     """Measure every run of a spec, each in its own process; print and return one dict per run."""
     from capsbench import spec
     from capsbench.env import environment
+    from capsbench.malloc import tuned_env
 
     results = []
     for run in spec.load(path, overrides):
         payload = json.dumps({"config": OmegaConf.to_container(run.config), "steps": steps, "warmup": warmup})
         child = subprocess.run(
             [sys.executable, "-m", "capsbench.bench"], input=payload, capture_output=True, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env={**tuned_env(), "PYTHONUNBUFFERED": "1"},
         )
         if child.returncode != 0:
             tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
@@ -107,6 +107,7 @@ def bench_spec(path: str, overrides: list[str], steps: int = 5, warmup: int = 1)
             result = json.loads(child.stdout.strip().splitlines()[-1])
         result = {"spec": str(run.config.name), "point": run.point, "spec_hash": run.spec_hash, **result}
         result["environment"] = environment(result.get("device"))
+        result["malloc_tuning"] = {k: v for k, v in tuned_env().items() if k.startswith("MALLOC_")}
         print(json.dumps(result, sort_keys=True), flush=True)
         results.append(result)
     return results

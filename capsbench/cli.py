@@ -91,6 +91,8 @@ def cmd_run(args) -> int:
     from capsbench.summary import print_summary
 
     print_summary(records)
+    if not args.quiet:
+        print(f"figures: capsbench report {out / str(runs[0].config.name)}", file=sys.stderr)
     return EXIT_OK if all(r.get("status") == "ok" for r in records) else EXIT_RUN_FAILED
 
 
@@ -168,6 +170,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console command, not a call from Python: safe to re-execute
+        from capsbench.malloc import reexec_if_untuned
+
+        reexec_if_untuned(sys.argv[1:])
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`run SPEC --out DIR a=1`); argparse stops at the option

@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def plain(value: Any) -> dict[str, Any]:
+    """A plain dict from a dict, an OmegaConf DictConfig (resolved) or None: for option mappings."""
+    if value is None:
+        return {}
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return dict(value)
+
+
 @dataclass
 class ModelConfig:
     arch: str = "capsnet"  # MODELS registry

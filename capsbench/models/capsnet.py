@@ -56,6 +56,7 @@ from torch import nn
 from capsbench.capsules.geometry import window_hw
 from capsbench.capsules.layers import CapsuleLayer, ClassCaps, ConvCaps, PrimaryCaps
 from capsbench.capsules.types import Capsules
+from capsbench.config import plain
 from capsbench.errors import UserError
 from capsbench.registry import BACKBONES, ROUTINGS
 
@@ -142,20 +143,6 @@ def _skip(out: Capsules, earlier: Capsules) -> Capsules:
 # Validation
 
 
-def _plain(value: Any) -> dict[str, Any]:
-    """A dict from a dict or an OmegaConf DictConfig (resolved)."""
-    if value is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(value, DictConfig):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(value)
-
-
 def _int(key: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UserError(f"{key}: expected an integer >= {minimum}, got {value!r}")
@@ -227,10 +214,10 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
     ROUTINGS.check(cfg.routing, "model.routing")
     BACKBONES.check(cfg.backbone, "model.backbone")
     routing_cls = ROUTINGS.get(cfg.routing)
-    routing_options = _plain(cfg.routing_options)
+    routing_options = plain(cfg.routing_options)
     _check_routing_options(cfg.routing, routing_cls, routing_options)
 
-    options = _plain(cfg.options)
+    options = plain(cfg.options)
     for key in options:
         if key not in OPTIONS:
             raise UserError(f"model.options.{key}: unknown option; expected one of: {', '.join(OPTIONS)}")
@@ -243,7 +230,7 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
             f"model.pose_dim: expected a perfect square (16 = a 4x4 pose matrix) for the matrix votes of "
             f"routing '{cfg.routing}', got {pose_dim}; or set model.options.vote_transform=linear"
         )
-    primary_options = _plain(options.get("primary"))
+    primary_options = plain(options.get("primary"))
     for key in primary_options:
         if key not in PRIMARY_OPTIONS:
             expected = ", ".join(PRIMARY_OPTIONS)
@@ -255,7 +242,7 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
         raise UserError(f"model.options.weight_std: expected a positive number or null, got {weight_std!r}")
 
     try:
-        backbone = BACKBONES.get(cfg.backbone)(in_channels=in_channels, **_plain(options.get("backbone")))
+        backbone = BACKBONES.get(cfg.backbone)(in_channels=in_channels, **plain(options.get("backbone")))
     except TypeError as exc:
         raise UserError(f"model.options.backbone: bad arguments for backbone '{cfg.backbone}': {exc}") from None
     grid = _backbone_grid(backbone, in_channels, hw, cfg.backbone)
