@@ -83,3 +83,31 @@ def test_validate_reports_every_bad_file_and_exits_2(tmp_path):
     assert result.returncode == 2
     assert "ok     " in result.stdout and "good.yaml" in result.stdout
     assert "bad.yaml" in result.stderr
+
+
+def test_malloc_tuning_reexecutes_once_and_can_be_turned_off(monkeypatch):
+    from capsbench import malloc
+
+    calls = []
+    monkeypatch.setattr(malloc.os, "execve", lambda exe, argv, env: calls.append((argv, env)))
+    monkeypatch.setattr(malloc.sys, "platform", "linux")
+    for key in malloc.TUNING:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("CAPSBENCH_MALLOC_TUNING", raising=False)
+    malloc.reexec_if_untuned(["run", "x.yaml"])
+    ((argv, env),) = calls
+    assert argv[1:] == ["-m", "capsbench", "run", "x.yaml"]
+    assert all(env[k] == v for k, v in malloc.TUNING.items())
+    # already tuned (the re-executed process): no second exec
+    for key, value in malloc.TUNING.items():
+        monkeypatch.setenv(key, value)
+    malloc.reexec_if_untuned(["run"])
+    assert len(calls) == 1
+    # a value the user chose is kept; CAPSBENCH_MALLOC_TUNING=0 turns it all off
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "123")
+    assert malloc.tuned_env()["MALLOC_MMAP_THRESHOLD_"] == "123"
+    for key in malloc.TUNING:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CAPSBENCH_MALLOC_TUNING", "0")
+    malloc.reexec_if_untuned(["run"])
+    assert len(calls) == 1 and "MALLOC_TRIM_THRESHOLD_" not in malloc.tuned_env()
