@@ -24,19 +24,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 # Normalisation statistics are cached on disk; keep the suite's caches out of the user's home.
 os.environ.setdefault("CAPSBENCH_CACHE", tempfile.mkdtemp(prefix="capsbench-test-cache-"))
 
-
-def shared_data_dir() -> Path | None:
-    """The real data sets: $CAPSBENCH_SHARED_DATA, else ../shared/data beside the checkout."""
-    env = os.environ.get("CAPSBENCH_SHARED_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for path in candidates:
-        if path.is_dir():
-            return path
-    return None
+from capsbench.data.testing import shared_data_dir  # noqa: E402 - after the cache variable is set
 
 
 @pytest.fixture(scope="session")
