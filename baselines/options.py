@@ -16,6 +16,7 @@ from typing import Any
 
 from capsbench.config import plain  # noqa: F401 - re-exported for the baseline builders
 from capsbench.errors import UserError, did_you_mean
+from capsbench.models.capsnet import image_hw  # noqa: F401 - re-exported for the baseline builders
 
 
 def read_options(options: Any, defaults: dict[str, Any], model: str) -> dict[str, Any]:
@@ -48,16 +49,6 @@ def read_options(options: Any, defaults: dict[str, Any], model: str) -> dict[str
 def positive(key: str, value: int | float, model: str) -> None:
     if value <= 0:
         raise UserError(f"model.options.{key}: expected a positive number for model '{model}', got {value!r}")
-
-
-def image_hw(image_size: Any) -> tuple[int, int]:
-    """``32`` or ``(32, 32)`` -> ``(32, 32)``."""
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    h, w = (int(s) for s in image_size)
-    if h < 1 or w < 1:
-        raise UserError(f"data.image_size: expected a positive size, got {image_size!r}")
-    return h, w
 
 
 def depth_of(cfg: Any) -> int:

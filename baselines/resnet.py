@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 
 from baselines.base import BaselineModel, name_blocks
 from baselines.options import depth_of, positive, read_options
+from capsbench.capsules.layers import frozen_buffers  # BN statistics move once per step
 
 NAME = "timm_resnet"
 DEFAULTS: dict[str, Any] = {"width": 16, "zero_init_last": True}
@@ -107,23 +108,11 @@ class CifarResNet(BaselineModel, nn.Module):
         x = self.stem(x)
         for block in self.blocks:
             if self.checkpointing and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-                contexts = lambda b=block: (contextlib.nullcontext(), _frozen_buffers(b))  # noqa: E731
+                contexts = lambda b=block: (contextlib.nullcontext(), frozen_buffers(b))  # noqa: E731
                 x = checkpoint(block, x, use_reentrant=False, context_fn=contexts)
             else:
                 x = block(x)
         return self.head(x)
-
-
-@contextlib.contextmanager
-def _frozen_buffers(module: nn.Module):
-    """Restore BatchNorm running statistics after the recomputation in backward."""
-    saved = [(b, b.detach().clone()) for b in module.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
 
 
 def build_timm_resnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any) -> CifarResNet:

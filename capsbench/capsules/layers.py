@@ -168,7 +168,7 @@ class VoteTransform(nn.Module):
 
 
 @contextlib.contextmanager
-def _frozen_buffers(module: nn.Module):
+def frozen_buffers(module: nn.Module):
     """Restore every buffer (BatchNorm running stats) after a checkpoint recomputation."""
     saved = [(b, b.detach().clone()) for b in module.buffers()]
     try:
@@ -246,7 +246,7 @@ class _RoutedCaps(CapsuleLayer):
             # statistics inside the routing then follow whatever the compiled recompute does
             return checkpoint(self._route, pose, act, use_reentrant=False)
         # eager: the recomputation in backward must not move BatchNorm statistics in the routing again
-        contexts = lambda: (contextlib.nullcontext(), _frozen_buffers(self))  # noqa: E731
+        contexts = lambda: (contextlib.nullcontext(), frozen_buffers(self))  # noqa: E731
         return checkpoint(self._route, pose, act, use_reentrant=False, context_fn=contexts)
 
     def forward(self, caps: Capsules) -> Capsules:

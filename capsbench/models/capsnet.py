@@ -181,7 +181,8 @@ def _check_routing_options(routing: str, cls: type, options: dict[str, Any]) -> 
             )
 
 
-def _image_hw(image_size: Any) -> tuple[int, int]:
+def image_hw(image_size: Any) -> tuple[int, int]:
+    """``32`` or ``(32, 32)`` -> ``(32, 32)``; a UserError naming data.image_size otherwise."""
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     h, w = (int(s) for s in image_size)
@@ -209,7 +210,7 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
     pose_norm = _bool("model.pose_norm", cfg.pose_norm, allow_none=True)
     num_classes = _int("num_classes", num_classes, 1)
     in_channels = _int("in_channels", in_channels, 1)
-    hw = _image_hw(image_size)
+    hw = image_hw(image_size)
 
     ROUTINGS.check(cfg.routing, "model.routing")
     BACKBONES.check(cfg.backbone, "model.backbone")
