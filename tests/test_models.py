@@ -18,15 +18,6 @@ from capsbench.registry import BACKBONES, MODELS, ROUTINGS, build
 ROUTING_NAMES = ROUTINGS.names()
 
 
-def routing_or_skip(name: str):
-    try:
-        return ROUTINGS.get(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("capsbench.capsules.routing."):
-            pytest.skip(f"routing '{name}': module {exc.name} does not exist yet")
-        raise
-
-
 def small(**kw) -> ModelConfig:
     """A tiny model: tiny backbone, 4 capsule types."""
     base = dict(backbone="tiny", capsule_types=4, primary_types=4, pose_dim=16, iterations=2)
@@ -45,7 +36,7 @@ def train_step(model, x, seed=0):
 @pytest.mark.parametrize("routing", ROUTING_NAMES)
 @pytest.mark.parametrize("depth", [0, 1, 3])
 def test_every_routing_and_depth_builds_and_trains(routing, depth):
-    cls = routing_or_skip(routing)
+    cls = ROUTINGS.get(routing)
     torch.manual_seed(0)
     model = build_capsnet(small(routing=routing, depth=depth), num_classes=5, in_channels=1, image_size=(32, 32))
     out = train_step(model, torch.randn(2, 1, 32, 32))
@@ -99,7 +90,6 @@ def test_class_layer_adapts_to_the_backbone_grid():
 
 @pytest.mark.parametrize("routing", ["em", "vb"])
 def test_reference_head_keeps_the_original_stem(routing):
-    routing_or_skip(routing)
     backbone = {"em": "em_stem", "vb": "vb_stem"}[routing]
     cfg = small(routing=routing, backbone=backbone, depth=1, primary_types=8, options={"head": "reference"})
     model = build_capsnet(cfg, 10, 1, (32, 32))
@@ -153,8 +143,6 @@ def test_residual_adds_the_capsules_from_two_layers_back():
 
 @pytest.mark.parametrize("routing", ROUTING_NAMES)
 def test_checkpointing_gives_identical_outputs_and_gradients(routing):
-    routing_or_skip(routing)
-
     def run(checkpointing):
         torch.manual_seed(0)
         model = build_capsnet(small(routing=routing, depth=2, checkpointing=checkpointing), 5, 1, (32, 32))
@@ -245,7 +233,6 @@ def test_bad_values_are_user_errors_naming_the_key(change, key):
 
 
 def test_matrix_routing_needs_a_square_pose():
-    routing_or_skip("em")
     with pytest.raises(UserError, match=r"^model\.pose_dim: expected a perfect square"):
         build_capsnet(small(routing="em", pose_dim=12), 10, 1, (32, 32))
 
@@ -256,14 +243,12 @@ def test_matrix_routing_needs_a_square_pose():
 )
 def test_images_too_small_are_user_errors(backbone, size, options):
     routing = "em" if options else "self"
-    routing_or_skip(routing)
     with pytest.raises(UserError, match=r"^data\.image_size"):
         build_capsnet(small(routing=routing, backbone=backbone, options=options), 10, 1, (size, size))
 
 
 @pytest.mark.parametrize("routing", ROUTING_NAMES)
 def test_bf16_autocast_forward_and_backward(routing):
-    routing_or_skip(routing)
     torch.manual_seed(0)
     model = build_capsnet(small(routing=routing, depth=1), 5, 1, (32, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):

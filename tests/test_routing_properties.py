@@ -26,19 +26,9 @@ from capsbench.registry import ROUTINGS
 NAMES = ROUTINGS.names()
 
 
-def routing_class(name: str):
-    """The routing class; skip only while a built-in routing module is still being written."""
-    try:
-        return ROUTINGS.get(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("capsbench.capsules.routing."):
-            pytest.skip(f"routing '{name}': module {exc.name} does not exist yet")
-        raise
-
-
 def make_routing(name, children, parents, pose_dim, iterations=3, seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
-    routing = routing_class(name)(children=children, parents=parents, pose_dim=pose_dim, iterations=iterations)
+    routing = ROUTINGS.get(name)(children=children, parents=parents, pose_dim=pose_dim, iterations=iterations)
     routing = routing.to(dtype)
     with torch.no_grad():  # learned values, not the (often zero) initial ones
         for param in routing.parameters():
@@ -146,7 +136,6 @@ def test_float64_gradcheck(name):
 
 
 def conv_caps(name, **kw):
-    routing_class(name)
     torch.manual_seed(0)
     return ConvCaps(3, 4, kernel_size=3, stride=1, padding=1, routing=name, pose_dim=16, **kw)
 
