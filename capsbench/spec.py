@@ -3,9 +3,14 @@
 A spec is a YAML file whose keys follow ``capsbench.config.RunConfig``, plus
 - ``extends: path.yaml`` (or a list): files it builds on, resolved relative to the spec;
 - ``sweep: {dotted.key: [values...]}``: a grid, expanded into one run per point
-  (the cartesian product, in the order written).
-CLI overrides (``key=value``, the value parsed as YAML) apply after inheritance;
-overriding a swept key fixes it.
+  (the cartesian product, in the order written);
+- ``sweep: {extends: [a.yaml, b.yaml]}``: a *preset* axis, the outermost one: the grid
+  runs once per file (relative to the spec), each merged in as one more base. This is
+  how one sweep compares methods that each need their own settings (backbone,
+  optimiser) without a grid over every combination of them.
+Precedence, lowest first: the ``extends`` bases, the swept preset, the spec's own keys,
+CLI overrides (``key=value``, the value parsed as YAML), the sweep point. Overriding a
+swept key fixes it.
 
 Example::
 
@@ -62,7 +67,10 @@ class RunSpec:
 
 
 def _short(value: Any) -> str:
-    text = str(value).replace("/", "_").replace(" ", "")
+    text = str(value)
+    if text.endswith((".yaml", ".yml")):  # a swept preset: its file name says which
+        text = Path(text).stem
+    text = text.replace("/", "_").replace(" ", "")
     return text[:24]
 
 
@@ -142,8 +150,8 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def resolve_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
-    """Read a spec file and everything it ``extends``, merged (the extending file wins)."""
+def _layers(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict]:
+    """``(bases, own)``: everything a spec file ``extends`` merged, and the file's own keys."""
     path = Path(path).resolve()
     if path in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, path))
@@ -158,11 +166,21 @@ def resolve_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
         raise SpecError(f"{path}: extends: expected a file path or a list of paths, got {parents!r}")
     merged: dict = {}
     for parent in parents:
-        parent_path = (path.parent / parent).resolve()
-        if not parent_path.exists():
-            raise SpecError(f"{path}: extends: file '{parent}' not found (looked for {parent_path})")
-        merged = _deep_merge(merged, resolve_file(parent_path, (*_chain, path)))
-    return _deep_merge(merged, data)
+        merged = _deep_merge(merged, resolve_file(_relative(path, parent, "extends"), (*_chain, path)))
+    return merged, data
+
+
+def _relative(spec_path: Path, name: str, key: str) -> Path:
+    target = (spec_path.parent / name).resolve()
+    if not target.exists():
+        raise SpecError(f"{spec_path}: {key}: file '{name}' not found (looked for {target})")
+    return target
+
+
+def resolve_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """Read a spec file and everything it ``extends``, merged (the extending file wins)."""
+    bases, own = _layers(path, _chain)
+    return _deep_merge(bases, own)
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -405,28 +423,54 @@ def spec_hash(cfg: DictConfig) -> str:
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> list[RunSpec]:
     """Load, inherit, override, validate and expand a spec into its runs."""
     path = Path(path)
-    data = resolve_file(path)
-    sweep = _flatten_sweep(data.pop("sweep", None), str(path))
+    bases, own = _layers(path)
+    sweep = _flatten_sweep(_deep_merge(bases, own).get("sweep"), str(path))
+    presets = sweep.pop("extends", None)
+    fixed: list[tuple[str, Any]] = []
     for text in overrides:
         key, value = parse_override(text)
+        if key == "sweep.extends" or key == "extends":
+            raise SpecError(f"override '{text}': presets cannot be overridden; edit the spec's sweep.extends")
         if key.startswith("sweep."):
             sweep.update(_flatten_sweep({key[len("sweep."):]: value}, "override"))
             continue
         sweep.pop(key, None)  # an override fixes a swept key
-        _set_dotted(data, key, value)
-    if "name" not in data:
-        data["name"] = path.stem
-    return expand(data, sweep, str(path))
+        fixed.append((key, value))
+
+    def layered(preset: dict) -> dict:
+        data = _deep_merge(_deep_merge(bases, preset), own)
+        data.pop("sweep", None)
+        for key, value in fixed:
+            _set_dotted(data, key, value)
+        data.setdefault("name", path.stem)
+        return data
+
+    if presets is None:
+        return expand(layered({}), sweep, str(path))
+    runs: list[RunSpec] = []
+    for name in presets:
+        if not isinstance(name, str):
+            raise SpecError(f"{path}: sweep.extends: expected a list of spec file paths, got {name!r}")
+        preset = resolve_file(_relative(path, name, "sweep.extends"))
+        if "sweep" in preset:
+            raise SpecError(f"{name}: a swept preset sets keys; it cannot have its own sweep (in {path})")
+        runs += expand(layered(preset), sweep, str(path), base_point={"extends": name})
+    _check_unique(runs, str(path))
+    return runs
 
 
-def expand(data: dict, sweep: dict[str, list], source: str = "spec") -> list[RunSpec]:
-    """One RunSpec per point of the sweep grid (cartesian product, in written order)."""
+def expand(data: dict, sweep: dict[str, list], source: str = "spec", base_point: dict | None = None) -> list[RunSpec]:
+    """One RunSpec per point of the sweep grid (cartesian product, in written order).
+
+    ``base_point`` (the swept preset) is recorded first in every point; it is not a config key.
+    """
     keys = list(sweep)
     runs = []
     for values in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
-        point = dict(zip(keys, values))
+        grid = dict(zip(keys, values))
+        point = {**(base_point or {}), **grid}
         merged = json.loads(json.dumps(data))  # deep copy of plain YAML data
-        for key, value in point.items():
+        for key, value in grid.items():
             _set_dotted(merged, key, value)
         try:
             cfg = build_config(merged)
@@ -434,8 +478,14 @@ def expand(data: dict, sweep: dict[str, list], source: str = "spec") -> list[Run
             key = str(exc).split(":")[0].split("[")[0]
             if any(key == k or key.startswith(k + ".") for k in point):
                 raise SpecError(f"{exc} (sweep point {_point_text(point)} of {source})") from None
-            raise SpecError(f"{exc} (in {source})") from None
+            preset = f" with preset {base_point['extends']}" if base_point else ""
+            raise SpecError(f"{exc} (in {source}{preset})") from None
         runs.append(RunSpec(config=cfg, spec_hash=spec_hash(cfg), point=point))
+    _check_unique(runs, source)
+    return runs
+
+
+def _check_unique(runs: list[RunSpec], source: str) -> None:
     seen: dict[str, dict] = {}
     for run in runs:
         if run.run_id in seen:
@@ -444,7 +494,6 @@ def expand(data: dict, sweep: dict[str, list], source: str = "spec") -> list[Run
                 "give the same run (a swept key that does not change results?)"
             )
         seen[run.run_id] = run.point
-    return runs
 
 
 def _point_text(point: dict) -> str:
