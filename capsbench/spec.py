@@ -61,9 +61,15 @@ class RunSpec:
     @property
     def label(self) -> str:
         """A folder name a person can read: the swept values, then a short hash."""
-        parts = [f"{key.split('.')[-1]}{_short(value)}" for key, value in self.point.items() if key != "seed"]
+        parts = [_part(key, value) for key, value in self.point.items() if key != "seed"]
         parts.append(f"seed{self.seed}")
         return "-".join(parts + [self.spec_hash[:8]])
+
+
+def _part(key: str, value: Any) -> str:
+    """``depth3``; names speak for themselves: ``mnist`` rather than ``namemnist``, ``em`` for a preset."""
+    last = key.split(".")[-1]
+    return _short(value) if last in ("name", "extends") else f"{last}{_short(value)}"
 
 
 def _short(value: Any) -> str:

@@ -83,8 +83,8 @@ def test_bad_input_in_one_worker_stops_the_sweep_and_spares_the_others(tmp_path,
     )
     assert code == 2
     err = capsys.readouterr().err
-    assert "namemnist-seed0" in err.splitlines()[-1] and "mnist: data not found" in err.splitlines()[-1]
-    (digits,) = (tmp_path / "quickstart").glob("namedigits-*")
+    assert "mnist-seed0" in err.splitlines()[-1] and "mnist: data not found" in err.splitlines()[-1]
+    (digits,) = (tmp_path / "quickstart").glob("digits-*")
     assert read_record(digits / "record.json")["status"] == "ok"
     assert not list((tmp_path / "quickstart").rglob("*fashion_mnist*"))  # never started
 
