@@ -207,3 +207,36 @@ def test_unknown_executor_and_bad_jobs(tmp_path):
     with pytest.raises(UserError, match="--jobs: expected an integer >= 1"):
         LocalExecutor(jobs=0).run_all(spec.load(QUICKSTART, TINY), tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find worker processes")
+def test_sigterm_to_a_jobs_n_sweep_stops_its_workers_and_exits_130(tmp_path):
+    """A `kill` of the sweep process must not leave workers training on as orphans."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "capsbench", "run", QUICKSTART, "--jobs", "2", "--out", str(tmp_path),
+           "train.epochs=200", "data.subset=200", "data.test_subset=100", "executor.cpus=1"]
+    env = dict(os.environ, CAPSBENCH_MALLOC_TUNING="0", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    workers: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        workers = _children(proc.pid)
+    assert len(workers) == 2, "the sweep did not start two workers"
+    time.sleep(3)  # let them get into training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "resume" in err.splitlines()[-1]

@@ -35,6 +35,7 @@ from capsbench.executors.plan import (
     sweep_dir_for,
 )
 from capsbench.spec import RunSpec
+from capsbench.train.signals import sigterm_as_interrupt
 
 __all__ = ["LocalExecutor", "run_dir_for"]
 
@@ -139,15 +140,18 @@ class _Pool:
             + (f" on GPUs {','.join(self.gpus)}" if self.gpus else f", {threads} CPU thread(s) each")
         )
         queue = list(todo)
-        try:
-            while (queue and self.bad_input is None) or self.workers:  # bad input: no new starts
-                while queue and len(self.workers) < self.jobs and self.bad_input is None:
-                    self._start(queue.pop(0), out, threads)
-                if not self._reap():
-                    time.sleep(0.1)
-        except KeyboardInterrupt:
-            self._stop_all()
-            raise
+        # SIGTERM (a `kill`, a batch system) stops the workers like Ctrl-C does: none is left orphaned
+        with sigterm_as_interrupt() as stop:
+            try:
+                while (queue and self.bad_input is None) or self.workers:  # bad input: no new starts
+                    while queue and len(self.workers) < self.jobs and self.bad_input is None:
+                        self._start(queue.pop(0), out, threads)
+                    if not self._reap():
+                        time.sleep(0.1)
+                    stop.check()
+            except KeyboardInterrupt:
+                self._stop_all()
+                raise
         if self.bad_input is not None:
             label, message = self.bad_input
             raise UserError(f"{label}: {message}")
