@@ -57,6 +57,7 @@ def test_add_then_build_then_check(tmp_path):
         assert (root / name).is_file(), name
     readme = (root / "README.md").read_text()
     assert "| 1 | capsnet-em |" in readme and "### test v1 (leaderboard 1.0.0)" in readme
+    assert "](test/v1/digits.png)" in readme  # the figure inline, each link to a built file
     data = json.loads((root / "test/v1/leaderboard.json").read_text())
     assert data["leaderboard_version"] == "1.0.0" and data["datasets"][0]["rows"][0]["runs"] == 6
     assert "## test 1.0.0 (2023-11-14)" in (root / "CHANGELOG.md").read_text()

@@ -159,6 +159,8 @@ def markdown(sections: list[dict]) -> str:
             for cells in human_rows(tab):
                 out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
             out.append("")
+            # the figure inline: a forge renders the README, not index.html
+            out.append(f"![accuracy and dead capsules against depth on {dataset}]({folder}/{dataset}.png)\n")
     return "\n".join(out).rstrip("\n") + "\n"
 
 
