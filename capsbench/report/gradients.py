@@ -66,7 +66,10 @@ def layer_figure(data: dict):
     ax.set_xticklabels(layers, rotation=45 if len(layers) > 8 else 0, ha="right" if len(layers) > 8 else "center")
     ax.set_xlabel("layer (input side on the left)")
     ax.set_ylabel("gradient L2 norm (epoch mean, log scale)")
-    ax.set_title(f"{data['title']}\nper-layer gradient norms")
+    # the run title is long (folder name, method, data set): split it so a narrow figure keeps all of it
+    name, _, rest = data["title"].partition(": ")
+    ax.set_title(f"{name}\n{rest}: per-layer gradient norms" if rest else f"{name}\nper-layer gradient norms",
+                 fontsize="medium")
     if plotted:
         ax.legend(loc="best")
     return fig
