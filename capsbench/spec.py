@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import itertools
@@ -393,10 +394,16 @@ def check_routing_options(cfg: DictConfig) -> None:
             )
 
 
+@functools.cache
+def _defaults() -> DictConfig:
+    """The typed default RunConfig, built once: building it is most of the cost of a 150-run sweep."""
+    return OmegaConf.structured(RunConfig)
+
+
 def build_config(data: dict) -> DictConfig:
     """Validate a merged spec mapping (without ``extends``/``sweep``) into a typed RunConfig."""
     clean = _validate_section(data, RunConfig, "")
-    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(clean))
+    cfg = OmegaConf.merge(_defaults(), OmegaConf.create(clean))  # merge copies: the cached defaults stay clean
     _check_range(cfg)
     _check_names(cfg)
     return cfg
