@@ -86,6 +86,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max global grad norm; None = off
     test_every_epoch: bool = False
     max_steps_per_epoch: int | None = None  # cap for smoke tests; None = whole epoch
+    precise_bn: int = 0  # recompute BatchNorm statistics from this many training images before each evaluation
 
 
 @dataclass
@@ -130,6 +131,12 @@ class RunConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
+
+# Keys added after records existed, with the value that reproduces the earlier behaviour: at that
+# value they are left out of the spec hash, so adding a feature never re-keys the leaderboard.
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "train.precise_bn": 0,
+}
 
 # Keys (dotted) that do not change results: left out of the spec hash.
 NON_RESULT_KEYS = (

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from capsbench.config import NON_RESULT_KEYS, RunConfig
+from capsbench.config import HASH_NEUTRAL_DEFAULTS, NON_RESULT_KEYS, RunConfig
 from capsbench.errors import SpecError, UserError, did_you_mean
 
 SPEC_KEYS = ("extends", "sweep")  # keys of a spec file that are not run-config keys
@@ -337,6 +337,7 @@ def _check_range(cfg: DictConfig) -> None:
     need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
     need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
     need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)
+    need(t.precise_bn >= 0, "train.precise_bn", "an integer >= 0 (training images; 0 = off)", t.precise_bn)
     need(t.amp in ("off", "bf16", "fp16"), "train.amp", "one of off, bf16, fp16", t.amp)
     need(t.optimizer.lr > 0, "train.optimizer.lr", "a number > 0", t.optimizer.lr)
     need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "a number > 0 or null", t.grad_clip)
@@ -413,14 +414,16 @@ def build_config(data: dict) -> DictConfig:
 
 
 def canonical(cfg: DictConfig) -> dict:
-    """The result-relevant part of a config: everything but ``NON_RESULT_KEYS``."""
+    """The result-relevant part of a config: everything but ``NON_RESULT_KEYS`` and hash-neutral defaults."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in NON_RESULT_KEYS:
+    drop = [(dotted, None) for dotted in NON_RESULT_KEYS] + list(HASH_NEUTRAL_DEFAULTS.items())
+    for dotted, neutral in drop:
         node = data
         *parents, last = dotted.split(".")
         for part in parents:
             node = node.get(part, {})
-        node.pop(last, None)
+        if dotted in NON_RESULT_KEYS or (last in node and node[last] == neutral):
+            node.pop(last, None)
     return data
 
 
@@ -442,8 +445,13 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> list[
     fixed: list[tuple[str, Any]] = []
     for text in overrides:
         key, value = parse_override(text)
-        if key == "sweep.extends" or key == "extends":
-            raise SpecError(f"override '{text}': presets cannot be overridden; edit the spec's sweep.extends")
+        if key == "extends":
+            raise SpecError(f"override '{text}': a spec's bases cannot be overridden; edit its extends")
+        if key == "sweep.extends":  # run some of the presets (paths relative to the spec, as in it)
+            if not isinstance(value, list) or not value:
+                raise SpecError(f"override '{text}': expected a non-empty list of preset files")
+            presets = value
+            continue
         if key.startswith("sweep."):
             sweep.update(_flatten_sweep({key[len("sweep."):]: value}, "override"))
             continue

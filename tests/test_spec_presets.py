@@ -64,7 +64,8 @@ def test_preset_settings_are_in_the_hash(presets, tmp_path):
         (None, "extends: [m/missing.yaml]", [], r"sweep\.extends: file 'm/missing.yaml' not found"),
         ("model: {depth: 2}\nsweep: {seed: [0, 1]}\n", "extends: [m/bad.yaml]", [], "cannot have its own sweep"),
         (None, "extends: [3]", [], "expected a list of spec file paths"),
-        (None, "extends: [m/em.yaml]", ["sweep.extends=[m/self.yaml]"], "presets cannot be overridden"),
+        (None, "extends: [m/em.yaml]", ["extends=m/self.yaml"], "bases cannot be overridden"),
+        (None, "extends: [m/em.yaml]", ["sweep.extends=m/self.yaml"], "expected a non-empty list of preset files"),
         ("model: {routing: emm}\n", "extends: [m/bad.yaml]", [], r"model\.routing.*did you mean.*with preset m/bad"),
     ],
 )
@@ -81,3 +82,9 @@ def test_same_run_from_two_presets_is_an_error(presets):
     path = write(presets, "s.yaml", "extends: base.yaml\nsweep:\n  extends: [m/em.yaml, m/em2.yaml]\n")
     with pytest.raises(SpecError, match="give the same run"):
         spec.load(path)
+
+
+def test_an_override_runs_some_presets_with_the_same_labels(presets):
+    full = spec.load(sweep_spec(presets))
+    some = spec.load(sweep_spec(presets), ["sweep.extends=[m/self.yaml]"])
+    assert [r.label for r in some] == [r.label for r in full if r.config.model.routing == "self"]

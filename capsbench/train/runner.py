@@ -44,6 +44,7 @@ from capsbench.train.display import Display
 from capsbench.train.loop import Trainer, evaluate, train_epoch
 from capsbench.train.losses import build_loss
 from capsbench.train.optim import build_optimizer, build_scheduler
+from capsbench.train.precise_bn import recompute_bn_statistics
 from capsbench.train.record import SCHEMA_VERSION, read_record, write_record
 from capsbench.train.rng import epoch_generator, rng_state, seed_everything, set_rng_state
 from capsbench.train.signals import StopFlag, sigterm_as_interrupt
@@ -304,6 +305,10 @@ class _Run:
                 tr = train_epoch(t, loader, epoch=epoch, epochs=epochs, steps=steps, advance=advance)
             if tr.diverged:
                 return epoch
+            recompute_bn_statistics(  # no-op unless train.precise_bn > 0
+                p.model, data.train, images=cfg.train.precise_bn, batch_size=cfg.train.batch_size,
+                device=self.device, autocast=t.autocast,
+            )
             val = evaluate(t, val_loader, progress=epoch / epochs, threshold=threshold)
             if val.diverged:
                 return epoch
