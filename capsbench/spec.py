@@ -416,14 +416,20 @@ def build_config(data: dict) -> DictConfig:
 def canonical(cfg: DictConfig) -> dict:
     """The result-relevant part of a config: everything but ``NON_RESULT_KEYS`` and hash-neutral defaults."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    drop = [(dotted, None) for dotted in NON_RESULT_KEYS] + list(HASH_NEUTRAL_DEFAULTS.items())
-    for dotted, neutral in drop:
-        node = data
-        *parents, last = dotted.split(".")
+
+    def parent(dotted: str) -> tuple[dict, str]:
+        node, (*parents, last) = data, dotted.split(".")
         for part in parents:
             node = node.get(part, {})
-        if dotted in NON_RESULT_KEYS or (last in node and node[last] == neutral):
-            node.pop(last, None)
+        return node, last
+
+    for dotted in NON_RESULT_KEYS:
+        node, last = parent(dotted)
+        node.pop(last, None)
+    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
+        node, last = parent(dotted)
+        if last in node and node[last] == neutral:
+            del node[last]
     return data
 
 
