@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from capsbench.capsules.geometry import coordinate_offsets, unfold_capsules, window_geometry, window_hw
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing
-from capsbench.capsules.routing.dynamic import capsule_length, squash
+from capsbench.capsules.routing.dynamic import squash_with_length
 from capsbench.capsules.types import Capsules
 
 
@@ -103,8 +103,7 @@ class PrimaryCaps(CapsuleLayer):
     def forward(self, x: torch.Tensor) -> Capsules:
         pose = self.pose_bn(self.pose_conv(x)).unflatten(1, (self.types, self.pose_dim))
         if self.activation == "length":
-            pose = squash(pose, dim=2)
-            return Capsules(pose, capsule_length(pose, dim=2))
+            return Capsules(*squash_with_length(pose, dim=2))
         return Capsules(pose, torch.sigmoid(self.act_bn(self.act_conv(x))))
 
 

@@ -15,7 +15,9 @@ Choices (documented deviations and decisions):
   implementations differ on this; ``detach_agreement=True`` stops the gradient through
   the logit updates (the coefficients become constants of the votes' gradient).
 - ``squash`` has an epsilon: ``|s|^2/(1+|s|^2) * s/sqrt(|s|^2+eps)``; a zero vector gives 0,
-  never NaN. In fp32 the length rounds to exactly 1.0 once ``|s|^2`` passes ~1e8.
+  never NaN. The activation is that vector's length in closed form
+  (``squash_with_length``), so it never leaves [0, 1]: measured with a norm it rounded to
+  1.0000001 at large poses. In fp32 it is exactly 1.0 once ``|s|^2`` passes ~1.7e7.
 
 Example::
 
@@ -35,13 +37,24 @@ from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing
 
 def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """Sabour's squash with an epsilon: length ``|s|^2/(1+|s|^2)`` (< 1), direction of ``s``."""
+    return squash_with_length(s, dim, eps)[0]
+
+
+def squash_with_length(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The squashed vector and its length (the capsule's activation), the length in closed form.
+
+    ``|v| = |s|^2/(1+|s|^2) * sqrt(|s|^2/(|s|^2+eps))``: two factors that are each <= 1 after
+    rounding, so the length is in [0, 1] at any magnitude. Measuring ``|v|`` instead rounds to
+    1.0000001 once ``|s|^2/(1+|s|^2)`` is 1 in fp32. At ``s = 0`` the length and its gradient
+    are 0 (the second factor's square root is kept away from 0, where its slope is infinite).
+    """
     sq = (s * s).sum(dim, keepdim=True)
-    return s * (sq / (1.0 + sq) / torch.sqrt(sq + eps))
-
-
-def capsule_length(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Euclidean length; its gradient at the zero vector is 0 (not NaN)."""
-    return torch.linalg.vector_norm(v, dim=dim)
+    scale = sq / (1.0 + sq)
+    v = s * (scale / torch.sqrt(sq + eps))
+    nonzero = sq > 0
+    ratio = torch.where(nonzero, sq / (sq + eps), 1.0)
+    length = torch.where(nonzero, scale * torch.sqrt(ratio), 0.0)
+    return v, length.squeeze(dim)
 
 
 class DynamicRouting(Routing):
@@ -83,11 +96,11 @@ class DynamicRouting(Routing):
                 s = votes.sum(2) / j
             else:
                 s = weighted_votes(coefficients, votes)
-            v = squash(s, eps=self.eps)
+            v, length = squash_with_length(s, eps=self.eps)
             if t < self.iterations - 1:
                 u, w = (votes.detach(), v.detach()) if self.detach_agreement else (votes, v)
                 logits = logits + agreement(u, w)
-        return RoutingOutput(v, capsule_length(v), coefficients)
+        return RoutingOutput(v, length, coefficients)
 
 
 # Two contractions over the votes, shared with self-routing. Each is one einsum forward; the

@@ -239,7 +239,14 @@ def squared_distance(x: torch.Tensor, precision: torch.Tensor, mean: torch.Tenso
     return (linear + const).clamp_min(0)  # rounding can make a zero distance slightly negative
 
 
-_SHIFT_STEPS = 8  # enough to bring logits spread over ~1e13 nats back into fp32 range
+_SHIFT_STEPS = 8  # brings logits spread over up to ~1e13 nats (with 9 windows per child) within ~1 nat
+# Wider spreads happen: in VB a parent with no mass keeps its prior (mean m0, precision psi0), and
+# at pose scale 1e6 its E-step logits sit ~1e14 nats below the others. These extra steps run first
+# and only where the temperature is still above what the 8 steps can bring down, so every result
+# at ordinary magnitudes is bitwise unchanged; 24 cover any finite float32 spread (1e38) for up
+# to 49 windows per child.
+_WIDE_STEPS = 24
+_EXP_RANGE = 60.0  # nats below the largest term that exp may reach in one step (fp32 underflows at ~-87)
 
 
 def child_shift(x: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> torch.Tensor:
@@ -257,13 +264,24 @@ def child_shift(x: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> to
         xs = x.detach()
         hi, lo = xs.amax(), xs.amin()
         log_n = torch.log(count.amax().clamp_min(1.0))
-        temp = ((hi - lo) / 60).clamp_min(1.0)
+        ratio = log_n / _EXP_RANGE  # temperature factor per step
+        temp = ((hi - lo) / _EXP_RANGE).clamp_min(1.0)
         shift = hi.expand_as(xs)
         tiny = torch.finfo(xs.dtype).tiny
-        for _ in range(_SHIFT_STEPS):
+
+        def tighten(shift, temp):
             total = child_sum(torch.exp((xs - shift) / temp)).clamp_min(tiny)
-            shift = torch.where(real, shift + temp * torch.log(total), shift)
-            temp = (temp * log_n / 60).clamp_min(1.0)
+            return torch.where(real, shift + temp * torch.log(total), shift)
+
+        # the 8 steps below end at temperature 1 from any start up to `reach`
+        reach = ratio.clamp_min(1e-30).pow(-(_SHIFT_STEPS - 2)).clamp_max(torch.finfo(xs.dtype).max)
+        for _ in range(_WIDE_STEPS):
+            wide = temp > reach  # a scalar: a no-op step (same shift, same temperature) when False
+            shift = torch.where(wide, tighten(shift, temp), shift)
+            temp = torch.where(wide, temp * ratio, temp)
+        for _ in range(_SHIFT_STEPS):
+            shift = tighten(shift, temp)
+            temp = (temp * ratio).clamp_min(1.0)
     return shift
 
 
