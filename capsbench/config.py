@@ -22,6 +22,13 @@ def plain(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+# Coordinate addition in shared class capsules (``model.coord_add``): the position of each child
+# added to its votes. "hinton": ((row + 0.5) / H, (col + 0.5) / W), the centre of the position, on the
+# first two entries of the right-hand column of a 4x4 pose (entries 3 and 7; Hinton et al. 2018);
+# "yl1993": (row / H, col / W) on entries 0 and 1 (the yl-1993 EM port); "none": nothing added.
+COORD_ADD_STYLES = ("hinton", "yl1993", "none")
+
+
 @dataclass
 class ModelConfig:
     arch: str = "capsnet"  # MODELS registry
@@ -35,6 +42,7 @@ class ModelConfig:
     pose_norm: bool | None = None  # BatchNorm on poses after stacked layers; None = per-method reference
     residual: bool = False  # skip from the layer two back when shapes match
     checkpointing: bool = False  # activation checkpointing per capsule layer
+    coord_add: str = "hinton"  # coordinate addition of shared class capsules: one of COORD_ADD_STYLES
     routing_options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the routing
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the model builder
 
@@ -136,6 +144,7 @@ class RunConfig:
 # value they are left out of the spec hash, so adding a feature never re-keys the leaderboard.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "train.precise_bn": 0,
+    "model.coord_add": "hinton",
 }
 
 # Keys (dotted) that do not change results: left out of the spec hash.
