@@ -147,6 +147,22 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.coord_add": "hinton",
 }
 
+
+def drop_hash_neutral_defaults(data: dict) -> dict:
+    """Remove, in place, every ``HASH_NEUTRAL_DEFAULTS`` key of a plain config mapping that holds its neutral value.
+
+    The spec hash and a leaderboard record's variant both use it, so a config written before a
+    key existed and one that spells out its neutral value name the same experiment.
+    """
+    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and last in node and node[last] == neutral:
+            del node[last]
+    return data
+
 # Keys (dotted) that do not change results: left out of the spec hash.
 NON_RESULT_KEYS = (
     "name",

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from capsbench.config import COORD_ADD_STYLES, HASH_NEUTRAL_DEFAULTS, NON_RESULT_KEYS, RunConfig
+from capsbench.config import COORD_ADD_STYLES, NON_RESULT_KEYS, RunConfig, drop_hash_neutral_defaults
 from capsbench.errors import SpecError, UserError, did_you_mean
 
 SPEC_KEYS = ("extends", "sweep")  # keys of a spec file that are not run-config keys
@@ -427,11 +427,7 @@ def canonical(cfg: DictConfig) -> dict:
     for dotted in NON_RESULT_KEYS:
         node, last = parent(dotted)
         node.pop(last, None)
-    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
-        node, last = parent(dotted)
-        if last in node and node[last] == neutral:
-            del node[last]
-    return data
+    return drop_hash_neutral_defaults(data)
 
 
 def spec_hash(cfg: DictConfig) -> str:

@@ -99,3 +99,19 @@ def test_presets_follow_the_reference_where_it_is_a_design_choice():
     vb = spec.load(METHODS / "vb.yaml")[0].config.model
     assert em.coord_add == "yl1993"  # the yl-1993 port's r/H on entries 0 and 1
     assert vb.coord_add == "hinton"  # the VB reference's constant 0.1 is a bug, not reproduced
+
+
+def test_leaderboard_variant_is_neutral_too():
+    """A record written before the key existed and one that spells out its neutral value are one variant."""
+    from omegaconf import OmegaConf
+
+    from capsbench.results.entry import variant_of
+
+    (run,) = spec.load(QUICKSTART, ["model.depth=1"])
+    new = OmegaConf.to_container(run.config, resolve=True)
+    old = OmegaConf.to_container(run.config, resolve=True)
+    del old["model"]["coord_add"], old["train"]["precise_bn"]
+    assert new["model"]["coord_add"] == "hinton" and new["train"]["precise_bn"] == 0
+    assert variant_of(new) == variant_of(old)
+    new["model"]["coord_add"] = "yl1993"
+    assert variant_of(new) != variant_of(old)
