@@ -25,6 +25,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Child processes (the CLI, --jobs workers, subprocess runs) get this worker's share of the cores:
+# xdist runs one worker per core, and N workers each spinning every core's worth of threads would
+# oversubscribe the machine N times over. An explicit OMP_NUM_THREADS is kept.
+def _thread_share() -> str:
+    from capsbench.cpus import usable_cores
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return str(max(1, usable_cores() // max(1, workers)))
+
+
+os.environ.setdefault("OMP_NUM_THREADS", _thread_share())
+
 # Normalisation statistics are cached on disk; keep the suite's caches out of the user's home.
 os.environ.setdefault("CAPSBENCH_CACHE", tempfile.mkdtemp(prefix="capsbench-test-cache-"))
 
