@@ -47,7 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _output_error(path, exc) from None
+        raise output_error(path, exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results on a shared cluster must be readable
         with os.fdopen(fd, mode) as f:
@@ -61,12 +61,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-            raise _output_error(path, exc) from None
+            raise output_error(path, exc) from None
         raise
     return path
 
 
-def _output_error(path: Path, exc: OSError) -> OutputError | OSError:
+def output_error(path: Path, exc: OSError) -> OutputError | OSError:
     """One line naming ``path`` for a failure the user can fix; anything else stays as it was."""
     if exc.errno not in WRITE_ERRNOS:
         return exc

@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from capsbench.errors import UserError
+from capsbench.io import output_error
 
 LOCK_FILE, LEASE_FILE = ".lock", ".lease"
 DEFAULT_TTL_S = 120.0
@@ -279,11 +280,17 @@ def _lease(directory: Path) -> Iterator[None]:
 def run_lock(directory: str | os.PathLike) -> Iterator[None]:
     """Hold ``directory``'s run lock for the duration; raises :class:`RunBusy` when another process has it."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if lock_mode(directory) == "flock":
-        yield from _flock(directory)
-    else:
-        yield from _lease(directory)
+    take = _flock if lock_mode(directory) == "flock" else _lease
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        held = take(directory)
+        next(held)  # acquired (or RunBusy)
+    except OSError as exc:  # a folder or lock file that cannot be created: full disk, permissions
+        raise output_error(directory, exc) from None
+    try:
+        yield
+    finally:
+        next(held, None)  # released
 
 
 def holder(directory: str | os.PathLike) -> str | None:
