@@ -73,9 +73,9 @@ def run(cfg, run_dir: str | Path, *, spec_hash: str, progress: bool = True) -> d
             return finished
         # one process trains a run at a time; another one holding it raises RunBusy (its caller skips the run)
         with run_lock(run_dir):
-            # it may have finished while we waited for the lock to be ours: never train a run twice
-            finished = read_record(run_dir / "record.json") if (run_dir / "record.json").exists() else None
-            if finished is not None and finished.get("spec_hash") == spec_hash and finished.get("seed") == cfg.seed:
+            # another process may have finished it between the look above and the lock: never train it twice
+            finished = _finished_record(run_dir / "record.json", spec_hash, cfg.seed, display, warn=False)
+            if finished is not None:
                 display.info(f"{run_dir}: already finished ({finished['status']}), skipped")
                 return finished
             write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -103,17 +103,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _finished_record(path: Path, spec_hash: str, seed: int, display: Display) -> dict | None:
+def _finished_record(path: Path, spec_hash: str, seed: int, display: Display, warn: bool = True) -> dict | None:
     if not path.exists():
         return None
     record = read_record(path)
     if record is None:
-        display.warn(f"{path} is corrupt (unreadable or checksum mismatch); running again")
+        if warn:
+            display.warn(f"{path} is corrupt (unreadable or checksum mismatch); running again")
         return None
     if record.get("spec_hash") != spec_hash or record.get("seed") != seed:
-        display.warn(
-            f"{path} belongs to another run (spec {record.get('spec_hash')}, seed {record.get('seed')}); running again"
-        )
+        if warn:
+            display.warn(
+                f"{path} belongs to another run (spec {record.get('spec_hash')}, seed {record.get('seed')}); "
+                "running again"
+            )
         return None
     return record
 
