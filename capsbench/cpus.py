@@ -16,14 +16,17 @@ default here is never more threads than cores:
 
 Example::
 
-    threads = threads_per_run(cpus=4, jobs=2)   # 2 on an idle 4-core machine, 1 in a 2-core container
-    apply_threads(threads)
+    threads = threads_per_run(cpus=4, jobs=2)   # 2 on a 4-core machine, 1 in a container with a 2-core quota
+    with torch_threads(threads):                # or apply_threads(threads) for the whole process
+        train()
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -151,3 +154,15 @@ def apply_threads(threads: int) -> int:
     except RuntimeError:
         pass
     return threads
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[int]:
+    """:func:`apply_threads` for the duration (intra-op threads come back after; inter-op cannot)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield apply_threads(threads)
+    finally:
+        torch.set_num_threads(before)

@@ -35,7 +35,10 @@ def _thread_share() -> str:
     return str(max(1, usable_cores() // max(1, workers)))
 
 
-os.environ.setdefault("OMP_NUM_THREADS", _thread_share())
+# The xdist controller loads this file too, before it starts the workers, and they inherit its value:
+# a marker tells the value set here (recomputed in each worker) from one the user set (kept).
+if os.environ.get("OMP_NUM_THREADS") in (None, os.environ.get("CAPSBENCH_TEST_THREADS")):
+    os.environ["OMP_NUM_THREADS"] = os.environ["CAPSBENCH_TEST_THREADS"] = _thread_share()
 
 # Normalisation statistics are cached on disk; keep the suite's caches out of the user's home.
 os.environ.setdefault("CAPSBENCH_CACHE", tempfile.mkdtemp(prefix="capsbench-test-cache-"))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from capsbench.cpus import apply_threads, threads_per_run, usable_cores
+from capsbench.cpus import threads_per_run, torch_threads, usable_cores
 from capsbench.errors import UserError
 from capsbench.executors.plan import (
     Planned,
@@ -76,10 +76,10 @@ class LocalExecutor:
                 point = ", ".join(f"{k}={v}" for k, v in p.run.point.items()) or "single run"
                 print(f"[{i}/{len(runs)}] {p.run.config.name}: {point} -> {p.directory}", file=sys.stderr)
             cfg = p.run.config
-            apply_threads(threads_per_run(cfg.executor.cpus))
             progress = not self.quiet and bool(cfg.output.progress) and not bool(cfg.output.quiet)
             try:
-                records.append(run_one(cfg, p.directory, spec_hash=p.run.spec_hash, progress=progress))
+                with torch_threads(threads_per_run(cfg.executor.cpus)):
+                    records.append(run_one(cfg, p.directory, spec_hash=p.run.spec_hash, progress=progress))
             except RunBusy as busy:
                 print(busy, file=sys.stderr)
                 records.append(placeholder(p, busy.holder, status=BUSY))
