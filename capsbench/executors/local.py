@@ -120,7 +120,7 @@ class _Pool:
         self.workers: list[_Worker] = []
         self.records: dict[str, dict] = {}
         self.bad_input: tuple[str, str] | None = None  # (label, message) of the first worker that exited 2
-        self.done = self.failed = self.busy = 0
+        self.done = self.failed = 0
 
     def say(self, text: str, always: bool = False) -> None:
         if always or not self.executor.quiet:
@@ -206,7 +206,6 @@ class _Pool:
         if record is None:
             last = _last_line(w.log_path)
             if code == EXIT_BUSY:  # another process is training this run: skipped, not failed
-                self.busy += 1
                 self.records[p.label] = placeholder(p, last.removeprefix("busy: "), status=BUSY)
                 self.say(last.removeprefix("busy: "), always=True)
                 return
