@@ -91,7 +91,8 @@ def test_a_lease_lives_by_its_heartbeat_and_expires_without_it(holders, monkeypa
         time.sleep(0.05)
     # a stopped holder (alive, same host) no longer beats: once a whole TTL has gone by, the lease is free
     holder.send_signal(signal.SIGSTOP)
-    time.sleep(1.0)  # let a heartbeat already under way land before the clock is set back
+    time.sleep(0.5)  # let the stop land: no heartbeat after this
+    os.utime(lease)  # its last beat was just now: still its lease, however slowly this machine runs
     with pytest.raises(RunBusy):
         with run_lock(run_dir):
             pass
@@ -164,3 +165,12 @@ def test_a_second_command_skips_the_run_in_progress_and_finishes_the_others(hold
     assert json.loads((depth1 / "record.json").read_text())["status"] == "ok"
     assert sorted(p.name for p in depth3.iterdir()) == [".lock"]  # nothing of the holder's run was touched
     assert "running" in result.stdout  # the results table shows it
+
+
+def test_exit_code_of_a_command_that_skipped_runs():
+    from capsbench.cli import run_exit_code
+
+    assert run_exit_code(["ok", "ok"]) == 0
+    assert run_exit_code(["ok", "running"]) == 75  # the rest is another process's: try again later
+    assert run_exit_code(["failed", "running"]) == 1  # a failure says more than a skip
+    assert run_exit_code(["diverged"]) == 1
