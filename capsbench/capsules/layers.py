@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from capsbench.capsules.geometry import coordinate_offsets, unfold_capsules, window_geometry, window_hw
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing
-from capsbench.capsules.routing.dynamic import capsule_length, squash
+from capsbench.capsules.routing.ops import capsule_length, squash
 from capsbench.capsules.types import Capsules
 
 

@@ -72,7 +72,7 @@ import torch
 from torch import nn
 
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-from capsbench.capsules.routing.em import (
+from capsbench.capsules.routing.ops import (
     EPS,
     LOG_2PI,
     NORMALISATIONS,
