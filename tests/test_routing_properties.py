@@ -159,7 +159,7 @@ def test_coefficients_are_normalised_over_the_declared_axis_with_overlapping_win
     layer(c)
     coef = layer.last_coefficients  # [N, L, I, J]
     assert (coef >= 0).all()
-    geometry = layer._children(*c)[3]
+    geometry = layer._children(*c)[2]
     real = geometry.child_sum(torch.ones(coef.shape[:3])) > 0  # padded slots are not children
     if layer.routing.normalised_over == "parents":
         total = coef.sum(-1)
