@@ -269,7 +269,9 @@ class _RoutedCaps(CapsuleLayer):
     def forward(self, caps: Capsules) -> Capsules:
         pose, act = caps
         impl = self.last_impl = self.implementation(pose.device)
-        if self.checkpointing and torch.is_grad_enabled():
+        # the fused path stores nothing votes-sized and recomputes in its own backward: checkpointing it
+        # again would only add a third forward
+        if self.checkpointing and impl != "fused" and torch.is_grad_enabled():
             pose, act, self.last_coefficients = self._checkpointed_route(pose, act, impl)
         else:
             pose, act, self.last_coefficients = self._route(pose, act, impl)

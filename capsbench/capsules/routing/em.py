@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from capsbench.capsules.routing import fused
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
 from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: kept importable from here)
     EPS,
@@ -89,6 +90,8 @@ from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: 
     resolve_options,
     squared_distance,
 )
+from capsbench.capsules.routing.votes import LazyVotes
+from capsbench.errors import UserError
 
 COSTS = ("sum", "mean", "standardise")
 
@@ -176,19 +179,61 @@ class EMRouting(Routing):
         check_inputs(votes, activation, self.parents, self.pose_dim)
         out_dtype, dtype = votes.dtype, compute_dtype(votes.dtype)
         with torch.autocast(device_type=votes.device.type, enabled=False):
-            v, a = votes.to(dtype), activation.to(dtype)
-            x, centre = prepare_votes(v, a)
-            norm = Normaliser(self.normalised_over, geometry, a)
-            r = norm.initial(self.parents, a)  # [N, L, J, I]
-            a_child = a.unsqueeze(2)  # [N, L, 1, I]
             beta_u, beta_a = self.beta_u.to(dtype), self.beta_a.to(dtype)
-            for t, lam in enumerate(self.lambdas):
-                mean, var, logit = self._m_step(r * a_child, x, beta_u, beta_a, lam)
-                if t < self.iterations - 1:
-                    r = norm(self._log_likelihood(x, mean, var) + F.logsigmoid(logit).unsqueeze(-1))
-            new_pose = mean + centre
-            new_act = torch.sigmoid(logit)
+            new_pose, new_act, r = self.route(votes.to(dtype), activation.to(dtype), beta_u, beta_a, geometry)
         return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), r.transpose(2, 3).to(out_dtype))
+
+    def route(self, v, a, beta_u, beta_a, geometry=IDENTITY_GEOMETRY):
+        """All iterations on votes ``v [N, L, I, J, D]`` (compute dtype): pose, activation, ``R [N, L, J, I]``."""
+        x, centre = prepare_votes(v, a)
+        norm = Normaliser(self.normalised_over, geometry, a)
+        r = norm.initial(self.parents, a)  # [N, L, J, I]
+        a_child = a.unsqueeze(2)  # [N, L, 1, I]
+        for t, lam in enumerate(self.lambdas):
+            mean, var, logit = self._m_step(r * a_child, x, beta_u, beta_a, lam)
+            if t < self.iterations - 1:
+                r = norm(self._log_likelihood(x, mean, var) + F.logsigmoid(logit).unsqueeze(-1))
+        return mean + centre, torch.sigmoid(logit), r
+
+    # ----------------------------------------------------------------------------- fused path
+
+    def fused_unavailable(self) -> str | None:
+        if self.normalised_over != "parents":
+            return (
+                "EM has a fused implementation only for coefficients normalised over parent types "
+                f"(model.routing_options.normalise=parents), not {self.normalised_over!r}"
+            )
+        return None
+
+    def fused_faster(self, device: torch.device) -> bool:
+        return fused.measured_faster("em", torch.device(device).type)
+
+    def forward_lazy(
+        self, votes: LazyVotes, activation: torch.Tensor, geometry: Geometry, need_coefficients: bool = True
+    ) -> RoutingOutput:
+        """The routing of lazily given votes, a block of windows at a time (see ``routing/fused.py``).
+
+        Windows are independent when ``R`` is normalised over parent types, so each block runs
+        every iteration on its own votes, computed from the child poses and weights; the
+        backward recomputes each block instead of storing its votes. Coefficients come back
+        detached (None unless ``need_coefficients``).
+        """
+        reason = self.fused_unavailable()
+        if reason:
+            raise UserError(f"routing_impl=fused: {reason}")
+        out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
+        with torch.autocast(device_type=votes.pose.device.type, enabled=False):
+            beta_u, beta_a = self.beta_u.to(dtype), self.beta_a.to(dtype)
+
+            def window_block(v, a, bu, ba):
+                new_pose, new_act, r = self.route(v.unsqueeze(0), a.unsqueeze(0), bu, ba)
+                return new_pose[0], new_act[0], r[0]
+
+            new_pose, new_act, r = fused.route_in_blocks(
+                window_block, votes, activation.to(dtype), (beta_u, beta_a), dtype, need_coefficients
+            )
+        coefficients = r.transpose(-1, -2).to(out_dtype) if r is not None else None
+        return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
 
     def _m_step(self, weights, x, beta_u, beta_a, lam):
         mass, s1, s2 = moments(weights, x)  # weights = R * a_i, NOT renormalised over parents

@@ -1,0 +1,204 @@
+"""The fused routing path against the reference path (the oracle), and the ``routing_impl`` switch.
+
+Equality: every routing with a fused path, through the real layers (ConvCaps with
+overlapping and strided windows, ClassCaps with per-position and shared weights), over
+options, iterations, block sizes (one window per block, blocks with a remainder, one block)
+and dtypes: poses, activations, coefficients and the gradients of child poses, child
+activations, vote weights and betas agree to float64 rounding (fp64) and to 1e-5 / 1e-4
+relative (fp32 outputs / gradients).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capsbench.capsules.layers import ClassCaps, ConvCaps
+from capsbench.capsules.routing import fused
+from capsbench.capsules.types import Capsules
+from capsbench.errors import UserError
+from capsbench.spec import load as load_spec
+
+LAYERS = {
+    "conv_k3_s1_p1": lambda **kw: ConvCaps(3, 4, 3, 1, 1, **kw),
+    "conv_k3_s2_p0": lambda **kw: ConvCaps(3, 4, 3, 2, 0, **kw),
+    "class_shared": lambda **kw: ClassCaps(3, 5, in_hw=(4, 4), mode="shared", coordinate_scale=2.0, **kw),
+    "class_conv": lambda **kw: ClassCaps(3, 5, in_hw=(4, 4), mode="conv", **kw),
+}
+TOLERANCE = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-4)}  # relative: outputs, gradients
+
+
+def pair(layer, routing_options, dtype, iterations=3, **kw):
+    """The same layer twice, on the reference and on the fused path, with learned-looking parameters."""
+    made = []
+    for impl in ("reference", "fused"):
+        torch.manual_seed(0)
+        made.append(
+            LAYERS[layer](routing="em", iterations=iterations, routing_impl=impl, **kw, **routing_options).to(dtype)
+        )
+    ref, fus = made
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    fus.load_state_dict(ref.state_dict())
+    return ref, fus
+
+
+def inputs(dtype, n=2, types=3, hw=(4, 4), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pose = torch.randn(n, types, 16, *hw, generator=g, dtype=dtype)
+    act = torch.rand(n, types, *hw, generator=g, dtype=dtype)
+    return pose, act
+
+
+def run(layer, pose, act, seed=1):
+    """Outputs, coefficients and every gradient of one forward + backward (a random linear loss)."""
+    pose, act = pose.clone().requires_grad_(), act.clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    out = layer(Capsules(pose, act))
+    g = torch.Generator().manual_seed(seed)
+    w_pose = torch.randn(out.pose.shape, generator=g, dtype=out.pose.dtype)
+    w_act = torch.randn(out.activation.shape, generator=g, dtype=out.pose.dtype)
+    ((out.pose * w_pose).sum() + (out.activation * w_act).sum()).backward()
+    grads = {f"grad {name}": p.grad for name, p in layer.named_parameters() if p.grad is not None}
+    values = {"pose": out.pose, "activation": out.activation, "coefficients": layer.last_coefficients}
+    return values, {"grad child pose": pose.grad, "grad child activation": act.grad, **grads}
+
+
+def assert_relative(a, b, rtol, what):
+    scale = b.abs().max().item() or 1.0
+    err = (a - b).abs().max().item() / scale
+    assert err <= rtol, f"{what}: relative error {err:.2e} > {rtol:.0e}"
+
+
+def use_blocks(monkeypatch, windows: int) -> None:
+    """Blocks of at most ``windows`` windows (for the 144-child, 4-parent layers here, in fp64)."""
+    monkeypatch.setattr(fused, "BLOCK_BYTES", windows * 144 * 4 * 16 * 8)
+
+
+def assert_paths_agree(ref, fus, dtype):
+    pose, act = inputs(dtype)
+    (a, ga), (b, gb) = run(ref, pose, act), run(fus, pose, act)
+    assert ref.last_impl == "reference" and fus.last_impl == "fused"
+    out_tol, grad_tol = TOLERANCE[dtype]
+    for key in a:
+        assert_relative(b[key], a[key], out_tol, key)
+    assert set(ga) == set(gb) and any("beta_u" in k for k in ga) and any("votes.weight" in k for k in ga)
+    for key in ga:
+        assert_relative(gb[key], ga[key], grad_tol, key)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize(
+    "options,iterations",
+    [({}, 3), ({}, 1), ({"cost": "mean"}, 2), ({"cost": "standardise", "final_lambda": 5.0}, 3)],
+    ids=["sum-3", "sum-1", "mean-2", "standardise-3"],
+)
+def test_fused_em_equals_the_reference(layer, options, iterations, dtype, monkeypatch):
+    use_blocks(monkeypatch, 5)  # several blocks, the last one short
+    assert_paths_agree(*pair(layer, options, dtype, iterations), dtype)
+
+
+@pytest.mark.parametrize("windows", [1, 10_000], ids=["one window per block", "one block"])
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_fused_em_equals_the_reference_whatever_the_block_size(layer, windows, monkeypatch):
+    use_blocks(monkeypatch, windows)
+    assert_paths_agree(*pair(layer, {}, torch.float64), torch.float64)
+
+
+def test_fused_em_with_linear_votes_equals_the_reference():
+    ref, fus = pair("conv_k3_s1_p1", {}, torch.float64, pose_dim=16, vote_transform="linear")
+    pose, act = inputs(torch.float64)
+    (a, ga), (b, gb) = run(ref, pose, act), run(fus, pose, act)
+    for key in a:
+        assert_relative(b[key], a[key], 1e-10, key)
+    for key in ga:
+        assert_relative(gb[key], ga[key], 1e-10, key)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_a_child_with_zero_activation_has_no_influence_bit_for_bit(impl):
+    """Zero-activation invariants, bit-exact on both paths: a silent child's pose changes nothing."""
+    torch.manual_seed(0)
+    layer = ConvCaps(3, 4, 3, 1, 1, routing="em", routing_impl=impl)
+    pose, act = inputs(torch.float32)
+    act[:, 1] = 0.0  # every child of type 1 is silent
+    moved = pose.clone()
+    moved[:, 1] = 1e3 * torch.randn_like(moved[:, 1])
+    a, b = layer(Capsules(pose, act)), layer(Capsules(moved, act))
+    assert torch.equal(a.pose, b.pose) and torch.equal(a.activation, b.activation)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_all_silent_children_give_the_same_finite_outputs_on_both_paths(impl):
+    torch.manual_seed(0)
+    layer = ConvCaps(3, 4, 3, 1, 1, routing="em", routing_impl=impl)
+    pose, act = inputs(torch.float32)
+    out = layer(Capsules(pose.requires_grad_(), torch.zeros_like(act)))
+    (out.pose.sum() + out.activation.sum()).backward()
+    assert torch.isfinite(out.pose).all() and torch.isfinite(pose.grad).all()
+    assert (pose.grad == 0).all()  # no child counts, so no child pose moves anything
+
+
+def test_fused_path_stores_no_votes_sized_tensor():
+    """What the fused layer keeps for backward is the child poses, not the J-times-larger votes."""
+    torch.manual_seed(0)
+    layer = ConvCaps(4, 8, 3, 1, 1, routing="em", routing_impl="fused")
+    pose, act = inputs(torch.float32, types=4, hw=(6, 6))
+    pose.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        layer(Capsules(pose, act))
+    votes = 2 * 36 * (4 * 9) * 8 * 16  # N * L * I * J * D
+    assert saved and max(saved) < votes / 4
+
+
+# --------------------------------------------------------------------------------------------- the switch
+
+
+def test_fused_on_a_configuration_without_one_is_a_user_error():
+    with pytest.raises(UserError, match="routing_impl=fused.*normalise=parents"):
+        ConvCaps(3, 4, 3, 1, 1, routing="em", routing_impl="fused", normalise="receiving_parents")
+    with pytest.raises(UserError, match="routing_impl=fused.*no fused implementation"):
+        ConvCaps(3, 4, 3, 1, 1, routing="self", routing_impl="fused")
+    with pytest.raises(UserError, match="routing_impl must be one of auto, reference, fused"):
+        ConvCaps(3, 4, 3, 1, 1, routing="em", routing_impl="fast")
+
+
+def test_auto_takes_fused_only_where_it_exists_and_is_measured_faster(monkeypatch):
+    pose, act = inputs(torch.float32)
+    monkeypatch.setattr(fused, "MEASURED_FASTER", {})
+    em = ConvCaps(3, 4, 3, 1, 1, routing="em")
+    em(Capsules(pose, act))
+    assert em.last_impl == "reference"  # not measured faster: the reference path
+    monkeypatch.setattr(fused, "MEASURED_FASTER", {("em", "cpu"): True})
+    em(Capsules(pose, act))
+    assert em.last_impl == "fused"
+    other = ConvCaps(3, 4, 3, 1, 1, routing="em", normalise="receiving_parents")
+    other(Capsules(pose, act))
+    assert other.last_impl == "reference"  # no fused implementation for this configuration
+    plain = ConvCaps(3, 4, 3, 1, 1, routing="self")
+    plain(Capsules(pose, act))
+    assert plain.last_impl == "reference"  # a routing without forward_lazy
+
+
+def test_routing_impl_is_validated_at_load_and_not_in_the_spec_hash(tmp_path):
+    """Decision: both paths compute the same maths, so the spec hash ignores routing_impl (like the
+    device); the run record states the path each layer ran (environment.routing_impl)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("model: {routing: em}\n")
+    hashes = {load_spec(spec, [f"model.routing_impl={impl}"])[0].spec_hash for impl in ("auto", "reference", "fused")}
+    assert len(hashes) == 1
+    with pytest.raises(UserError, match="model.routing_impl"):
+        load_spec(spec, ["model.routing_impl=fast"])
+
+
+def test_the_run_record_states_the_path_each_layer_ran():
+    from capsbench.config import ModelConfig
+    from capsbench.models.capsnet import build_capsnet
+    from capsbench.train.runner import routing_implementations
+
+    model = build_capsnet(ModelConfig(routing="em", depth=1, backbone="tiny", routing_impl="fused"), 10, 1, 8)
+    model(torch.randn(2, 1, 8, 8))
+    assert routing_implementations(model) == {"conv1": "fused", "class": "fused"}
