@@ -208,6 +208,19 @@ class EMRouting(Routing):
     def fused_faster(self, device: torch.device) -> bool:
         return fused.measured_faster("em", torch.device(device).type)
 
+    @staticmethod
+    def _gpu_kernel(votes: LazyVotes, need_coefficients: bool):
+        """The Triton EM kernel when it applies (CUDA, matrix votes, per-child weights, no offsets, no
+        coefficients asked for: it returns none), else None (the blockwise path runs)."""
+        plain = votes.transform == "matrix" and votes.weight_index is None and votes.offsets is None
+        if votes.pose.device.type != "cuda" or need_coefficients or not plain:
+            return None
+        try:
+            from capsbench.capsules.routing.kernels import triton_em
+        except ImportError:  # no kernels package or no Triton: the blockwise path
+            return None
+        return triton_em.em_routing_triton if triton_em.available(votes.pose.device) else None
+
     def forward_lazy(
         self, votes: LazyVotes, activation: torch.Tensor, geometry: Geometry, need_coefficients: bool = True
     ) -> RoutingOutput:
@@ -224,6 +237,16 @@ class EMRouting(Routing):
         out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
         with torch.autocast(device_type=votes.pose.device.type, enabled=False):
             beta_u, beta_a = self.beta_u.to(dtype), self.beta_a.to(dtype)
+            kernel = self._gpu_kernel(votes, need_coefficients)
+            if kernel is not None:
+                n, length, i, j, d = votes.shape
+                new_pose, new_act = kernel(
+                    votes.pose.to(dtype).reshape(n * length, i, d), activation.to(dtype).reshape(n * length, i),
+                    votes.weight.to(dtype), beta_u, beta_a, lambdas=tuple(self.lambdas), min_var=self.min_var,
+                    cost=self.cost,
+                )  # fmt: skip
+                pose_out, act_out = new_pose.view(n, length, j, d), new_act.view(n, length, j)
+                return RoutingOutput(pose_out.to(out_dtype), act_out.to(out_dtype), None)
 
             def window_block(v, a, bu, ba):
                 new_pose, new_act, r = self.route(v.unsqueeze(0), a.unsqueeze(0), bu, ba)
