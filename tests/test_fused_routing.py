@@ -202,3 +202,31 @@ def test_the_run_record_states_the_path_each_layer_ran():
     model = build_capsnet(ModelConfig(routing="em", depth=1, backbone="tiny", routing_impl="fused"), 10, 1, 8)
     model(torch.randn(2, 1, 8, 8))
     assert routing_implementations(model) == {"conv1": "fused", "class": "fused"}
+
+
+def test_checkpointing_does_not_wrap_the_fused_path_and_changes_nothing():
+    """The fused path recomputes by itself: with checkpointing on it runs once, with the same gradients."""
+    _, fus = pair("conv_k3_s1_p1", {}, torch.float64, checkpointing=True)
+    _, plain = pair("conv_k3_s1_p1", {}, torch.float64)
+    pose, act = inputs(torch.float64)
+    (_, ga), (_, gb) = run(plain, pose, act), run(fus, pose, act)
+    for key in ga:
+        assert torch.equal(ga[key], gb[key]), key
+    calls = []
+    original = fus._checkpointed_route
+    fus._checkpointed_route = lambda *args: calls.append(1) or original(*args)
+    run(fus, pose, act)
+    assert not calls
+
+
+def test_fused_path_under_bf16_autocast_matches_the_reference():
+    ref, fus = pair("conv_k3_s1_p1", {}, torch.float32)
+    pose, act = inputs(torch.float32)
+    outs = []
+    for layer in (ref, fus):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(Capsules(pose.bfloat16(), act.bfloat16()))
+        assert out.pose.dtype == torch.bfloat16
+        outs.append(out)
+    torch.testing.assert_close(outs[1].pose, outs[0].pose)
+    torch.testing.assert_close(outs[1].activation, outs[0].activation)

@@ -50,6 +50,15 @@ Choices (each an option, documented because references differ):
   floor (Google's ``min_var = 5e-4``, added rather than max-ed so the gradient never
   stops), so identical votes give no NaN.
 
+Fused path (``forward_lazy``, ``model.routing_impl=fused``), for ``normalise="parents"``
+only: windows are then independent, so each block of windows runs every iteration on its
+own votes, computed from the child poses and weights (``routing/fused.py``), and the
+backward recomputes each block; the layer's votes are never stored (a third to a half of
+the reference's peak memory). It runs the same ``route`` as ``forward``. On the CPU it is
+measured slower than the reference (``benchmarks/results/fused-*.md``), so ``auto`` keeps
+the reference there; on CUDA the Triton kernel (``routing/kernels/triton_em.py``, when
+present) serves calls that need no coefficients.
+
 All statistics run in float32 (float64 stays float64) with autocast off; outputs come
 back in the input dtype. The votes are read in batched matrix products
 (``prepare_votes``, ``moments``, ``squared_distance`` in ``routing/ops.py``, shared with VB routing).
