@@ -38,6 +38,11 @@ CONFIGS = {
          "data.subset=null", "data.test_subset=null"],
     ),
     "32x32 routing EM": (HERE / "routing.yaml", ["sweep.model.routing=[em]", "sweep.model.depth=[5,10]"]),
+    "paper-mini VB": (
+        ROOT / "specs/mini/depth_sweep.yaml",
+        ["sweep.extends=[../protocols/methods/vb.yaml]", "sweep.data.name=[digits]", "sweep.model.depth=[4]",
+         "data.subset=null", "data.test_subset=null"],
+    ),
 }
 VARIANTS = {
     "reference": ["model.routing_impl=reference"],
@@ -90,7 +95,7 @@ def routed_windows(spec: Path, overrides: list[str]) -> list[list[tuple[int, int
     return found
 
 
-def path_model(windows, path: str, checkpointing: bool) -> dict:
+def path_model(windows, path: str, checkpointing: bool, coupled: bool = False) -> dict:
     """Flops and DRAM bytes of one training step's routing (all routed layers), for one path.
 
     Flops per window: the votes (reference: the block-diagonal 16 x 16J map, 2*I*16*16J; fused: the
@@ -101,14 +106,21 @@ def path_model(windows, path: str, checkpointing: bool) -> dict:
     (votes written and read, the centred votes and their squares, 2S, written once and read by each
     M- and E-step) and ~3.3x that in the backward (README of benchmarks/ counts 15 S + 50 S at T = 3).
     The fused path keeps each block in cache: it moves the child poses (I*D*4, read three times), the
-    per-child weights once per block (negligible) and the outputs.
+    per-child weights once per block (negligible) and the outputs. ``coupled`` (VB, normalised over
+    receiving parents): every contraction over children (the centre, T M-steps, T-1 E-steps) is its
+    own pass that recomputes the votes, and the coefficients (I*J*4 bytes) go to memory and back
+    around each one.
     """
     flops = bytes_ = 0.0
     for p, i, j, t in windows:
         d = 16
         s = i * j * d * 4
         em = t * (2 * 2 * i * j * 2 * d + 4 * i * j * d)
-        if path == "fused":
+        if path == "fused" and coupled:
+            fwd = 2 * t * 2 * i * j * 64 + em
+            flops += p * 3 * fwd
+            bytes_ += p * (2 * t * 3 * (i * d * 4 + 2 * i * j * 4))
+        elif path == "fused":
             fwd = 2 * i * j * 64 + em
             flops += p * (fwd * 2 + 2 * fwd)
             bytes_ += p * (3 * i * d * 4 + 3 * j * (d + 1) * 4)
@@ -140,6 +152,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="paper-mini depth 4 only")
     parser.add_argument("--tag", default=None)
+    parser.add_argument("--only", default=None, help="run only the configurations whose label contains this")
     args = parser.parse_args()
     if os.environ.get("OMP_NUM_THREADS") != "1":
         raise SystemExit("run with OMP_NUM_THREADS=1: the targets are one-thread numbers")
@@ -149,7 +162,7 @@ def main() -> None:
     print(f"machine: {machine}", flush=True)
     rows, results = [], []
     for label, (spec, base) in CONFIGS.items():
-        if args.quick and label != "paper-mini EM":
+        if (args.quick and label != "paper-mini EM") or (args.only and args.only not in label):
             continue
         base = [*base, "sweep.model.depth=[4]"] if args.quick else base
         shapes = routed_windows(spec, base)
@@ -163,7 +176,8 @@ def main() -> None:
             depth = measured[(k, "reference")]["point"].get("model.depth")
             for variant in VARIANTS:
                 r = measured[(k, variant)]
-                r["model"] = path_model(windows, "fused" if variant == "fused" else "reference", variant == "reference")
+                path = "fused" if variant == "fused" else "reference"
+                r["model"] = path_model(windows, path, variant == "reference", coupled="VB" in label)
                 rows.append(table_row(label, depth, variant, r, measured[(k, "reference")], machine))
                 print(rows[-1], flush=True)
     machine["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]

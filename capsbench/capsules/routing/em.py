@@ -50,11 +50,13 @@ Choices (each an option, documented because references differ):
   floor (Google's ``min_var = 5e-4``, added rather than max-ed so the gradient never
   stops), so identical votes give no NaN.
 
-Fused path (``forward_lazy``, ``model.routing_impl=fused``), for ``normalise="parents"``
-only: windows are then independent, so each block of windows runs every iteration on its
-own votes, computed from the child poses and weights (``routing/fused.py``), and the
-backward recomputes each block; the layer's votes are never stored (a third to a half of
-the reference's peak memory). It runs the same ``route`` as ``forward``. On the CPU it is
+Fused path (``forward_lazy``, ``model.routing_impl=fused``): with ``normalise="parents"``
+windows are independent, so each block of windows runs every iteration on its own votes,
+computed from the child poses and weights (``routing/fused.py``), and the backward
+recomputes each block; with ``"receiving_parents"`` every contraction over children is
+one pass over the blocks (``fused.LazyCentredVotes``). Either way the layer's votes are
+never stored (about a third of the reference's peak memory) and the iterations are the
+same code as ``forward``'s. On the CPU it is
 measured slower than the reference (``benchmarks/results/fused-*.md``), so ``auto`` keeps
 the reference there; on CUDA the Triton kernel (``routing/kernels/triton_em.py``, when
 present) serves calls that need no coefficients.
@@ -100,7 +102,6 @@ from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: 
     squared_distance,
 )
 from capsbench.capsules.routing.votes import LazyVotes
-from capsbench.errors import UserError
 
 COSTS = ("sum", "mean", "standardise")
 
@@ -195,6 +196,10 @@ class EMRouting(Routing):
     def route(self, v, a, beta_u, beta_a, geometry=IDENTITY_GEOMETRY):
         """All iterations on votes ``v [N, L, I, J, D]`` (compute dtype): pose, activation, ``R [N, L, J, I]``."""
         x, centre = prepare_votes(v, a)
+        return self._iterate(x, centre, a, beta_u, beta_a, geometry)
+
+    def _iterate(self, x, centre, a, beta_u, beta_a, geometry):
+        """The iterations from the centred votes ``x`` (a tensor, or lazy: ``fused.LazyCentredVotes``)."""
         norm = Normaliser(self.normalised_over, geometry, a)
         r = norm.initial(self.parents, a)  # [N, L, J, I]
         a_child = a.unsqueeze(2)  # [N, L, 1, I]
@@ -205,14 +210,6 @@ class EMRouting(Routing):
         return mean + centre, torch.sigmoid(logit), r
 
     # ----------------------------------------------------------------------------- fused path
-
-    def fused_unavailable(self) -> str | None:
-        if self.normalised_over != "parents":
-            return (
-                "EM has a fused implementation only for coefficients normalised over parent types "
-                f"(model.routing_options.normalise=parents), not {self.normalised_over!r}"
-            )
-        return None
 
     def fused_faster(self, device: torch.device) -> bool:
         return fused.measured_faster("em", torch.device(device).type)
@@ -240,12 +237,15 @@ class EMRouting(Routing):
         backward recomputes each block instead of storing its votes. Coefficients come back
         detached (None unless ``need_coefficients``).
         """
-        reason = self.fused_unavailable()
-        if reason:
-            raise UserError(f"routing_impl=fused: {reason}")
         out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
         with torch.autocast(device_type=votes.pose.device.type, enabled=False):
             beta_u, beta_a = self.beta_u.to(dtype), self.beta_a.to(dtype)
+            if self.normalised_over != "parents":  # windows coupled: one pass over the blocks per contraction
+                a = activation.to(dtype)
+                x = fused.LazyCentredVotes(votes, a, dtype)
+                new_pose, new_act, r = self._iterate(x, x.centre, a, beta_u, beta_a, geometry)
+                coefficients = r.detach().transpose(2, 3).to(out_dtype) if need_coefficients else None
+                return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
             kernel = self._gpu_kernel(votes, need_coefficients)
             if kernel is not None:
                 n, length, i, j, d = votes.shape

@@ -9,6 +9,10 @@ each block's working set stays in the cache while every iteration streams it.
 
 :func:`route_in_blocks` is the machinery; the routing supplies the per-block maths (the
 same function its reference ``forward`` runs, so both paths compute the same formulas).
+Routings whose windows are coupled through the coefficients (normalised over every
+receiving parent: VB's default) use :class:`LazyCentredVotes` instead: each contraction over
+children is one pass over the blocks, and only the coefficients ``[N, L, J, I]`` (1/D of the
+votes) cross blocks between iterations.
 :data:`MEASURED_FASTER` records, per routing and device type, whether this path was
 measured faster than the materialised one (``benchmarks/run_fused_benchmark.py``):
 ``routing_impl="auto"`` picks it only there.
@@ -20,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from capsbench.capsules.routing.ops import EPS
 from capsbench.capsules.routing.votes import LazyVotes
 
 # (routing, device type) -> whether the fused path was measured faster than the reference path.
@@ -71,9 +76,13 @@ def route_in_blocks(
     offsets = votes.offsets.to(dtype) if votes.offsets is not None else None
     block = block or block_windows(votes, torch.finfo(dtype).bits // 8)
     how = (votes.transform, j, d)
-    new_pose, new_act, r = _BlockwiseRouting.apply(
-        fn, how, block, need_coefficients, pose, act, weight, offsets, *params
-    )
+
+    def routed(v, a, *params):
+        out_pose, out_act, r = fn(v, a, *params)
+        return (out_pose, out_act, r.detach()) if need_coefficients else (out_pose, out_act)
+
+    outs = _Blockwise.apply(routed, how, block, 1, 2, pose, weight, offsets, act, *params)
+    new_pose, new_act, r = outs if need_coefficients else (*outs, None)
     r = r.view(n, length, j, i) if need_coefficients else None
     return new_pose.view(n, length, j, d), new_act.view(n, length, j), r
 
@@ -97,50 +106,52 @@ def _block_votes(pose: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor
     return votes if offsets is None else votes + offsets[:, None, :]
 
 
-class _BlockwiseRouting(torch.autograd.Function):
-    """Forward without autograd, a block at a time; backward recomputes each block under autograd.
+class _Blockwise(torch.autograd.Function):
+    """``fn`` over blocks of windows, forward without autograd; backward recomputes each block under autograd.
 
-    Nothing votes-sized is saved: only the inputs (child poses, activations, weights). The
-    coefficients output is not differentiable (telemetry reads it detached).
+    Inputs: the child poses ``[P, I, D_in]``, the per-child weights and offsets, ``n_sliced``
+    per-window tensors (``[P, ...]``, cut into blocks like the poses) and shared tensors.
+    ``fn(votes_block, *sliced_blocks, *shared)`` returns per-window outputs, concatenated over
+    blocks; only the first ``n_diff`` are differentiable. Nothing votes-sized is saved: only the
+    inputs.
     """
 
     @staticmethod
-    def forward(ctx, fn, how, block, need_coefficients, pose, act, weight, offsets, *params):
+    def forward(ctx, fn, how, block, n_sliced, n_diff, pose, weight, offsets, *rest):
         p = pose.shape[0]
-        poses, acts, coefs = [], [], []
+        parts = []
         for start in range(0, p, block):
             stop = min(start + block, p)
             v = _block_votes(pose[start:stop], weight, offsets, how)
-            out_pose, out_act, r = fn(v, act[start:stop], *params)
-            poses.append(out_pose)
-            acts.append(out_act)
-            if need_coefficients:
-                coefs.append(r)
-        ctx.fn, ctx.how, ctx.block = fn, how, block
-        ctx.save_for_backward(pose, act, weight, offsets, *params)
-        r = torch.cat(coefs) if need_coefficients else pose.new_empty(0)
-        ctx.mark_non_differentiable(r)
-        return torch.cat(poses), torch.cat(acts), r
+            sliced = [t[start:stop] for t in rest[:n_sliced]]
+            parts.append(fn(v, *sliced, *rest[n_sliced:]))
+        ctx.fn, ctx.how, ctx.block, ctx.n_sliced, ctx.n_diff = fn, how, block, n_sliced, n_diff
+        ctx.save_for_backward(pose, weight, offsets, *rest)
+        outs = [torch.cat(column) for column in zip(*parts)]
+        ctx.mark_non_differentiable(*outs[n_diff:])
+        return tuple(outs)
 
     @staticmethod
-    def backward(ctx, grad_pose, grad_act, _grad_r):
-        pose, act, weight, offsets, *params = ctx.saved_tensors
-        leaves = [pose, act, weight, offsets, *params]
-        wanted = [t is not None and need for t, need in zip(leaves, ctx.needs_input_grad[4:])]
+    def backward(ctx, *grad_outs):
+        pose, weight, offsets, *rest = ctx.saved_tensors
+        leaves = [pose, weight, offsets, *rest]
+        sliced = [True, False, False] + [k < ctx.n_sliced for k in range(len(rest))]
+        wanted = [t is not None and need for t, need in zip(leaves, ctx.needs_input_grad[5:])]
         grads = [torch.zeros_like(t) if w else None for t, w in zip(leaves, wanted)]
+        n_diff = ctx.n_diff
         for start in range(0, pose.shape[0], ctx.block):
             stop = min(start + ctx.block, pose.shape[0])
             with torch.enable_grad():
-                block_pose = pose[start:stop].detach().requires_grad_(wanted[0])
-                block_act = act[start:stop].detach().requires_grad_(wanted[1])
-                shared = [t if t is None else t.detach().requires_grad_(w) for t, w in zip(leaves[2:], wanted[2:])]
-                v = _block_votes(block_pose, shared[0], shared[1], ctx.how)
-                out_pose, out_act, _ = ctx.fn(v, block_act, *shared[2:])
-                inputs = [block_pose, block_act, *shared]
-                want = [x for x, w in zip(inputs, wanted) if w]
+                inputs = [
+                    t if t is None else (t[start:stop] if cut else t).detach().requires_grad_(w)
+                    for t, cut, w in zip(leaves, sliced, wanted)
+                ]
+                v = _block_votes(inputs[0], inputs[1], inputs[2], ctx.how)
+                outs = ctx.fn(v, *inputs[3:])
                 found = torch.autograd.grad(
-                    (out_pose, out_act), want, (grad_pose[start:stop], grad_act[start:stop]), allow_unused=True
-                )
+                    outs[:n_diff], [x for x, w in zip(inputs, wanted) if w],
+                    [g[start:stop] for g in grad_outs[:n_diff]], allow_unused=True,
+                )  # fmt: skip
             found = iter(found)
             for k, w in enumerate(wanted):
                 if not w:
@@ -148,8 +159,73 @@ class _BlockwiseRouting(torch.autograd.Function):
                 g = next(found)
                 if g is None:
                     continue
-                if k < 2:
+                if sliced[k]:
                     grads[k][start:stop] = g
                 else:
                     grads[k] += g
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
+
+
+class LazyCentredVotes:
+    """``[v - c, (v - c)^2]`` of every window, made a block at a time inside each contraction over children.
+
+    The lazy twin of :func:`capsbench.capsules.routing.ops.prepare_votes`' first output, for
+    routings whose windows are coupled (coefficients normalised over every receiving parent):
+    there each iteration needs the coefficients of all windows before the next, so instead of
+    running all iterations per block, every contraction over children (:meth:`moments`,
+    :meth:`dot_per_child`) is one pass over the blocks that recomputes their votes, in the forward
+    and again in the backward. What crosses blocks is the coefficients ``[N, L, J, I]``, 1/D of
+    the votes. ``centre`` ``[N, L, J, D]`` is computed once, without gradient, as in the reference.
+    """
+
+    def __init__(self, votes: LazyVotes, activation: torch.Tensor, dtype: torch.dtype, block: int | None = None):
+        n, length, i, j, d = self.dims = votes.shape
+        self.pose = votes.pose.to(dtype).reshape(n * length, i, -1)
+        self.weight = votes.per_child_weight().to(dtype)
+        self.offsets = votes.offsets.to(dtype) if votes.offsets is not None else None
+        self.how = (votes.transform, j, d)
+        self.block = block or block_windows(votes, torch.finfo(dtype).bits // 8)
+        act = activation.to(dtype).reshape(n * length, i)
+        with torch.no_grad():
+            parts = []
+            for start in range(0, n * length, self.block):
+                stop = min(start + self.block, n * length)
+                v = _block_votes(self.pose[start:stop], self.weight, self.offsets, self.how)
+                a = act[start:stop]
+                weighted = torch.einsum("bi,bijd->bjd", a, v)
+                parts.append(weighted / (a.sum(-1) + EPS)[:, None, None])
+            self.centre = torch.cat(parts).view(n, length, j, d)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The shape of the materialised layout, ``[N*L*J, I, 2D]`` (routings read the children count from it)."""
+        n, length, i, j, d = self.dims
+        return n * length * j, i, 2 * d
+
+    def _contract(self, fn, per_window: torch.Tensor) -> torch.Tensor:
+        centre = self.centre.reshape(-1, *self.centre.shape[2:])
+        (out,) = _Blockwise.apply(fn, self.how, self.block, 2, 1, self.pose, self.weight, self.offsets, centre,
+                                  per_window.reshape(centre.shape[0], *per_window.shape[2:]))  # fmt: skip
+        return out
+
+    def moments(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :func:`ops.moments`: ``sum_i w``, ``sum_i w (v - c)``, ``sum_i w (v - c)^2``; ``weights [N, L, J, I]``."""
+
+        def sums(v, c, w):
+            centred = v - c.unsqueeze(1)  # [B, I, J, D]
+            both = torch.cat([centred, centred.square()], dim=-1)
+            return (torch.einsum("bji,bijk->bjk", w, both),)
+
+        out = self._contract(sums, weights).view(*weights.shape[:3], -1)
+        d = out.shape[-1] // 2
+        return weights.sum(-1), out[..., :d], out[..., d:]
+
+    def dot_per_child(self, coef: torch.Tensor) -> torch.Tensor:
+        """``sum_k coef[j, k] [v - c, (v - c)^2]_{ijk}`` for every child and parent, ``[N, L, J, I]``."""
+
+        def dots(v, c, k):
+            centred = v - c.unsqueeze(1)
+            both = torch.cat([centred, centred.square()], dim=-1)
+            return (torch.einsum("bjk,bijk->bji", k, both),)
+
+        return self._contract(dots, coef).view(*coef.shape[:3], -1)

@@ -157,6 +157,8 @@ def moments(weights: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch
     ``weights`` ``[N, L, J, I]``, ``x`` from :func:`prepare_votes`; returns ``[N, L, J]``,
     ``[N, L, J, D]``, ``[N, L, J, D]``. One batched matrix product reads the votes once.
     """
+    if not isinstance(x, torch.Tensor):  # lazy votes (routing/fused.py): computed a block at a time
+        return x.moments(weights)
     d2 = x.shape[-1]
     sums = _SumOverChildren.apply(weights.reshape(x.shape[:2]), x).view(*weights.shape[:3], d2)
     return weights.sum(-1), sums[..., : d2 // 2], sums[..., d2 // 2 :]
@@ -169,7 +171,10 @@ def squared_distance(x: torch.Tensor, precision: torch.Tensor, mean: torch.Tenso
     reads the (centred) votes once and no ``[N, L, I, J, D]`` temporary is made.
     """
     coef = torch.cat([-2 * precision * mean, precision], dim=-1)  # pairs with [v, v^2]
-    linear = _DotPerChild.apply(coef.view(-1, x.shape[-1]), x).view(*mean.shape[:3], x.shape[1])
+    if isinstance(x, torch.Tensor):
+        linear = _DotPerChild.apply(coef.view(-1, x.shape[-1]), x).view(*mean.shape[:3], x.shape[1])
+    else:  # lazy votes (routing/fused.py): computed a block at a time
+        linear = x.dot_per_child(coef)
     const = (precision * mean.square()).sum(-1, keepdim=True)
     return (linear + const).clamp_min(0)  # rounding can make a zero distance slightly negative
 
