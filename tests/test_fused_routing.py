@@ -141,11 +141,12 @@ def test_fused_em_with_linear_votes_equals_the_reference():
         assert_relative(gb[key], ga[key], 1e-10, key)
 
 
+@pytest.mark.parametrize("routing", ["em", "vb"])
 @pytest.mark.parametrize("impl", ["reference", "fused"])
-def test_a_child_with_zero_activation_has_no_influence_bit_for_bit(impl):
+def test_a_child_with_zero_activation_has_no_influence_bit_for_bit(impl, routing):
     """Zero-activation invariants, bit-exact on both paths: a silent child's pose changes nothing."""
     torch.manual_seed(0)
-    layer = ConvCaps(3, 4, 3, 1, 1, routing="em", routing_impl=impl)
+    layer = ConvCaps(3, 4, 3, 1, 1, routing=routing, routing_impl=impl).eval()  # eval: BN statistics fixed
     pose, act = inputs(torch.float32)
     act[:, 1] = 0.0  # every child of type 1 is silent
     moved = pose.clone()
@@ -252,3 +253,15 @@ def test_fused_path_under_bf16_autocast_matches_the_reference():
         outs.append(out)
     torch.testing.assert_close(outs[1].pose, outs[0].pose)
     torch.testing.assert_close(outs[1].activation, outs[0].activation)
+
+
+@pytest.mark.parametrize("routing", ["em", "vb"])
+def test_fused_backward_is_deterministic_on_the_cpu(routing):
+    """No atomics, a fixed block order: two identical steps give bit-identical gradients."""
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        layer = ConvCaps(3, 4, 3, 1, 1, routing=routing, routing_impl="fused")
+        results.append(run(layer, *inputs(torch.float32))[1])
+    for key in results[0]:
+        assert torch.equal(results[0][key], results[1][key]), key
