@@ -219,6 +219,9 @@ class VBRouting(Routing):
             new_pose, new_act, r = self._route(x, centre, a, geometry, dtype)
         return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), r.transpose(2, 3).to(out_dtype))
 
+    def fused_faster(self, device: torch.device) -> bool:
+        return fused.measured_faster("vb", torch.device(device).type)
+
     def forward_lazy(
         self, votes: LazyVotes, activation: torch.Tensor, geometry: Geometry, need_coefficients: bool = True
     ) -> RoutingOutput:
