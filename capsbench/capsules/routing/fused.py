@@ -52,6 +52,16 @@ def block_windows(votes: LazyVotes, itemsize: int, budget: int | None = None) ->
 WindowFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
+def _flat_inputs(votes: LazyVotes, dtype: torch.dtype, block: int | None):
+    """Child poses ``[N*L, I, D_in]``, per-child weights, offsets, how votes are made, windows per block."""
+    n, length, i, j, d = votes.shape
+    pose = votes.pose.to(dtype).reshape(n * length, i, -1)
+    weight = votes.per_child_weight().to(dtype)  # [I, J, s, s] or [I, D_in, J*D]
+    offsets = votes.offsets.to(dtype) if votes.offsets is not None else None
+    block = block or block_windows(votes, torch.finfo(dtype).bits // 8)
+    return pose, weight, offsets, (votes.transform, j, d), block
+
+
 def route_in_blocks(
     fn: WindowFn,
     votes: LazyVotes,
@@ -70,12 +80,8 @@ def route_in_blocks(
     ``weight_index`` when weights are shared) and ``params``.
     """
     n, length, i, j, d = votes.shape
-    pose = votes.pose.to(dtype).reshape(n * length, i, -1)
+    pose, weight, offsets, how, block = _flat_inputs(votes, dtype, block)
     act = activation.to(dtype).reshape(n * length, i)
-    weight = votes.per_child_weight().to(dtype)  # [I, J, s, s] or [I, D_in, J*D]
-    offsets = votes.offsets.to(dtype) if votes.offsets is not None else None
-    block = block or block_windows(votes, torch.finfo(dtype).bits // 8)
-    how = (votes.transform, j, d)
 
     def routed(v, a, *params):
         out_pose, out_act, r = fn(v, a, *params)
@@ -180,11 +186,7 @@ class LazyCentredVotes:
 
     def __init__(self, votes: LazyVotes, activation: torch.Tensor, dtype: torch.dtype, block: int | None = None):
         n, length, i, j, d = self.dims = votes.shape
-        self.pose = votes.pose.to(dtype).reshape(n * length, i, -1)
-        self.weight = votes.per_child_weight().to(dtype)
-        self.offsets = votes.offsets.to(dtype) if votes.offsets is not None else None
-        self.how = (votes.transform, j, d)
-        self.block = block or block_windows(votes, torch.finfo(dtype).bits // 8)
+        self.pose, self.weight, self.offsets, self.how, self.block = _flat_inputs(votes, dtype, block)
         act = activation.to(dtype).reshape(n * length, i)
         with torch.no_grad():
             parts = []
