@@ -265,3 +265,21 @@ def test_fused_backward_is_deterministic_on_the_cpu(routing):
         results.append(run(layer, *inputs(torch.float32))[1])
     for key in results[0]:
         assert torch.equal(results[0][key], results[1][key]), key
+
+
+@pytest.mark.slow
+def test_a_fused_run_records_its_path_through_the_command_line(tmp_path):
+    import json
+
+    from test_cli import REPO, capsbench
+
+    result = capsbench(
+        "run", str(REPO / "specs" / "quickstart.yaml"), "model.routing=em", "model.routing_impl=fused",
+        "sweep.model.depth=[1]", "train.epochs=1", "data.subset=200", "--out", str(tmp_path), "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (record_path,) = tmp_path.rglob("record.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "ok"
+    assert record["environment"]["routing_impl"] == {"conv1": "fused", "class": "fused"}
+    assert record["config"]["model"]["routing_impl"] == "fused"
