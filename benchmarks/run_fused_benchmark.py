@@ -133,6 +133,19 @@ def path_model(windows, path: str, checkpointing: bool, coupled: bool = False) -
     return {"gflop": flops / 1e9, "gbyte": bytes_ / 1e9}
 
 
+def per_window_line(label: str, windows, coupled: bool) -> str:
+    """The model for one window of the widest routed layer: MFLOP and KB of memory traffic per path."""
+    _, i, j, t = max(windows, key=lambda w: w[1])
+    one = [(1, i, j, t)]
+    ref, ckpt = path_model(one, "reference", False), path_model(one, "reference", True)
+    fus = path_model(one, "fused", False, coupled)
+    return (
+        f"{label}, per window (I={i}, J={j}, T={t}): reference {ref['gflop'] * 1e3:.1f} MFLOP / "
+        f"{ref['gbyte'] * 1e6:.0f} KB ({ckpt['gflop'] * 1e3:.1f} / {ckpt['gbyte'] * 1e6:.0f} with checkpointing), "
+        f"fused {fus['gflop'] * 1e3:.1f} MFLOP / {fus['gbyte'] * 1e6:.1f} KB"
+    )
+
+
 def table_row(label: str, depth, variant: str, r: dict, ref: dict, machine: dict) -> str:
     """One Markdown row: measured step and memory, both relative to the reference, and the model's floor."""
     model, ms = r["model"], r.get("train_step_ms")
@@ -174,6 +187,7 @@ def main() -> None:
                 measured[(k, variant)] = r
         for k, windows in enumerate(shapes):
             depth = measured[(k, "reference")]["point"].get("model.depth")
+            print(per_window_line(label, windows, "VB" in label), flush=True)
             for variant in VARIANTS:
                 r = measured[(k, variant)]
                 path = "fused" if variant == "fused" else "reference"
