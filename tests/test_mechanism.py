@@ -187,3 +187,14 @@ def test_run_writes_mechanism_per_epoch_and_in_a_valid_record(tmp_path, monkeypa
     assert record["metrics"]["mechanism"] == lines[-1]["mechanism"]
     assert record["metrics"]["mechanism"]["conv1"]["terms"]["lambda_t"] > 0
     check_run_record(record)
+
+    from capsbench.report.mechanism import mechanism_data
+    from capsbench.report.rundir import RunDir
+    from capsbench.report.write import write_report
+
+    data = mechanism_data(RunDir(tmp_path / "run"))
+    assert data["epochs"] == [1, 2] and data["layers"] == ["primary", "conv1", "class"]
+    assert data["series"]["coefficient_entropy"]["primary"] == [None, None]
+    assert all(0 <= v <= 1 for v in data["series"]["p50"]["conv1"])
+    written = write_report([tmp_path / "run"], tmp_path / "report")
+    assert tmp_path / "report" / "runs" / "run" / "mechanism.png" in written
