@@ -353,7 +353,8 @@ class EMRouting(Routing):
     ``coefficients`` ("routed"/"uniform"), ``renormalise`` (False), ``initial_coefficients``
     ("uniform"/"one"), ``lambda_schedule`` ("openreview"/"fixed").
     With ``diagnostics`` on, ``last_terms`` holds per-type means of ``beta_a``, ``cost``,
-    ``mass``, ``margin = beta_a - cost`` (``logit / lambda_t``), ``logit`` and ``lambda_t``.
+    ``mass``, ``margin = logit / lambda_t`` (``beta_a - cost``; with cost "standardise" the
+    standardised margin), ``logit`` and ``lambda_t``, all at the last iteration.
     """
 
     loss = "spread"
