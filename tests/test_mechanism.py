@@ -196,5 +196,13 @@ def test_run_writes_mechanism_per_epoch_and_in_a_valid_record(tmp_path, monkeypa
     assert data["epochs"] == [1, 2] and data["layers"] == ["primary", "conv1", "class"]
     assert data["series"]["coefficient_entropy"]["primary"] == [None, None]
     assert all(0 <= v <= 1 for v in data["series"]["p50"]["conv1"])
+    from capsbench.report.mechanism import terms_data
+
+    terms = terms_data(RunDir(tmp_path / "run"))
+    assert terms["terms"][:2] == ["logit", "margin"] and {"cost", "mass", "beta_a"} <= set(terms["terms"])
+    assert terms["layers"] == ["conv1", "class"]  # the primary capsules have no routing
+    mean, low, high = terms["series"]["mass"]["conv1"][-1][1]
+    assert low <= mean <= high
     written = write_report([tmp_path / "run"], tmp_path / "report")
     assert tmp_path / "report" / "runs" / "run" / "mechanism.png" in written
+    assert tmp_path / "report" / "runs" / "run" / "terms.png" in written

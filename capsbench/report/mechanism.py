@@ -10,10 +10,15 @@ validation epochs):
 - input dependence of the coupling (std across images / mean coefficient; 0 = none);
 - mean pose norm (log scale).
 
+A second figure (``terms_data``/``terms_figure``), for routings that report their activation terms
+(EM, VB): one panel per term (logit, margin, cost, mass, ``beta_a``, ...), the mean over a layer's
+types per epoch with the range over types shaded, so a dying type's cause can be read off.
+
 Example::
 
     with figure_style():
         save_png(mechanism_figure(mechanism_data(run)), "mechanism.png")
+        save_png(terms_figure(terms_data(run)), "terms.png")
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import math
 from capsbench.report.style import new_figure
 
 KIND = "mechanism"
+# activation terms in the order they explain an activation (first: closest to it); at most six drawn
+TERMS = ("logit", "logit_bn", "margin", "cost", "mass", "beta_a", "entropy", "weight", "beta_u")
 
 PANELS = (
     ("p50", "median activation (p50)", False),
@@ -88,4 +95,52 @@ def mechanism_figure(data: dict):
         axes[0].legend(loc="best", fontsize="x-small", ncol=2)
     name, _, rest = data["title"].partition(": ")
     fig.suptitle(f"{name}: {rest} · mechanism per layer (validation)" if rest else f"{name} · mechanism per layer")
+    return fig
+
+
+def terms_data(run) -> dict:
+    """Per term and layer, ``(mean, min, max)`` over the layer's types at every epoch that has terms."""
+    lines = [line for line in run.history if line.get("mechanism")]
+    layers = [n for n in run.layer_order() if any((line["mechanism"].get(n) or {}).get("terms") for line in lines)]
+    present = {k for line in lines for n in layers for k in ((line["mechanism"].get(n) or {}).get("terms") or {})}
+    terms = [k for k in TERMS if k in present][:6]
+    series: dict = {k: {n: [] for n in layers} for k in terms}
+    for line in lines:
+        for name in layers:
+            values = (line["mechanism"].get(name) or {}).get("terms") or {}
+            for key in terms:
+                v = values.get(key)
+                v = [v] if isinstance(v, (int, float)) else [x for x in (v or []) if x is not None and math.isfinite(x)]
+                stat = (math.fsum(v) / len(v), min(v), max(v)) if v else None
+                series[key][name].append((line["epoch"], stat))
+    return {"title": run.title(), "layers": layers, "terms": terms, "series": series}
+
+
+def terms_figure(data: dict):
+    import matplotlib
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure(14, 7.5)
+    axes = fig.subplots(2, 3).flatten()
+    cmap = matplotlib.colormaps["viridis"]
+    layers = data["layers"]
+    for ax, key in zip(axes, data["terms"]):
+        for i, name in enumerate(layers):
+            pts = [(e, stat) for e, stat in data["series"][key][name] if stat is not None]
+            if not pts:
+                continue
+            color = cmap(i / max(len(layers) - 1, 1))
+            epochs = [e for e, _ in pts]
+            ax.plot(epochs, [stat[0] for _, stat in pts], marker=".", color=color, label=name)
+            low, high = [stat[1] for _, stat in pts], [stat[2] for _, stat in pts]
+            ax.fill_between(epochs, low, high, color=color, alpha=0.12, linewidth=0)
+        ax.set_title(f"{key} (mean over types, range shaded)", fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[len(data["terms"]):]:
+        ax.set_visible(False)
+    if data["terms"]:
+        axes[0].legend(loc="best", fontsize="x-small", ncol=2)
+    name, _, rest = data["title"].partition(": ")
+    fig.suptitle(f"{name}: {rest} · activation terms per layer (validation)" if rest else f"{name} · activation terms")
     return fig

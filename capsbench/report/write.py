@@ -9,6 +9,7 @@ Writes, under ``out`` (default ``<first path>/report``)::
     runs/<run>/gradients.png                     per-layer gradient norms of the chosen epochs
     runs/<run>/mechanism.png                     per-layer activation percentiles, dead units, coupling
                                                  entropy and input dependence, pose norms over the epochs
+    runs/<run>/terms.png                         EM/VB: the activation's terms per layer over the epochs
 
 Example::
 
@@ -122,6 +123,12 @@ def write_report(paths: list[Path], out: Path | None = None, epochs: str = "firs
                 save_png(mechanism.mechanism_figure(mechanism.mechanism_data(run, threshold)), path)
                 written.append(path)
                 body.append(image(path.relative_to(out).as_posix(), "mechanism per layer over the epochs"))
+                terms = mechanism.terms_data(run)
+                if terms["terms"]:
+                    path = folder / "terms.png"
+                    save_png(mechanism.terms_figure(terms), path)
+                    written.append(path)
+                    body.append(image(path.relative_to(out).as_posix(), "activation terms per layer over the epochs"))
     index = out / "index.html"
     write_text(index, page("capsbench report", body))
     written.append(index)
