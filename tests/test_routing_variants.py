@@ -167,3 +167,25 @@ def test_diagnostics_report_terms_without_changing_outputs(name):
         assert float(terms["lambda_t"]) == pytest.approx(routing.lambdas[-1])
     else:
         torch.testing.assert_close(terms["logit"], terms["beta_a"] - terms["cost"])
+
+
+@pytest.mark.parametrize(
+    "routing, options, key",
+    [("em", {"coefficients": "random"}, "coefficients"), ("em", {"lambda_schedule": "cosine"}, "lambda_schedule"),
+     ("vb", {"coefficients": 1}, "coefficients"), ("self", {"coefficients": "none"}, "coefficients"),
+     ("dynamic", {"coefficients": "off"}, "coefficients")],
+)
+def test_bad_option_values_fail_when_the_spec_is_validated(routing, options, key):
+    """``capsbench validate`` catches a bad value before any run starts, naming the key."""
+    from omegaconf import OmegaConf
+
+    from capsbench import spec
+    from capsbench.config import RunConfig
+
+    cfg = OmegaConf.structured(RunConfig)
+    cfg.model.routing = routing
+    cfg.model.routing_options = options
+    with pytest.raises(UserError, match=rf"model\.routing_options\.{key}"):
+        spec.check_routing_options(cfg)
+    cfg.model.routing_options = {}
+    spec.check_routing_options(cfg)  # the defaults pass
