@@ -283,8 +283,7 @@ class EMRouting(Routing):
     def fused_faster(self, device: torch.device) -> bool:
         return fused.measured_faster("em", torch.device(device).type)
 
-    @staticmethod
-    def _gpu_kernel(votes: LazyVotes, need_coefficients: bool):
+    def _gpu_kernel(self, votes: LazyVotes, need_coefficients: bool):
         """The Triton EM kernel when it applies (CUDA, matrix votes, per-child weights, no offsets, no
         coefficients asked for: it returns none), else None (the blockwise path runs)."""
         plain = votes.transform == "matrix" and votes.weight_index is None and votes.offsets is None
