@@ -28,6 +28,11 @@ def plain(value: Any) -> dict[str, Any]:
 # "yl1993": (row / H, col / W) on entries 0 and 1 (the yl-1993 EM port); "none": nothing added.
 COORD_ADD_STYLES = ("hinton", "yl1993", "none")
 
+# How routed layers hand votes to the routing (model.routing_impl): "reference" materialises them for
+# ``Routing.forward`` (the oracle), "fused" calls ``Routing.forward_lazy``, "auto" takes fused where
+# the routing has it and it is measured faster on the device.
+ROUTING_IMPLS = ("auto", "reference", "fused")
+
 
 @dataclass
 class ModelConfig:
@@ -43,6 +48,9 @@ class ModelConfig:
     residual: bool = False  # skip from the layer two back when shapes match
     checkpointing: bool = False  # activation checkpointing per capsule layer
     coord_add: str = "hinton"  # coordinate addition of shared class capsules: one of COORD_ADD_STYLES
+    # how routed layers hand votes to the routing: auto | reference (materialised, the oracle) | fused
+    # (computed per block of windows, never stored); not in the spec hash, recorded like the device
+    routing_impl: str = "auto"
     routing_options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the routing
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the model builder
 
@@ -101,6 +109,9 @@ class TrainConfig:
 class MetricsConfig:
     dead_threshold: float = 0.01  # eq. 13: dead if mean activation <= this
     grad_norm_every: int = 50  # steps between per-layer gradient-norm samples
+    # per-layer activation percentiles, dead units, pose norms, coupling entropy, activation terms on
+    # validation batches (capsbench/metrics/mechanism.py); observes only, so not in the spec hash
+    mechanism: bool = True
 
 
 @dataclass
@@ -169,6 +180,7 @@ NON_RESULT_KEYS = (
     "description",
     "seed",  # the hash names the experiment; records are keyed by (spec_hash, seed)
     "device",
+    "model.routing_impl",  # an implementation of the same maths; records state it like the device
     "output",
     "executor",
     "data.root",
@@ -176,4 +188,5 @@ NON_RESULT_KEYS = (
     "data.num_workers",
     "train.eval_batch_size",
     "train.test_every_epoch",
+    "metrics.mechanism",
 )

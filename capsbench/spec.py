@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from capsbench.config import COORD_ADD_STYLES, NON_RESULT_KEYS, RunConfig, drop_hash_neutral_defaults
+from capsbench.config import COORD_ADD_STYLES, NON_RESULT_KEYS, ROUTING_IMPLS, RunConfig, drop_hash_neutral_defaults
 from capsbench.errors import SpecError, UserError, did_you_mean
 
 SPEC_KEYS = ("extends", "sweep")  # keys of a spec file that are not run-config keys
@@ -335,6 +335,7 @@ def _check_range(cfg: DictConfig) -> None:
     need(m.pose_dim >= 1, "model.pose_dim", "an integer >= 1", m.pose_dim)
     need(m.iterations >= 1, "model.iterations", "an integer >= 1", m.iterations)
     need(m.coord_add in COORD_ADD_STYLES, "model.coord_add", f"one of {', '.join(COORD_ADD_STYLES)}", m.coord_add)
+    need(m.routing_impl in ROUTING_IMPLS, "model.routing_impl", "one of " + ", ".join(ROUTING_IMPLS), m.routing_impl)
     need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
     need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
     need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)
@@ -377,7 +378,8 @@ def _check_names(cfg: DictConfig) -> None:
 
 
 def check_routing_options(cfg: DictConfig) -> None:
-    """Unknown routing options are errors: checked against the routing's constructor.
+    """Unknown routing options are errors: checked against the routing's constructor; then their
+    values, by building one tiny routing (constructors raise a UserError naming the bad option).
 
     Imports the routing module (and so torch); ``capsbench validate`` calls it.
     """
@@ -385,15 +387,20 @@ def check_routing_options(cfg: DictConfig) -> None:
 
     routing = ROUTINGS.get(cfg.model.routing)
     params = inspect.signature(routing.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n in params if n not in ("self", "children", "parents", "pose_dim", "iterations", "in_pose_dim")]
-    for key in cfg.model.routing_options:
-        if key not in accepted:
-            raise SpecError(
-                f"model.routing_options.{key}: unknown option of routing '{cfg.model.routing}'"
-                f"{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted) or '(none)'}"
-            )
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        base = ("self", "children", "parents", "pose_dim", "iterations", "in_pose_dim")
+        accepted = [n for n in params if n not in base]
+        for key in cfg.model.routing_options:
+            if key not in accepted:
+                raise SpecError(
+                    f"model.routing_options.{key}: unknown option of routing '{cfg.model.routing}'"
+                    f"{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted) or '(none)'}"
+                )
+    options = OmegaConf.to_container(cfg.model.routing_options, resolve=True)
+    try:
+        routing(children=1, parents=2, pose_dim=cfg.model.pose_dim, iterations=cfg.model.iterations, **options)
+    except (TypeError, ValueError):
+        pass  # not an option's value (a shape or a base argument): the model builder reports it with its key
 
 
 @functools.cache

@@ -62,7 +62,7 @@ def _class_outputs(style: str, routing: str = "em"):
 @pytest.mark.parametrize("style", COORD_ADD_STYLES)
 def test_class_caps_add_the_chosen_offsets_to_the_shared_votes(style):
     layer, caps = _class_outputs(style)
-    votes = layer._children(*caps)[0]  # [N, 1, HW*T, J, D], children i = position * T + t
+    votes = layer._children(*caps)[0].materialize()  # [N, 1, HW*T, J, D], children i = position * T + t
     plain = layer.votes(caps.pose.permute(0, 3, 4, 1, 2).reshape(2, 6, 2, 16))  # no coordinates
     offsets = coordinate_offsets((3, 2), 16, style=style)
     torch.testing.assert_close(votes.view(2, 6, 2, 3, 16), plain + offsets[None, :, None, None, :])

@@ -31,6 +31,13 @@ re-centres every type on every batch, so it can hide dead capsules) and
 ``pose_bn=False``. Because the pose BN lives here, ``pose_norm`` (the layer-level one)
 is False.
 
+Control: ``coefficients="uniform"`` keeps ``R`` at its initial uniform value (one update of
+``q(pi, mu, Lambda)``, the same outputs, priors, BatchNorms and loss; no routing), the like-for-like
+"routing that does nothing" arm (Paik, Kwak and Kim 2019). With ``diagnostics`` on,
+``last_terms`` holds per-type means of ``beta_a``, ``beta_u``, ``entropy`` (``H_j``), ``weight``
+(``exp E[ln pi_j]``), ``mass`` (``N_j``), ``cost`` (``weight * H + beta_u``), ``logit`` (before
+the activation BN) and ``logit_bn`` (after it).
+
 Choices:
 
 - ``normalise="receiving_parents"`` (default, the reference): ``R`` sums to 1 over every
@@ -49,7 +56,7 @@ Choices:
   it is a log-sum-exp, and a parent with no mass gives the prior (no division by 0).
   That prior sits at ``m0`` with precision ``psi0`` whatever the scale of the votes: at
   pose scale 1e6 its logits are ~1e14 nats below the others, which the receiving-parents
-  log-sum-exp (``em.child_log_softmax``) handles over the whole fp32 range.
+  log-sum-exp (``ops.child_log_softmax``) handles over the whole fp32 range.
 - Coordinate addition in the class capsules (``ClassCaps``, ``model.coord_add``): the
   reference adds a constant 0.1 to pose entries 3 and 7 of every vote at every position
   (its class-capsule code reads the kernel size where the position was meant), so its
@@ -83,8 +90,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-from capsbench.capsules.routing.em import (
+from capsbench.capsules.routing import fused
+from capsbench.capsules.routing.base import (
+    IDENTITY_GEOMETRY,
+    Geometry,
+    Routing,
+    RoutingOutput,
+    check_coefficients,
+    type_means,
+)
+from capsbench.capsules.routing.ops import (
     EPS,
     LOG_2PI,
     NORMALISATIONS,
@@ -98,6 +113,7 @@ from capsbench.capsules.routing.em import (
     resolve_options,
     squared_distance,
 )
+from capsbench.capsules.routing.votes import LazyVotes
 
 LOG_DETS = ("diagonal", "wishart")
 
@@ -138,7 +154,8 @@ class VBRouting(Routing):
 
     Options: ``alpha0`` (1), ``kappa0`` (1), ``nu0`` (None = D + 1), ``psi0`` (1: Psi0 = psi0 * I),
     ``m0`` (0), ``normalise`` ("receiving_parents"), ``activation_bn`` (True), ``pose_bn``
-    (True), ``log_det`` ("diagonal" or "wishart"), ``bn_momentum`` (0.1).
+    (True), ``log_det`` ("diagonal" or "wishart"), ``bn_momentum`` (0.1), ``coefficients``
+    ("routed" or the "uniform" control).
     """
 
     loss = "cross_entropy"
@@ -162,6 +179,7 @@ class VBRouting(Routing):
         "pose_bn": True,
         "log_det": "diagonal",
         "bn_momentum": 0.1,
+        "coefficients": "routed",
     }
 
     def __init__(
@@ -196,6 +214,8 @@ class VBRouting(Routing):
             require(isinstance(opts[key], bool), "vb", key, "true or false", opts[key])
         momentum = opts["bn_momentum"]
         require(is_number(momentum, 0, 1, strict=False), "vb", "bn_momentum", "a number in [0, 1]", momentum)
+        check_coefficients("vb", opts["coefficients"])
+        self.coefficients = opts["coefficients"]
         self.alpha0, self.kappa0 = float(opts["alpha0"]), float(opts["kappa0"])
         self.nu0, self.psi0, self.m0 = float(opts["nu0"]), float(opts["psi0"]), float(opts["m0"])
         self.log_det = opts["log_det"]
@@ -226,17 +246,40 @@ class VBRouting(Routing):
         with torch.autocast(device_type=votes.device.type, enabled=False):
             v, a = votes.to(dtype), activation.to(dtype)
             x, centre = prepare_votes(v, a)
-            m0 = self.m0 - centre  # the prior mean, in the centred coordinates of x
-            norm = Normaliser(self.normalised_over, geometry, a)
-            r = norm.initial(self.parents, a)  # [N, L, J, I]
-            a_child = a.unsqueeze(2)
-            for t in range(self.iterations):
-                post = self._update_parameters(r * a_child, x, m0)
-                if t < self.iterations - 1:
-                    r = norm(self._log_rho(post, x))
-            new_act, new_pose = self._outputs(post, centre, dtype)
-            self.last_posterior = {k: val.detach() for k, val in post.items()} | {"m": (post["m"] + centre).detach()}
+            new_pose, new_act, r = self._route(x, centre, a, geometry, dtype)
         return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), r.transpose(2, 3).to(out_dtype))
+
+    def fused_faster(self, device: torch.device) -> bool:
+        return fused.measured_faster("vb", torch.device(device).type)
+
+    def forward_lazy(
+        self, votes: LazyVotes, activation: torch.Tensor, geometry: Geometry, need_coefficients: bool = True
+    ) -> RoutingOutput:
+        """The same routing on lazily given votes: every contraction over children recomputes the votes
+        a block of windows at a time (``fused.LazyCentredVotes``); only the coefficients ``[N, L, J, I]``
+        cross blocks, so the votes of the layer are never stored. Coefficients come back detached."""
+        out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
+        with torch.autocast(device_type=votes.pose.device.type, enabled=False):
+            a = activation.to(dtype)
+            x = fused.LazyCentredVotes(votes, a, dtype)
+            new_pose, new_act, r = self._route(x, x.centre, a, geometry, dtype)
+        coefficients = r.detach().transpose(2, 3).to(out_dtype) if need_coefficients else None
+        return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
+
+    def _route(self, x, centre, a, geometry, dtype):
+        """All updates from the centred votes ``x`` (a tensor or lazy): pose, activation, ``R [N, L, J, I]``."""
+        m0 = self.m0 - centre  # the prior mean, in the centred coordinates of x
+        norm = Normaliser(self.normalised_over, geometry, a)
+        r = norm.initial(self.parents, a)  # [N, L, J, I]
+        a_child = a.unsqueeze(2)
+        rounds = self.iterations if self.coefficients == "routed" else 1  # uniform: R never changes
+        for t in range(rounds):
+            post = self._update_parameters(r * a_child, x, m0)
+            if t < rounds - 1:
+                r = norm(self._log_rho(post, x))
+        new_act, new_pose = self._outputs(post, centre, dtype)
+        self.last_posterior = {k: val.detach() for k, val in post.items()} | {"m": (post["m"] + centre).detach()}
+        return new_pose, new_act, r
 
     def _update_parameters(self, weights, x, m0):
         """q(pi, mu, Lambda) from the activation-weighted assignments ``weights`` ``[N, L, J, I]``."""
@@ -284,9 +327,16 @@ class VBRouting(Routing):
         d = self.pose_dim
         entropy = 0.5 * d * math.log(2 * math.pi * math.e) - 0.5 * self._expected_log_det(post["nu"], post["W"])
         weight = torch.exp(self._expected_log_pi(post["alpha"]))  # E[ln pi_j] made a weight in (0, 1)
-        logit = self.beta_a.to(dtype) - (weight * entropy + self.beta_u.to(dtype))
+        cost = weight * entropy + self.beta_u.to(dtype)
+        logit = self.beta_a.to(dtype) - cost
+        raw = logit
         if self.activation_bn is not None:
             logit = self.activation_bn(logit, channel_dim=2)  # [N, L, J]: J channels
+        if self.diagnostics:
+            self.last_terms = type_means(
+                beta_a=self.beta_a, beta_u=self.beta_u, entropy=entropy, weight=weight,
+                mass=post["alpha"] - self.alpha0, cost=cost, logit=raw, logit_bn=logit,
+            )  # fmt: skip
         new_pose = post["m"] + centre
         if self.pose_bn is not None:
             new_pose = self.pose_bn(new_pose, channel_dim=2)  # [N, L, J, D]: J channels
