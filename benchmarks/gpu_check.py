@@ -1,0 +1,224 @@
+"""The GPU check of issue 14: fused vs materialised routing, every method, one table (driver of gpu_check.sh).
+
+    python benchmarks/gpu_check.py [--smoke] [--device cuda|cpu] [--out DIR] [--budget-s S]
+
+Measures, in this process, one training step (forward, loss, backward, optimiser; median of
+``--steps`` after a warm-up, ``capsbench.bench.measure``) and its peak memory (CUDA max allocated)
+for every registered routing at depths 1, 5 and 10 of ``benchmarks/routing.yaml`` (batch 128,
+32x32, 16 types of 4x4 poses, 3 iterations, checkpointing on), for ``model.routing_impl``
+``reference`` and ``fused``, in fp32 and under bf16 autocast; then one training step of every
+method's paper protocol (``specs/paper/figure1.yaml``, ``specs/dynamic_depth_sweep.yaml``) at
+depth 10 without checkpointing. Every row records the implementation the layers report they
+ran. A configuration that fails (no fused implementation, out of memory) is a row with its
+error; configurations left when ``--budget-s`` runs out are rows marked skipped.
+
+Writes under ``--out`` (default ``benchmarks/results/gpu-check-<device name>``): ``environment.json``,
+``routing.json``, ``paper.json`` and ``table.md``, and prints the table. ``--smoke`` runs depth 1
+at batch 16, fp32 only, one step (about a minute with compilation). ``--device cpu --smoke`` runs
+the same logic at 16x16 and batch 2 so CI can check the driver without a GPU.
+
+Where the spec key ``model.routing_impl`` does not exist yet, only the reference path is measured
+and every row says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ROUTING_SPEC = HERE / "routing.yaml"
+PAPER_SPECS = (REPO / "specs/paper/figure1.yaml", REPO / "specs/dynamic_depth_sweep.yaml")
+NO_SWITCH = "model.routing_impl is not in this capsbench (issue 14's switch): reference path only"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--smoke", action="store_true", help="depth 1, small batch, fp32, one step")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 3, smoke 1)")
+    parser.add_argument("--budget-s", type=float, default=390.0, help="stop measuring after this many seconds")
+    return parser.parse_args(argv)
+
+
+def switch_exists() -> bool:
+    from capsbench.config import ModelConfig
+
+    return "routing_impl" in {f.name for f in fields(ModelConfig)}
+
+
+def plan(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """The configurations to measure: (routing benchmark rows, paper-protocol rows), as spec + overrides."""
+    from capsbench.registry import ROUTINGS
+
+    tiny = args.device == "cpu"
+    depths = [1] if args.smoke else [1, 5, 10]
+    batch = 2 if tiny else 16 if args.smoke else 128
+    size = 16 if tiny else 32
+    precisions = ["off"] if args.smoke else ["off", "bf16"]
+    impls = ["reference", "fused"] if switch_exists() else ["reference"]
+    common = [f"device={args.device}", f"data.image_size={size}"]
+    routing_rows = [
+        {"spec": ROUTING_SPEC, "routing": routing, "depth": depth, "impl": impl, "amp": amp,
+         "overrides": common + [f"model.routing={routing}", f"model.depth={depth}", f"train.batch_size={batch}",
+                                f'train.amp="{amp}"'] + ([f"model.routing_impl={impl}"] if switch_exists() else [])}
+        for routing in ROUTINGS.names() for depth in depths for amp in precisions for impl in impls
+    ]  # fmt: skip
+    paper_depth = 1 if args.smoke else 10
+    paper_rows = [
+        {"spec": path, "depth": paper_depth, "overrides": common + [
+            "data.name=digits", f"model.depth={paper_depth}", "seed=0", "model.checkpointing=false",
+            *([f"train.batch_size={batch}"] if args.smoke else [])]}
+        for path in PAPER_SPECS
+    ]  # fmt: skip
+    return routing_rows, paper_rows
+
+
+def measure_row(spec_path: Path, overrides: list[str], steps: int) -> list[dict]:
+    """Measure every run the spec gives with these overrides; a failure becomes a row with its error."""
+    import torch
+
+    from capsbench import spec
+    from capsbench.bench import measure
+
+    try:
+        runs = spec.load(spec_path, overrides)
+    except Exception as exc:  # a spec the switch rejects (no fused implementation) is a result too
+        return [{"error": f"{type(exc).__name__}: {exc}"}]
+    rows = []
+    for run in runs:
+        try:
+            result = measure(run.config, steps=steps, warmup=1)
+        except Exception as exc:  # out of memory, a kernel that does not compile: record and go on
+            result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        rows.append({"routing": str(run.config.model.routing), "batch": int(run.config.train.batch_size), **result})
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rows
+
+
+def run_all(rows: list[dict], steps: int, deadline: float) -> list[dict]:
+    results = []
+    for row in rows:
+        meta = {k: v for k, v in row.items() if k not in ("spec", "overrides")}
+        if time.monotonic() > deadline:
+            results.append({**meta, "skipped": "time budget"})
+            continue
+        for measured in measure_row(row["spec"], row["overrides"], steps):
+            results.append({**meta, **measured, "overrides": row["overrides"]})
+            print(json.dumps(results[-1], default=str), flush=True)
+    return results
+
+
+def implementation(row: dict) -> str:
+    """What the layers said they ran; layers without the switch report nothing (the reference path)."""
+    return ",".join(row.get("routing_impl_ran") or []) or "unreported"
+
+
+def cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    if "skipped" in row:
+        return "skipped"
+    if "error" in row:
+        return "n/a" if "fused" in row["error"] else "error"
+    ran = implementation(row)
+    return f"{row['train_step_ms']:.1f} ms, {row['peak_memory_mb'] / 1024:.2f} GB ({ran})"
+
+
+def table(routing_rows: list[dict], paper_rows: list[dict], switch: bool) -> str:
+    """Markdown: one line per (routing, depth), columns reference/fused x fp32/bf16; then the paper steps."""
+    index = {(r["routing"], r["depth"], r["impl"], r["amp"]): r for r in routing_rows}
+    columns = [(impl, amp) for amp in ("off", "bf16") for impl in ("reference", "fused")]
+    head = " | ".join(f"{impl} {'fp32' if amp == 'off' else amp}" for impl, amp in columns)
+    lines = [f"| routing | depth | {head} | fused speed-up fp32 |", "|---|---|" + "---|" * (len(columns) + 1)]
+    for routing, depth in dict.fromkeys((r["routing"], r["depth"]) for r in routing_rows):
+        cells = [cell(index.get((routing, depth, impl, amp))) for impl, amp in columns]
+        ref, fused = index.get((routing, depth, "reference", "off")), index.get((routing, depth, "fused", "off"))
+        ok = all(r is not None and "train_step_ms" in r for r in (ref, fused))
+        speed = f"{ref['train_step_ms'] / fused['train_step_ms']:.1f}x" if ok else "-"
+        lines.append(f"| {routing} | {depth} | " + " | ".join(cells) + f" | {speed} |")
+    if not switch:
+        lines.append(f"\n{NO_SWITCH}.")
+    lines += ["", "| paper protocol, no checkpointing | depth | batch | step ms | peak GB | implementation |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in paper_rows:
+        if "train_step_ms" in r:
+            ran = implementation(r)
+            lines.append(f"| {r['routing']} | {r['depth']} | {r['batch']} | {r['train_step_ms']:.1f} | "
+                         f"{r['peak_memory_mb'] / 1024:.2f} | {ran} |")  # fmt: skip
+        else:
+            lines.append(f"| {r.get('routing', '?')} | {r['depth']} | - | {r.get('error') or r.get('skipped')} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def environment_info(device: str) -> dict:
+    import torch
+
+    from capsbench.capsules.routing.kernels import triton_em
+
+    info = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "device": device,
+        "fused_em_available": triton_em.available(device),
+        "routing_impl_switch": switch_exists(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = props.name
+        info["capability"] = list(torch.cuda.get_device_capability(0))
+        info["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+        info["multiprocessors"] = props.multi_processor_count
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible (use --device cpu to check the driver itself)", file=sys.stderr)
+        return 2
+    env = environment_info(args.device)
+    name = env.get("gpu", "cpu").replace(" ", "_").lower()
+    out = args.out or HERE / "results" / f"gpu-check-{name}{'-smoke' if args.smoke else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    steps = args.steps or (1 if args.smoke else 3)
+    if not env["routing_impl_switch"]:
+        print(f"gpu_check: {NO_SWITCH}", flush=True)
+    start = time.monotonic()
+    deadline = start + args.budget_s
+    routing_plan, paper_plan = plan(args)
+    paper = run_all(paper_plan, steps, deadline)  # first: four rows that must not be squeezed out by the grid
+    routing = run_all(routing_plan, steps, deadline)
+    env["wall_s"] = round(time.monotonic() - start, 1)
+    (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+    (out / "routing.json").write_text(json.dumps(routing, indent=1, default=str) + "\n")
+    (out / "paper.json").write_text(json.dumps(paper, indent=1, default=str) + "\n")
+    text = table(routing, paper, env["routing_impl_switch"])
+    (out / "table.md").write_text(f"{json.dumps(env)}\n\n{text}")
+    print(text)
+    print(f"gpu_check: wrote {out} in {env['wall_s']} s")
+    failed = [r for r in routing + paper if "error" in r and "fused" not in r["error"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
