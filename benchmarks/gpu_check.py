@@ -161,6 +161,104 @@ def table(routing_rows: list[dict], paper_rows: list[dict], switch: bool) -> str
     return "\n".join(lines) + "\n"
 
 
+def layer_inputs(windows: int, children: int, parents: int, device: str):
+    """Random child poses, activations, weights (EM's init scale) and betas of one EM layer call."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    tensors = (
+        torch.randn(windows, children, 16, generator=g),
+        torch.rand(windows, children, generator=g),
+        torch.randn(children, parents, 4, 4, generator=g) * 0.05,
+        torch.zeros(parents),
+        torch.zeros(parents),
+    )
+    return [t.to(device).requires_grad_() for t in tensors]
+
+
+def layer_step(impl: str, inputs: list, routing) -> None:
+    """Forward and backward of one EM routing call over ``P`` windows: materialised votes or fused."""
+    import torch
+
+    from capsbench.capsules.routing.kernels.triton_em import em_routing_triton
+
+    pose, act, weight, beta_u, beta_a = inputs
+    if impl == "fused":
+        out_pose, out_act = em_routing_triton(
+            pose, act, weight, beta_u, beta_a, lambdas=routing.lambdas, min_var=routing.min_var, cost=routing.cost
+        )
+    else:  # VoteTransform's maths, then EMRouting.forward on the [1, P, I, J, 16] votes
+        windows, children, parents = pose.shape[0], pose.shape[1], weight.shape[1]
+        votes = torch.einsum("pirk,ijkc->pijrc", pose.view(windows, children, 4, 4), weight)
+        out = routing(votes.reshape(1, windows, children, parents, 16), act[None], pose[None])
+        out_pose, out_act = out.pose, out.activation
+    (out_pose.sum() + out_act.sum()).backward()
+
+
+def measure_layer(impl: str, windows: int, device: str, steps: int) -> dict:
+    """Median forward+backward ms and peak memory of one 3x3x16 -> 16 EM layer call (I = 144, J = 16)."""
+    import statistics
+
+    import torch
+
+    from capsbench.capsules.routing.em import EMRouting
+
+    routing = EMRouting(144, 16, 16, iterations=3).to(device)
+    inputs = layer_inputs(windows, 144, 16, device)
+    cuda = device == "cuda"
+    times = []
+    try:
+        for i in range(steps + 2):  # two warm-ups: Triton compiles on the first call
+            if cuda:
+                torch.cuda.synchronize()
+                if i == 2:
+                    torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            layer_step(impl, inputs, routing)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    except Exception as exc:  # no CUDA for the fused path, out of memory
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    return {"fwd_bwd_ms": round(statistics.median(times[2:]) * 1000, 3), "peak_memory_mb": peak}
+
+
+def run_layers(args: argparse.Namespace, steps: int, deadline: float) -> list[dict]:
+    """The EM layer alone, fused vs materialised, at the window counts of the two benchmark models."""
+    from capsbench.capsules.routing.kernels import triton_em
+
+    # batch 128: routing.yaml leaves a 4x4 capsule grid (2,048 windows), the paper's EM stem 16x16 (32,768)
+    counts = [8] if args.device == "cpu" else [2048] if args.smoke else [2048, 32768]
+    rows = []
+    for windows in counts:
+        for impl in ("reference", "fused"):
+            row = {"windows": windows, "impl": impl}
+            if time.monotonic() > deadline:
+                rows.append({**row, "skipped": "time budget"})
+                continue
+            if impl == "fused" and not triton_em.available(args.device):
+                rows.append({**row, "error": f"fused EM kernels unavailable on {args.device} (triton_em.available)"})
+                continue
+            rows.append({**row, **measure_layer(impl, windows, args.device, steps + 2)})
+            print(json.dumps(rows[-1]), flush=True)
+            gc.collect()
+    return rows
+
+
+def layer_table(rows: list[dict]) -> str:
+    lines = ["| EM layer, 144 children -> 16 parents, 3 iterations, fwd+bwd | windows | ms | peak GB | speed-up |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    ref = {r["windows"]: r.get("fwd_bwd_ms") for r in rows if r["impl"] == "reference"}
+    for r in rows:
+        ms = r.get("fwd_bwd_ms")
+        peak = f"{r['peak_memory_mb'] / 1024:.2f}" if r.get("peak_memory_mb") is not None else "-"
+        speed = f"{ref[r['windows']] / ms:.1f}x" if ms and ref.get(r["windows"]) and r["impl"] == "fused" else ""
+        what = ms if ms is not None else r.get("error") or r.get("skipped")
+        lines.append(f"| {r['impl']} | {r['windows']} | {what} | {peak} | {speed} |")
+    return "\n".join(lines) + "\n"
+
+
 def environment_info(device: str) -> dict:
     import torch
 
@@ -206,17 +304,21 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     deadline = start + args.budget_s
     routing_plan, paper_plan = plan(args)
-    paper = run_all(paper_plan, steps, deadline)  # first: four rows that must not be squeezed out by the grid
+    # first the few rows that must not be squeezed out by the grid: the layer alone, the paper steps
+    layers = run_layers(args, steps, deadline)
+    paper = run_all(paper_plan, steps, deadline)
     routing = run_all(routing_plan, steps, deadline)
     env["wall_s"] = round(time.monotonic() - start, 1)
     (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     (out / "routing.json").write_text(json.dumps(routing, indent=1, default=str) + "\n")
     (out / "paper.json").write_text(json.dumps(paper, indent=1, default=str) + "\n")
-    text = table(routing, paper, env["routing_impl_switch"])
+    (out / "layer.json").write_text(json.dumps(layers, indent=1) + "\n")
+    text = layer_table(layers) + "\n" + table(routing, paper, env["routing_impl_switch"])
     (out / "table.md").write_text(f"{json.dumps(env)}\n\n{text}")
     print(text)
     print(f"gpu_check: wrote {out} in {env['wall_s']} s")
     failed = [r for r in routing + paper if "error" in r and "fused" not in r["error"]]
+    failed += [r for r in layers if "error" in r and (args.device == "cuda" or r["impl"] == "reference")]
     return 1 if failed else 0
 
 

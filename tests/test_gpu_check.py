@@ -71,5 +71,8 @@ def test_cpu_smoke_run_writes_every_result(tmp_path):
         if r.get("impl") == "fused" and "error" in r:
             continue  # a routing without a fused path
         assert r["loss_finite"] and r["train_step_ms"] > 0, r
+    layers = {r["impl"]: r for r in json.loads((tmp_path / "layer.json").read_text())}
+    assert layers["reference"]["fwd_bwd_ms"] > 0
+    assert "unavailable on cpu" in layers["fused"]["error"]
     assert json.loads((tmp_path / "environment.json").read_text())["device"] == "cpu"
     assert "| paper protocol, no checkpointing |" in (tmp_path / "table.md").read_text()
