@@ -39,7 +39,11 @@ CASES = [
     ("standardise-hot", 5, 6, 4, 2, "standardise", 7.0),
     ("one-iteration", 3, 4, 3, 1, "sum", 1.0),
     ("class-caps-J10", 3, 9, 10, 3, "sum", None),
+    ("runs-of-windows", 5, 7, 3, 3, "sum", 1.0),
 ]
+# The children program handles a run of windows each; tiny shapes get one window per run unless the
+# number of programs is capped: 8 programs over 4 blocks of children -> runs of 3 and 2 windows.
+TARGET_PROGRAMS = {"runs-of-windows": 8}
 
 
 def make_inputs(windows: int, children: int, parents: int, seed: int, dtype=torch.float64, device="cpu"):
@@ -92,7 +96,12 @@ def relative_errors(case, device="cpu", seed=0, perturb_min_var=1.0) -> dict[str
              torch.randn(windows, parents, generator=g, dtype=torch.float64).to(device)]  # fmt: skip
     routing, want = reference(*inputs, iterations, cost, final_lambda, grads)
     routing.min_var *= perturb_min_var  # the negative control: a fused run with another variance floor
-    got = fused(*inputs, routing, grads)
+    default_programs = triton_em.TARGET_PROGRAMS
+    triton_em.TARGET_PROGRAMS = TARGET_PROGRAMS.get(case[0], default_programs)
+    try:
+        got = fused(*inputs, routing, grads)
+    finally:
+        triton_em.TARGET_PROGRAMS = default_programs
     errors = {}
     for name, g_, w in zip(NAMES, got, want):
         scale = w.norm().item()
@@ -166,6 +175,37 @@ def test_bad_shapes_are_named():
         em_routing_triton(pose, act, weight[:, :, :3], beta_u, beta_a, lambdas=[1.0], min_var=5e-4, cost="sum")
     with pytest.raises((ValueError, RuntimeError), match="cost must be|needs Triton"):
         em_routing_triton(pose, act, weight, beta_u, beta_a, lambdas=[1.0], min_var=5e-4, cost="max")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("iterations, parents, cost", [(3, 16, "sum"), (2, 10, "standardise")])
+def test_kernels_compile_for_hopper_without_a_gpu(iterations, parents, cost):
+    """The compiled path (which the interpreter does not exercise) builds to sm_90 machine code.
+
+    Triton compiles for an explicit target without a device, through the ptxas it ships; this
+    catches what only the compiler rejects (e.g. a constexpr reassigned in an unrolled loop).
+    """
+    pytest.importorskip("triton")
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import ASTSource
+
+    from capsbench.capsules.routing.kernels import _triton_em_jit as jit
+
+    scalars = {
+        "P": "i32",
+        "I": "i32",
+        "J": "i32",
+        "windows_per_program": "i32",
+        "min_var": "fp32",
+        "cost_scale": "fp32",
+    }
+    for name, meta in triton_em.launch_meta(iterations, parents, cost).items():
+        fn = getattr(jit, name)
+        signature = {a: "constexpr" if a in meta else scalars.get(a, "*fp32") for a in fn.arg_names}
+        source = ASTSource(fn, signature, constexprs=meta)
+        kernel = triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": triton_em.NUM_WARPS})
+        assert kernel.asm["cubin"], name
 
 
 # ---------------------------------------------------------------------------------------------- CUDA

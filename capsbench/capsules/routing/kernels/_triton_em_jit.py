@@ -263,8 +263,7 @@ def em_backward_stats_kernel(pose_ptr, act_ptr, w_ptr, beta_u_ptr, lam_ptr, cent
     g_logvar = tl.zeros([BP, 1, BJ, 1], tl.float32)
     g_beta_a = tl.zeros([BP, 1, BJ, 1], tl.float32)
     g_beta_u = tl.zeros([BP, 1, BJ, 1], tl.float32)
-    for back in tl.static_range(T):
-        t: tl.constexpr = T - 1 - back
+    for t in tl.static_range(T - 1, -1, -1):
         lam = tl.load(lam_ptr + t)
         g_s1, g_s2, g_m, g_ba, g_bu = _m_step_backward(
             g_mean, g_var, g_logit, g_logvar, mean, var_raw, var, mass, beta_u, lam, cost_scale, jvalid, J, STANDARDISE

@@ -48,8 +48,14 @@ them chunk by chunk in registers.
   by ``torch.sum`` in a fixed order; the number of runs depends only on the shapes. So the
   backward is bitwise deterministic on a given device and shape.
 
-Tile sizes are module constants (``BLOCK_P``, ``BLOCK_I``, ``NUM_WARPS``); ``J`` is padded to
-a power of two and masked (10 class capsules -> 16). Pose dim is 16 (4x4) only.
+- **Tiles**: ``BLOCK_P = 2`` windows x ``BLOCK_I = 2`` children x 16 parents x 16 entries
+  (1,024 fp32, 8 per thread at 4 warps) for the window programs; the children program steps
+  one window at a time with 2 children and keeps its 2 x 16 x 16 weights in registers for
+  its whole run. ptxas for sm_90 (Triton 3.8, 3 iterations): forward 128 registers, backward
+  statistics 168, backward children 128, no spills; doubling either tile dimension reaches
+  255 registers and spills in the backward. These were chosen without a GPU to time them:
+  ``benchmarks/gpu_check.sh`` measures them, and the constants are the knobs. ``J`` is padded
+  to a power of two and masked (10 class capsules -> 16). Pose dim 16 (4x4) only.
 """
 
 from __future__ import annotations
@@ -65,8 +71,13 @@ except ImportError:  # pragma: no cover - depends on the installation
     _jit = None
 
 COSTS = ("sum", "mean", "standardise")
-BLOCK_P = 4  # windows per program: the weights read from L2 are shared by this many windows
-BLOCK_I = 2  # children per chunk: tile [BLOCK_P, BLOCK_I, 16, 16] = 2048 fp32 in registers
+# Tiles, chosen from ptxas's register counts for sm_90 (no GPU was at hand to time them): larger
+# tiles push the backward programs to 255 registers and spill. Windows-major programs share each
+# weight tile across BLOCK_P windows; the children program holds its weights for its whole run.
+BLOCK_P = 2  # windows per program (forward, backward statistics): weight reads from L2 / 2
+BLOCK_I = 2  # children per chunk: tile [2, 2, 16, 16] = 1,024 fp32 over 128 threads
+CHILD_BLOCK_P = 1  # windows per step of the children program: tile [1, 2, 16, 16]
+CHILD_BLOCK_I = 2
 NUM_WARPS = 4
 TARGET_PROGRAMS = 1024  # the children kernel splits the windows into runs to fill the GPU
 MIN_CAPABILITY = (8, 0)  # Ampere and later; the kernels were written for H100/H200
@@ -111,10 +122,10 @@ class _FusedEM(torch.autograd.Function):
         st_mass = pose.new_empty(n_win, iters, n_par)
         st_logit = torch.empty_like(st_mass)
         scale = 1.0 / n_child if cost == "mean" else 1.0
-        meta = dict(T=iters, STANDARDISE=cost == "standardise", BP=BLOCK_P, BI=BLOCK_I, BJ=_pow2(n_par))
+        meta = launch_meta(iters, n_par, cost)
         _jit.em_forward_kernel[(math.ceil(n_win / BLOCK_P),)](
             pose, act, weight, beta_u, beta_a, lam, out_pose, out_act, centre, st_mean, st_var, st_mass, st_logit,
-            n_win, n_child, n_par, float(min_var), scale, num_warps=NUM_WARPS, **meta,
+            n_win, n_child, n_par, float(min_var), scale, num_warps=NUM_WARPS, **meta["em_forward_kernel"],
         )  # fmt: skip
         ctx.save_for_backward(pose, act, weight, beta_u, lam, centre, st_mean, st_var, st_mass, st_logit)
         ctx.min_var, ctx.scale, ctx.meta = float(min_var), scale, meta
@@ -132,23 +143,33 @@ class _FusedEM(torch.autograd.Function):
         _jit.em_backward_stats_kernel[(math.ceil(n_win / BLOCK_P),)](
             pose, act, weight, beta_u, lam, centre, st_mean, st_var, st_mass, st_logit, g_pose, g_act,
             gs_s1, gs_s2, gs_mass, g_beta_u, g_beta_a, n_win, n_child, n_par, ctx.min_var, ctx.scale,
-            num_warps=NUM_WARPS, **ctx.meta,
+            num_warps=NUM_WARPS, **ctx.meta["em_backward_stats_kernel"],
         )  # fmt: skip
-        child_blocks = math.ceil(n_child / BLOCK_I)
-        runs = max(1, min(math.ceil(n_win / BLOCK_P), TARGET_PROGRAMS // child_blocks))
-        per_run = math.ceil(math.ceil(n_win / runs) / BLOCK_P) * BLOCK_P
+        child_blocks = math.ceil(n_child / CHILD_BLOCK_I)
+        runs = max(1, min(math.ceil(n_win / CHILD_BLOCK_P), TARGET_PROGRAMS // child_blocks))
+        per_run = math.ceil(math.ceil(n_win / runs) / CHILD_BLOCK_P) * CHILD_BLOCK_P
         runs = math.ceil(n_win / per_run)
         g_child_pose = torch.empty_like(pose)
         g_child_act = torch.empty_like(act)
         g_weight_runs = pose.new_empty(runs, n_child, n_par, 16)
-        meta = {k: v for k, v in ctx.meta.items() if k != "STANDARDISE"}
         _jit.em_backward_children_kernel[(child_blocks, runs)](
             pose, act, weight, centre, st_mean, st_var, st_mass, st_logit, gs_s1, gs_s2, gs_mass,
             g_child_pose, g_child_act, g_weight_runs, n_win, n_child, n_par, ctx.min_var, per_run,
-            num_warps=NUM_WARPS, **meta,
+            num_warps=NUM_WARPS, **ctx.meta["em_backward_children_kernel"],
         )  # fmt: skip
         g_weight = g_weight_runs.sum(0).view(n_child, n_par, 4, 4)
         return g_child_pose, g_child_act, g_weight, g_beta_u.sum(0), g_beta_a.sum(0), None, None, None
+
+
+def launch_meta(iterations: int, parents: int, cost: str) -> dict[str, dict]:
+    """The compile-time parameters of each program for one routing configuration."""
+    common = dict(T=iterations, BJ=_pow2(parents))
+    windows = dict(common, STANDARDISE=cost == "standardise", BP=BLOCK_P, BI=BLOCK_I)
+    return {
+        "em_forward_kernel": windows,
+        "em_backward_stats_kernel": windows,
+        "em_backward_children_kernel": dict(common, BP=CHILD_BLOCK_P, BI=CHILD_BLOCK_I),
+    }
 
 
 def _pow2(n: int) -> int:
@@ -188,4 +209,4 @@ def em_routing_triton(
     return _FusedEM.apply(*f32, tuple(float(x) for x in lambdas), float(min_var), cost)
 
 
-__all__ = ["available", "em_routing_triton", "BLOCK_P", "BLOCK_I"]
+__all__ = ["available", "em_routing_triton"]
