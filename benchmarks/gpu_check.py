@@ -246,16 +246,64 @@ def run_layers(args: argparse.Namespace, steps: int, deadline: float) -> list[di
     return rows
 
 
+# H200 (and H100 SXM) peaks for the floors: HBM3e ~4.8 TB/s (4.3 measured here by a device-to-device
+# copy), fp32 CUDA-core arithmetic ~67 TFLOP/s (an FMA counts 2). Floors on another GPU scale with these.
+HBM_BYTES_PER_S = 4.8e12
+FP32_FLOP_PER_S = 67e12
+
+
+def em_layer_model(children: int = 144, parents: int = 16, iterations: int = 3) -> dict[str, float]:
+    """What one window must move (HBM bytes) and compute (flops) per forward+backward, on each path.
+
+    ``e = I * J * 16`` vote entries. Fused (triton_em): every pass recomputes the votes (4 FMA =
+    8 flops per entry); forward = centre pass + T M-step passes (6 flops/entry) + T-1 E-steps
+    (4) = e (18 T + 6); backward = T-1 reverse passes (~26 e each) + one children pass
+    (votes, T x ~10 e, T-1 x ~8 e for the E-steps, 16 e for the pose and weight gradients).
+    Bytes: child poses and activations read by each of the three programs, the per-window
+    statistics and their gradients written and read back, outputs and input gradients; the
+    weights stay in L2. Reference (materialised votes): about 15 vote-sized fp32 tensors read or
+    written in the forward and 50 in the backward (benchmarks/README.md, the CPU analysis of the
+    same kernels); its arithmetic is a few flops per byte, so bandwidth is its floor.
+    """
+    t, e = iterations, children * parents * 16
+    child_bytes = children * 17 * 4  # pose (16) + activation, fp32
+    stats_bytes = t * parents * 34 * 4  # mean, raw variance, mass, logit per iteration
+    grad_stats_bytes = t * parents * 33 * 4  # g_S1, g_S2, g_mass per iteration
+    fused_bytes = 3 * child_bytes + 3 * stats_bytes + 2 * grad_stats_bytes + child_bytes + parents * 17 * 4 * 3
+    fused_flops = e * (18 * t + 6) + 26 * e * (t - 1) + e * (9 + 10 * t + 8 * (t - 1) + 16)
+    return {"fused_bytes": fused_bytes, "fused_flops": fused_flops, "reference_bytes": 65 * e * 4}
+
+
+def floor_ms(impl: str, windows: int) -> float:
+    model = em_layer_model()
+    if impl == "fused":
+        seconds = max(model["fused_bytes"] / HBM_BYTES_PER_S, model["fused_flops"] / FP32_FLOP_PER_S)
+    else:
+        seconds = model["reference_bytes"] / HBM_BYTES_PER_S
+    return seconds * windows * 1000
+
+
 def layer_table(rows: list[dict]) -> str:
-    lines = ["| EM layer, 144 children -> 16 parents, 3 iterations, fwd+bwd | windows | ms | peak GB | speed-up |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    """The EM layer alone, with each path's floor from em_layer_model at the H200's peaks."""
+    model = em_layer_model()
+    lines = [
+        "| EM layer, 144 children -> 16 parents, 3 iterations, fwd+bwd | windows | ms | floor ms | x floor "
+        "| peak GB | speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
     ref = {r["windows"]: r.get("fwd_bwd_ms") for r in rows if r["impl"] == "reference"}
     for r in rows:
-        ms = r.get("fwd_bwd_ms")
+        ms, floor = r.get("fwd_bwd_ms"), floor_ms(r["impl"], r["windows"])
         peak = f"{r['peak_memory_mb'] / 1024:.2f}" if r.get("peak_memory_mb") is not None else "-"
         speed = f"{ref[r['windows']] / ms:.1f}x" if ms and ref.get(r["windows"]) and r["impl"] == "fused" else ""
         what = ms if ms is not None else r.get("error") or r.get("skipped")
-        lines.append(f"| {r['impl']} | {r['windows']} | {what} | {peak} | {speed} |")
+        ratio = f"{ms / floor:.1f}" if ms else "-"
+        lines.append(f"| {r['impl']} | {r['windows']} | {what} | {floor:.3f} | {ratio} | {peak} | {speed} |")
+    lines.append(
+        f"\nPer window: fused {model['fused_bytes'] / 1e3:.0f} KB and {model['fused_flops'] / 1e6:.1f} MFLOP "
+        f"(compute-bound), reference {model['reference_bytes'] / 1e6:.1f} MB (bandwidth-bound); floors at "
+        f"{HBM_BYTES_PER_S / 1e12:.1f} TB/s and {FP32_FLOP_PER_S / 1e12:.0f} TFLOP/s fp32 (an H200)."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -76,3 +76,18 @@ def test_cpu_smoke_run_writes_every_result(tmp_path):
     assert "unavailable on cpu" in layers["fused"]["error"]
     assert json.loads((tmp_path / "environment.json").read_text())["device"] == "cpu"
     assert "| paper protocol, no checkpointing |" in (tmp_path / "table.md").read_text()
+
+
+def test_layer_table_puts_each_path_next_to_its_floor():
+    driver = load_driver()
+    model = driver.em_layer_model()
+    # the fused path moves ~1% of the reference's bytes per window and is compute-bound
+    assert model["fused_bytes"] < model["reference_bytes"] / 100
+    assert model["fused_flops"] / driver.FP32_FLOP_PER_S > model["fused_bytes"] / driver.HBM_BYTES_PER_S
+    rows = [
+        {"windows": 2048, "impl": "reference", "fwd_bwd_ms": 40.0, "peak_memory_mb": 3072.0},
+        {"windows": 2048, "impl": "fused", "fwd_bwd_ms": 2.0, "peak_memory_mb": 512.0},
+    ]
+    text = driver.layer_table(rows)
+    floor = driver.floor_ms("fused", 2048)
+    assert f"| fused | 2048 | 2.0 | {floor:.3f} | {2.0 / floor:.1f} | 0.50 | 20.0x |" in text
