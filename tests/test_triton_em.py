@@ -110,6 +110,25 @@ def relative_errors(case, device="cpu", seed=0, perturb_min_var=1.0) -> dict[str
     return errors
 
 
+def dead_child_invariants() -> dict[str, bool]:
+    """A child with activation 0 has no influence at all: bitwise, on outputs and on its pose gradient."""
+    pose, act, weight, beta_u, beta_a = make_inputs(3, 5, 4, 7, dtype=torch.float32)
+    act[:, 2] = 0.0
+    routing = EMRouting(5, 4, 16, iterations=3, final_lambda=1.0)
+    moved = pose.clone()
+    moved[:, 2] = torch.randn(3, 16) * 100
+    g = [torch.randn(3, 4, 16), torch.randn(3, 4)]
+    first, second = (
+        fused(pose, act, weight, beta_u, beta_a, routing, g),
+        fused(moved, act, weight, beta_u, beta_a, routing, g),
+    )
+    return {
+        "outputs_unchanged": all(torch.equal(a, b) for a, b in zip(first[:2], second[:2])),
+        "pose_gradient_zero": bool((first[2][:, 2] == 0).all() and (second[2][:, 2] == 0).all()),
+        "others_move": not torch.equal(first[2][:, 1], torch.zeros(3, 16)),
+    }
+
+
 def child_main() -> None:
     """Run in the subprocess: check the interpreter is what runs, then report every case's errors."""
     import triton.runtime.interpreter as interpreter
@@ -124,6 +143,7 @@ def child_main() -> None:
         "cuda_visible": torch.cuda.is_available(),
         "cases": {case[0]: relative_errors(case) for case in CASES},
         "perturbed": relative_errors(CASES[0], perturb_min_var=1.5),
+        "dead_child": dead_child_invariants(),
     }
     print(json.dumps(report))
 
@@ -160,6 +180,10 @@ def test_comparison_detects_a_wrong_variance_floor(interpreted):
     errors = interpreted["perturbed"]
     assert max(errors[n] for n in ("pose", "act")) > 10 * OUTPUT_TOL
     assert max(errors[n] for n in NAMES[2:]) > 10 * GRAD_TOL
+
+
+def test_dead_child_has_no_influence_bitwise(interpreted):
+    assert interpreted["dead_child"] == {"outputs_unchanged": True, "pose_gradient_zero": True, "others_move": True}
 
 
 def test_available_is_false_without_cuda():
