@@ -120,8 +120,13 @@ def run_all(rows: list[dict], steps: int, deadline: float) -> list[dict]:
 
 
 def implementation(row: dict) -> str:
-    """What the layers said they ran; layers without the switch report nothing (the reference path)."""
-    return ",".join(row.get("routing_impl_ran") or []) or "unreported"
+    """What the layers said they ran (``measure``'s ``routing_impl``: a name, a list, or per layer)."""
+    ran = row.get("routing_impl")
+    if isinstance(ran, dict):
+        ran = sorted(set(map(str, ran.values())))
+    if isinstance(ran, (list, tuple, set)):
+        ran = ",".join(sorted(set(map(str, ran))))
+    return str(ran) if ran else "unreported"  # capsbench without the switch reports nothing
 
 
 def cell(row: dict | None) -> str:

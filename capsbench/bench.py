@@ -84,13 +84,7 @@ def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
         "num_params": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "routing_impl_ran": implementations_ran(model),
     }
-
-
-def implementations_ran(model) -> list[str]:
-    """The routing implementations the model's layers report they ran (``last_impl``), e.g. ``["fused"]``."""
-    return sorted({str(m.last_impl) for m in model.modules() if getattr(m, "last_impl", None) is not None})
 
 
 def bench_spec(path: str, overrides: list[str], steps: int = 5, warmup: int = 1) -> list[dict]:
@@ -103,10 +97,7 @@ def bench_spec(path: str, overrides: list[str], steps: int = 5, warmup: int = 1)
     for run in spec.load(path, overrides):
         payload = json.dumps({"config": OmegaConf.to_container(run.config), "steps": steps, "warmup": warmup})
         child = subprocess.run(
-            [sys.executable, "-m", "capsbench.bench"],
-            input=payload,
-            capture_output=True,
-            text=True,
+            [sys.executable, "-m", "capsbench.bench"], input=payload, capture_output=True, text=True,
             env={**tuned_env(), "PYTHONUNBUFFERED": "1"},
         )
         if child.returncode != 0:

@@ -41,8 +41,8 @@ def test_table_reports_speed_up_and_unavailable_fused_paths():
     driver = load_driver()
     row = {"routing": "em", "depth": 10, "amp": "off", "peak_memory_mb": 2048.0}
     rows = [
-        {**row, "impl": "reference", "train_step_ms": 300.0, "routing_impl_ran": ["reference"]},
-        {**row, "impl": "fused", "train_step_ms": 20.0, "routing_impl_ran": ["fused"]},
+        {**row, "impl": "reference", "train_step_ms": 300.0, "routing_impl": ["reference"]},
+        {**row, "impl": "fused", "train_step_ms": 20.0, "routing_impl": {"conv1": "fused"}},
         {**row, "routing": "self", "impl": "fused", "error": "UserError: no fused implementation for 'self'"},
     ]
     text = driver.table(rows, [{"routing": "em", "depth": 10, "error": "OutOfMemoryError: CUDA"}], switch=True)
