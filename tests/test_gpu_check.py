@@ -86,8 +86,19 @@ def test_layer_table_puts_each_path_next_to_its_floor():
     assert model["fused_flops"] / driver.FP32_FLOP_PER_S > model["fused_bytes"] / driver.HBM_BYTES_PER_S
     rows = [
         {"windows": 2048, "impl": "reference", "fwd_bwd_ms": 40.0, "peak_memory_mb": 3072.0},
-        {"windows": 2048, "impl": "fused", "fwd_bwd_ms": 2.0, "peak_memory_mb": 512.0},
+        {"windows": 2048, "impl": "fused", "tiles": (2, 2, 2, 4, 4), "fwd_bwd_ms": 2.0, "peak_memory_mb": 512.0},
     ]
     text = driver.layer_table(rows)
     floor = driver.floor_ms("fused", 2048)
-    assert f"| fused | 2048 | 2.0 | {floor:.3f} | {2.0 / floor:.1f} | 0.50 | 20.0x |" in text
+    assert f"| fused tiles 2/2/2/4/4 | 2048 | 2.0 | {floor:.3f} | {2.0 / floor:.1f} | 0.50 | 20.0x |" in text
+
+
+def test_tile_sweep_starts_with_the_shipped_tiles_and_restores_them():
+    from capsbench.capsules.routing.kernels import triton_em
+
+    driver = load_driver()
+    shipped = tuple(getattr(triton_em, knob) for knob in driver.TILE_KNOBS)
+    assert driver.TILE_SWEEP[0] == shipped
+    with driver.tiles(driver.TILE_SWEEP[1]):
+        assert tuple(getattr(triton_em, knob) for knob in driver.TILE_KNOBS) == driver.TILE_SWEEP[1]
+    assert tuple(getattr(triton_em, knob) for knob in driver.TILE_KNOBS) == shipped

@@ -40,10 +40,15 @@ CASES = [
     ("one-iteration", 3, 4, 3, 1, "sum", 1.0),
     ("class-caps-J10", 3, 9, 10, 3, "sum", None),
     ("runs-of-windows", 5, 7, 3, 3, "sum", 1.0),
+    ("other-tiles", 7, 9, 5, 3, "mean", None),
 ]
-# The children program handles a run of windows each; tiny shapes get one window per run unless the
-# number of programs is capped: 8 programs over 4 blocks of children -> runs of 3 and 2 windows.
-TARGET_PROGRAMS = {"runs-of-windows": 8}
+# Module knobs of triton_em changed for one case. The children program handles a run of windows each;
+# tiny shapes get one window per run unless the programs are capped: 8 programs over 4 blocks of
+# children -> runs of 3 and 2 windows. Other tiles: every mask at other block sizes (as gpu_check sweeps).
+KNOBS = {
+    "runs-of-windows": {"TARGET_PROGRAMS": 8},
+    "other-tiles": {"BLOCK_P": 4, "BLOCK_I": 4, "CHILD_BLOCK_P": 2, "CHILD_BLOCK_I": 4, "TARGET_PROGRAMS": 6},
+}
 
 
 def make_inputs(windows: int, children: int, parents: int, seed: int, dtype=torch.float64, device="cpu"):
@@ -96,12 +101,15 @@ def relative_errors(case, device="cpu", seed=0, perturb_min_var=1.0) -> dict[str
              torch.randn(windows, parents, generator=g, dtype=torch.float64).to(device)]  # fmt: skip
     routing, want = reference(*inputs, iterations, cost, final_lambda, grads)
     routing.min_var *= perturb_min_var  # the negative control: a fused run with another variance floor
-    default_programs = triton_em.TARGET_PROGRAMS
-    triton_em.TARGET_PROGRAMS = TARGET_PROGRAMS.get(case[0], default_programs)
+    knobs = KNOBS.get(case[0], {})
+    saved = {k: getattr(triton_em, k) for k in knobs}
     try:
+        for knob, value in knobs.items():
+            setattr(triton_em, knob, value)
         got = fused(*inputs, routing, grads)
     finally:
-        triton_em.TARGET_PROGRAMS = default_programs
+        for knob, value in saved.items():
+            setattr(triton_em, knob, value)
     errors = {}
     for name, g_, w in zip(NAMES, got, want):
         scale = w.norm().item()

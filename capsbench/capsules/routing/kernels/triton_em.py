@@ -54,7 +54,10 @@ them chunk by chunk in registers.
   its whole run. ptxas for sm_90 (Triton 3.8, 3 iterations): forward 128 registers, backward
   statistics 168, backward children 128, no spills; doubling either tile dimension reaches
   255 registers and spills in the backward. These were chosen without a GPU to time them:
-  ``benchmarks/gpu_check.sh`` measures them, and the constants are the knobs. ``J`` is padded
+  ``benchmarks/gpu_check.sh`` times them and a few alternatives (the module constants are
+  the knobs). The children program re-reads each window's statistics once per block of
+  children (72 blocks of a 3x3x16 window, ~11 KB each, from L2): larger child blocks trade
+  those reads for registers and occupancy. ``J`` is padded
   to a power of two and masked (10 class capsules -> 16). Pose dim 16 (4x4) only.
 """
 
@@ -78,7 +81,8 @@ BLOCK_P = 2  # windows per program (forward, backward statistics): weight reads 
 BLOCK_I = 2  # children per chunk: tile [2, 2, 16, 16] = 1,024 fp32 over 128 threads
 CHILD_BLOCK_P = 1  # windows per step of the children program: tile [1, 2, 16, 16]
 CHILD_BLOCK_I = 2
-NUM_WARPS = 4
+NUM_WARPS = 4  # window programs
+CHILD_NUM_WARPS = 4
 TARGET_PROGRAMS = 1024  # the children kernel splits the windows into runs to fill the GPU
 MIN_CAPABILITY = (8, 0)  # Ampere and later; the kernels were written for H100/H200
 
@@ -155,7 +159,7 @@ class _FusedEM(torch.autograd.Function):
         _jit.em_backward_children_kernel[(child_blocks, runs)](
             pose, act, weight, centre, st_mean, st_var, st_mass, st_logit, gs_s1, gs_s2, gs_mass,
             g_child_pose, g_child_act, g_weight_runs, n_win, n_child, n_par, ctx.min_var, per_run,
-            num_warps=NUM_WARPS, **ctx.meta["em_backward_children_kernel"],
+            num_warps=CHILD_NUM_WARPS, **ctx.meta["em_backward_children_kernel"],
         )  # fmt: skip
         g_weight = g_weight_runs.sum(0).view(n_child, n_par, 4, 4)
         return g_child_pose, g_child_act, g_weight, g_beta_u.sum(0), g_beta_a.sum(0), None, None, None
