@@ -39,15 +39,16 @@ them chunk by chunk in registers.
   (147 KB, shared by all windows) come from L2, ``1/BLOCK_P`` of them per window per pass
   (``BLOCK_I`` x J x 16 at a time). The backward reads those again plus the output
   gradients and writes ``(g_S1, g_S2, g_mass)`` (6.3 KB) and the pose/activation gradients
-  (9.8 KB). The materialised path moves the votes (147 KB written, read several times per
-  iteration, plus a 295 KB centred copy saved for backward): about 1 MB per window.
+  (9.8 KB): ~75 KB per window, forward and backward. The materialised path reads or writes
+  about 65 vote-sized tensors (147 KB each) per forward and backward: ~9.6 MB per window.
 - **Arithmetic** per window and pass: 4 x 36,864 multiply-adds for the votes plus ~10 flops
-  per vote entry for the statistics; no tensor cores (K = 4, and fp32 must stay exact).
+  per vote entry for the statistics, ~6.7 MFLOP per window forward and backward: the fused
+  path is compute-bound (``em_layer_model`` in ``benchmarks/gpu_check.py``). No tensor
+  cores: K = 4, and fp32 must stay exact.
 - **Determinism**: no atomics anywhere. The weight gradient is written as per-run partials
   ``[runs, I, J, 16]`` and the beta gradients as per-window partials ``[P, J]``, both summed
   by ``torch.sum`` in a fixed order; the number of runs depends only on the shapes. So the
   backward is bitwise deterministic on a given device and shape.
-
 - **Tiles**: ``BLOCK_P = 2`` windows x ``BLOCK_I = 2`` children x 16 parents x 16 entries
   (1,024 fp32, 8 per thread at 4 warps) for the window programs; the children program steps
   one window at a time with 2 children and keeps its 2 x 16 x 16 weights in registers for
@@ -57,8 +58,9 @@ them chunk by chunk in registers.
   ``benchmarks/gpu_check.sh`` times them and a few alternatives (the module constants are
   the knobs). The children program re-reads each window's statistics once per block of
   children (72 blocks of a 3x3x16 window, ~11 KB each, from L2): larger child blocks trade
-  those reads for registers and occupancy. ``J`` is padded
-  to a power of two and masked (10 class capsules -> 16). Pose dim 16 (4x4) only.
+  those reads for registers and occupancy. ``J`` is padded to a power of two and masked
+  (10 class capsules -> 16). Pose dim 16 (4x4) only; coordinate addition and weights
+  shared over positions (class capsules) are not fused: callers use the blockwise path.
 """
 
 from __future__ import annotations
