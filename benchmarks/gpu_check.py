@@ -14,7 +14,7 @@ error; configurations left when ``--budget-s`` runs out are rows marked skipped.
 
 Writes under ``--out`` (default ``benchmarks/results/gpu-check-<device name>``): ``environment.json``,
 ``routing.json``, ``paper.json`` and ``table.md``, and prints the table. ``--smoke`` runs depth 1
-at batch 16, fp32 only, one step (about a minute with compilation). ``--device cpu --smoke`` runs
+at batch 16, fp32 only, one step (a minute or two, mostly compilation). ``--device cpu --smoke`` runs
 the same logic at 16x16 and batch 2 so CI can check the driver without a GPU.
 
 Where the spec key ``model.routing_impl`` does not exist yet, only the reference path is measured

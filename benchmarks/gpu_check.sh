@@ -10,7 +10,7 @@
 #  3. the CUDA-relevant tests (fused kernels against the reference, determinism);
 #  4. the table: train-step ms and peak memory, every routing x depth 1/5/10 x reference/fused x
 #     fp32/bf16 at batch 128, 32x32, plus a paper-protocol step per method (benchmarks/gpu_check.py).
-# Under 8 minutes in all (--smoke: about one). Results: benchmarks/results/gpu-check-<gpu>[-smoke]/
+# Under 8 minutes in all (--smoke: about one to two, mostly Triton compiling; estimated, not yet run). Results: benchmarks/results/gpu-check-<gpu>[-smoke]/
 # (environment.json, routing.json, paper.json, table.md, tests.log), copied into $OUT when it is set.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
