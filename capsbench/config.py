@@ -22,6 +22,12 @@ def plain(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+# How routed layers hand votes to the routing (model.routing_impl): "reference" materialises them for
+# ``Routing.forward`` (the oracle), "fused" calls ``Routing.forward_lazy``, "auto" takes fused where
+# the routing has it and it is measured faster on the device.
+ROUTING_IMPLS = ("auto", "reference", "fused")
+
+
 @dataclass
 class ModelConfig:
     arch: str = "capsnet"  # MODELS registry
@@ -35,6 +41,9 @@ class ModelConfig:
     pose_norm: bool | None = None  # BatchNorm on poses after stacked layers; None = per-method reference
     residual: bool = False  # skip from the layer two back when shapes match
     checkpointing: bool = False  # activation checkpointing per capsule layer
+    # how routed layers hand votes to the routing: auto | reference (materialised, the oracle) | fused
+    # (computed per block of windows, never stored); not in the spec hash, recorded like the device
+    routing_impl: str = "auto"
     routing_options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the routing
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the model builder
 
@@ -144,6 +153,7 @@ NON_RESULT_KEYS = (
     "description",
     "seed",  # the hash names the experiment; records are keyed by (spec_hash, seed)
     "device",
+    "model.routing_impl",  # an implementation of the same maths; records state it like the device
     "output",
     "executor",
     "data.root",

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from capsbench.config import HASH_NEUTRAL_DEFAULTS, NON_RESULT_KEYS, RunConfig
+from capsbench.config import HASH_NEUTRAL_DEFAULTS, NON_RESULT_KEYS, ROUTING_IMPLS, RunConfig
 from capsbench.errors import SpecError, UserError, did_you_mean
 
 SPEC_KEYS = ("extends", "sweep")  # keys of a spec file that are not run-config keys
@@ -334,6 +334,7 @@ def _check_range(cfg: DictConfig) -> None:
     need(m.primary_types >= 1, "model.primary_types", "an integer >= 1", m.primary_types)
     need(m.pose_dim >= 1, "model.pose_dim", "an integer >= 1", m.pose_dim)
     need(m.iterations >= 1, "model.iterations", "an integer >= 1", m.iterations)
+    need(m.routing_impl in ROUTING_IMPLS, "model.routing_impl", "one of " + ", ".join(ROUTING_IMPLS), m.routing_impl)
     need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
     need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
     need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)

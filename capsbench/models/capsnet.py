@@ -256,6 +256,7 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
         weight_std=weight_std,
         checkpointing=checkpointing,
         keep_coefficients=keep,
+        routing_impl=cfg.routing_impl,
         **routing_options,
     )
     layers: dict[str, CapsuleLayer] = {}

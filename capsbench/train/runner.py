@@ -504,8 +504,20 @@ def build_record(
         "num_params": sum(p.numel() for p in model.parameters()) if model is not None else None,
         "num_classes": num_classes,
         "resumes": list(state.resumes),
-        "environment": environment(str(device)),
+        "environment": {**environment(str(device)), "routing_impl": routing_implementations(model)},
     }
+
+
+def routing_implementations(model) -> dict[str, str]:
+    """Which routing path (``reference`` or ``fused``) each routed layer last ran, by layer name.
+
+    Recorded like the device: ``model.routing_impl`` is not in the spec hash (both paths compute
+    the same maths), but their rounding differs, so a record says which one produced it.
+    """
+    if model is None:
+        return {}
+    layers = capsule_layers(model)
+    return {info.name: info.module.last_impl for info in layers if getattr(info.module, "last_impl", None)}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -12,6 +12,17 @@ D pose dim):
 - ``activation``: ``[N, L, I]`` child activations in [0, 1]
 - ``pose``: ``[N, L, I, D_in]`` the child poses themselves (self-routing needs them)
 - returns ``RoutingOutput(pose [N, L, J, D], activation [N, L, J], coefficients [N, L, I, J])``
+
+Two ways to receive the votes (contract v2):
+- ``forward(votes, activation, pose, geometry)``: the votes tensor, materialised. Every
+  routing has it; it is the reference path (the oracle of the equality tests).
+- ``forward_lazy(votes: LazyVotes, activation, geometry, need_coefficients)`` (optional):
+  the child poses, weights and vote transform (``capsbench.capsules.routing.votes``), so a
+  fused implementation can compute the votes of a few windows at a time and never hold
+  those of the whole layer. ``coefficients`` may be None when ``need_coefficients`` is
+  False. A routing that defines it says in ``fused_unavailable`` which of its
+  configurations have no fused implementation, and in ``fused_faster`` on which devices
+  its fused path is measured faster (what ``routing_impl="auto"`` picks).
 """
 
 from __future__ import annotations
@@ -23,11 +34,15 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from capsbench.config import ROUTING_IMPLS  # noqa: F401  (re-exported for the layers)
+
 
 class RoutingOutput(NamedTuple):
     pose: torch.Tensor  # [N, L, J, D]
     activation: torch.Tensor  # [N, L, J] in [0, 1]
-    coefficients: torch.Tensor  # [N, L, I, J] >= 0, normalised over `Routing.normalised_over`
+    # [N, L, I, J] >= 0, normalised over `Routing.normalised_over`; None only when forward_lazy was
+    # called with need_coefficients=False
+    coefficients: torch.Tensor | None
 
 
 @dataclass
@@ -94,3 +109,17 @@ class Routing(nn.Module):
         geometry: Geometry = IDENTITY_GEOMETRY,
     ) -> RoutingOutput:
         raise NotImplementedError
+
+    def fused_unavailable(self) -> str | None:
+        """Why this routing, as configured, has no fused implementation; None when it has one.
+
+        Routings without ``forward_lazy`` have none. Subclasses that define it override this
+        for the configurations their fused path does not cover.
+        """
+        if not hasattr(self, "forward_lazy"):
+            return f"routing {type(self).__name__} has no fused implementation (it defines no forward_lazy)"
+        return None
+
+    def fused_faster(self, device: torch.device) -> bool:
+        """Whether the fused path is measured faster than the reference on ``device`` (``auto`` picks it then)."""
+        return False

@@ -31,17 +31,7 @@ from __future__ import annotations
 import torch
 
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-
-
-def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
-    """Sabour's squash with an epsilon: length ``|s|^2/(1+|s|^2)`` (< 1), direction of ``s``."""
-    sq = (s * s).sum(dim, keepdim=True)
-    return s * (sq / (1.0 + sq) / torch.sqrt(sq + eps))
-
-
-def capsule_length(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Euclidean length; its gradient at the zero vector is 0 (not NaN)."""
-    return torch.linalg.vector_norm(v, dim=dim)
+from capsbench.capsules.routing.ops import agreement, capsule_length, squash, weighted_votes
 
 
 class DynamicRouting(Routing):
@@ -88,55 +78,3 @@ class DynamicRouting(Routing):
                 u, w = (votes.detach(), v.detach()) if self.detach_agreement else (votes, v)
                 logits = logits + agreement(u, w)
         return RoutingOutput(v, capsule_length(v), coefficients)
-
-
-# Two contractions over the votes, shared with self-routing. Each is one einsum forward; the
-# backward is custom: the votes' gradient is a broadcast multiply written straight into the
-# votes' own memory layout (ConvCaps hands over children-outermost votes), so the vote matmul's
-# backward reads it without a copy. Autograd's einsum backward would use K=1 batched matrix
-# products (outer products) on strided batches instead: ~30% slower per layer on CPU.
-
-
-def weighted_votes(w: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
-    """``out[n, l, j] = sum_i w[n, l, i, j] votes[n, l, i, j]``: ``[N, L, J, D]``."""
-    return _WeightedVotes.apply(w, votes)
-
-
-def agreement(votes: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``out[n, l, i, j] = <votes[n, l, i, j], v[n, l, j]>``: ``[N, L, I, J]``."""
-    return _Agreement.apply(votes, v)
-
-
-def _outer_like(votes: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a * b`` (broadcast to the votes' shape) laid out like ``votes``."""
-    if torch.compiler.is_compiling():  # dynamo refuses a strided out=; inductor picks the layout itself
-        return a * b
-    return torch.mul(a, b, out=torch.empty_like(votes))  # empty_like keeps the votes' strides
-
-
-class _WeightedVotes(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, w, votes):
-        ctx.save_for_backward(w, votes)
-        return torch.einsum("nlij,nlijd->nljd", w, votes)
-
-    @staticmethod
-    def backward(ctx, grad):
-        w, votes = ctx.saved_tensors
-        grad_w = torch.einsum("nljd,nlijd->nlij", grad, votes) if ctx.needs_input_grad[0] else None
-        grad_votes = _outer_like(votes, w.unsqueeze(-1), grad.unsqueeze(2)) if ctx.needs_input_grad[1] else None
-        return grad_w, grad_votes
-
-
-class _Agreement(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, votes, v):
-        ctx.save_for_backward(votes, v)
-        return torch.einsum("nlijd,nljd->nlij", votes, v)
-
-    @staticmethod
-    def backward(ctx, grad):
-        votes, v = ctx.saved_tensors
-        grad_votes = _outer_like(votes, grad.unsqueeze(-1), v.unsqueeze(2)) if ctx.needs_input_grad[0] else None
-        grad_v = torch.einsum("nlij,nlijd->nljd", grad, votes) if ctx.needs_input_grad[1] else None
-        return grad_votes, grad_v

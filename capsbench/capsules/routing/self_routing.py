@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-from capsbench.capsules.routing.dynamic import weighted_votes
+from capsbench.capsules.routing.ops import weighted_votes
 
 
 class SelfRouting(Routing):

@@ -71,8 +71,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from capsbench.capsules.routing import fused
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-from capsbench.capsules.routing.em import (
+from capsbench.capsules.routing.ops import (
     EPS,
     LOG_2PI,
     NORMALISATIONS,
@@ -86,6 +87,7 @@ from capsbench.capsules.routing.em import (
     resolve_options,
     squared_distance,
 )
+from capsbench.capsules.routing.votes import LazyVotes
 
 LOG_DETS = ("diagonal", "wishart")
 
@@ -214,17 +216,39 @@ class VBRouting(Routing):
         with torch.autocast(device_type=votes.device.type, enabled=False):
             v, a = votes.to(dtype), activation.to(dtype)
             x, centre = prepare_votes(v, a)
-            m0 = self.m0 - centre  # the prior mean, in the centred coordinates of x
-            norm = Normaliser(self.normalised_over, geometry, a)
-            r = norm.initial(self.parents, a)  # [N, L, J, I]
-            a_child = a.unsqueeze(2)
-            for t in range(self.iterations):
-                post = self._update_parameters(r * a_child, x, m0)
-                if t < self.iterations - 1:
-                    r = norm(self._log_rho(post, x))
-            new_act, new_pose = self._outputs(post, centre, dtype)
-            self.last_posterior = {k: val.detach() for k, val in post.items()} | {"m": (post["m"] + centre).detach()}
+            new_pose, new_act, r = self._route(x, centre, a, geometry, dtype)
         return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), r.transpose(2, 3).to(out_dtype))
+
+    def fused_faster(self, device: torch.device) -> bool:
+        return fused.measured_faster("vb", torch.device(device).type)
+
+    def forward_lazy(
+        self, votes: LazyVotes, activation: torch.Tensor, geometry: Geometry, need_coefficients: bool = True
+    ) -> RoutingOutput:
+        """The same routing on lazily given votes: every contraction over children recomputes the votes
+        a block of windows at a time (``fused.LazyCentredVotes``); only the coefficients ``[N, L, J, I]``
+        cross blocks, so the votes of the layer are never stored. Coefficients come back detached."""
+        out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
+        with torch.autocast(device_type=votes.pose.device.type, enabled=False):
+            a = activation.to(dtype)
+            x = fused.LazyCentredVotes(votes, a, dtype)
+            new_pose, new_act, r = self._route(x, x.centre, a, geometry, dtype)
+        coefficients = r.detach().transpose(2, 3).to(out_dtype) if need_coefficients else None
+        return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
+
+    def _route(self, x, centre, a, geometry, dtype):
+        """All updates from the centred votes ``x`` (a tensor or lazy): pose, activation, ``R [N, L, J, I]``."""
+        m0 = self.m0 - centre  # the prior mean, in the centred coordinates of x
+        norm = Normaliser(self.normalised_over, geometry, a)
+        r = norm.initial(self.parents, a)  # [N, L, J, I]
+        a_child = a.unsqueeze(2)
+        for t in range(self.iterations):
+            post = self._update_parameters(r * a_child, x, m0)
+            if t < self.iterations - 1:
+                r = norm(self._log_rho(post, x))
+        new_act, new_pose = self._outputs(post, centre, dtype)
+        self.last_posterior = {k: val.detach() for k, val in post.items()} | {"m": (post["m"] + centre).detach()}
+        return new_pose, new_act, r
 
     def _update_parameters(self, weights, x, m0):
         """q(pi, mu, Lambda) from the activation-weighted assignments ``weights`` ``[N, L, J, I]``."""
