@@ -35,6 +35,9 @@ def test_full_plan_covers_every_routing_depth_impl_and_precision():
         "train.batch_size=128" in r["overrides"] and "data.image_size=32" in r["overrides"] for r in routing_rows
     )
     assert all("model.checkpointing=false" in r["overrides"] and r["depth"] == 10 for r in paper_rows)
+    assert len(paper_rows) == len(driver.PAPER_SPECS) * impls
+    # the Triton kernel only serves layers that do not keep their coefficients
+    assert all("model.options.keep_coefficients=false" in r["overrides"] for r in routing_rows + paper_rows)
 
 
 def test_table_reports_speed_up_and_unavailable_fused_paths():
@@ -45,10 +48,11 @@ def test_table_reports_speed_up_and_unavailable_fused_paths():
         {**row, "impl": "fused", "train_step_ms": 20.0, "routing_impl": {"conv1": "fused"}},
         {**row, "routing": "self", "impl": "fused", "error": "UserError: no fused implementation for 'self'"},
     ]
-    text = driver.table(rows, [{"routing": "em", "depth": 10, "error": "OutOfMemoryError: CUDA"}], switch=True)
+    paper = [{"routing": "em", "impl": "fused", "depth": 10, "error": "OutOfMemoryError: CUDA"}]
+    text = driver.table(rows, paper, switch=True)
     assert "| em | 10 | 300.0 ms, 2.00 GB (reference) | 20.0 ms, 2.00 GB (fused) | - | - | 15.0x |" in text
     assert "| self | 10 | - | n/a |" in text
-    assert "OutOfMemoryError" in text
+    assert "| em | fused | 10 | - | OutOfMemoryError: CUDA |" in text
 
 
 @pytest.mark.slow
