@@ -137,6 +137,50 @@ def dead_child_invariants() -> dict[str, bool]:
     }
 
 
+def layer_call_site() -> dict:
+    """EMRouting.forward_lazy's CUDA call site, run on the CPU: a ConvCaps layer on the fused path.
+
+    The layer hands the kernel its windows ([N, L, I, 16] -> [P, I, 16]), weights [I, J, 4, 4],
+    betas, lambdas, min_var and cost; the routing's device check is the one thing replaced here.
+    Compared with the float64 reference layer (materialised votes), outputs and every gradient.
+    """
+    from capsbench.capsules.layers import ConvCaps
+    from capsbench.capsules.routing.em import EMRouting
+    from capsbench.capsules.types import Capsules
+
+    calls = []
+
+    def kernel(*args, **kwargs):
+        calls.append(args[0].shape)
+        return triton_em.em_routing_triton(*args, **kwargs)
+
+    torch.manual_seed(0)
+    options = dict(kernel_size=3, stride=1, padding=1, routing="em", keep_coefficients=False, pose_norm=False)
+    reference = ConvCaps(2, 3, routing_impl="reference", **options).double()
+    fused_layer = ConvCaps(2, 3, routing_impl="fused", **options)
+    with torch.no_grad():
+        reference.routing.beta_u.normal_(0, 0.3)
+        reference.routing.beta_a.normal_(0, 0.3)
+    fused_layer.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
+    pose, act = torch.randn(2, 2, 16, 3, 3, dtype=torch.float64), torch.rand(2, 2, 3, 3, dtype=torch.float64)
+    g_pose, g_act = torch.randn(2, 3, 16, 3, 3, dtype=torch.float64), torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    results = []
+    original = EMRouting._gpu_kernel
+    EMRouting._gpu_kernel = staticmethod(lambda votes, need_coefficients: None if need_coefficients else kernel)
+    try:
+        for layer, dtype in ((reference, torch.float64), (fused_layer, torch.float32)):
+            inputs = [pose.to(dtype).clone().requires_grad_(), act.to(dtype).clone().requires_grad_()]
+            out = layer(Capsules(*inputs))
+            ((out.pose * g_pose.to(dtype)).sum() + (out.activation * g_act.to(dtype)).sum()).backward()
+            params = (layer.votes.weight, layer.routing.beta_u, layer.routing.beta_a)
+            results.append([out.pose, out.activation] + [t.grad for t in inputs] + [p.grad for p in params])
+    finally:
+        EMRouting._gpu_kernel = original
+    names = ("pose", "act", "grad_pose", "grad_act", "grad_weight", "grad_beta_u", "grad_beta_a")
+    errors = {n: ((f.double() - r).norm() / r.norm()).item() for n, r, f in zip(names, *results)}
+    return {"calls": [list(shape) for shape in calls], "impl": fused_layer.last_impl, "errors": errors}
+
+
 def child_main() -> None:
     """Run in the subprocess: check the interpreter is what runs, then report every case's errors."""
     import triton.runtime.interpreter as interpreter
@@ -152,6 +196,7 @@ def child_main() -> None:
         "cases": {case[0]: relative_errors(case) for case in CASES},
         "perturbed": relative_errors(CASES[0], perturb_min_var=1.5),
         "dead_child": dead_child_invariants(),
+        "layer": layer_call_site(),
     }
     print(json.dumps(report))
 
@@ -192,6 +237,16 @@ def test_comparison_detects_a_wrong_variance_floor(interpreted):
 
 def test_dead_child_has_no_influence_bitwise(interpreted):
     assert interpreted["dead_child"] == {"outputs_unchanged": True, "pose_gradient_zero": True, "others_move": True}
+
+
+def test_convcaps_fused_path_calls_the_kernel_correctly(interpreted):
+    """The layer -> forward_lazy -> em_routing_triton contract: shapes, weights, options, gradients."""
+    layer = interpreted["layer"]
+    assert layer["impl"] == "fused"
+    assert layer["calls"] == [[2 * 9, 18, 16]], "the kernel did not receive the layer's 18 windows of 18 children"
+    for name, error in layer["errors"].items():
+        tol = OUTPUT_TOL if name in ("pose", "act") else GRAD_TOL
+        assert error <= tol, f"{name} off by {error:.2e} (tolerance {tol:.0e})"
 
 
 def test_available_is_false_without_cuda():
