@@ -133,7 +133,7 @@ def cmd_validate(args) -> int:
         try:
             runs = spec.load(path)
             for run in runs:
-                key = (run.config.model.routing, tuple(sorted(run.config.model.routing_options)))
+                key = (run.config.model.routing, str(run.config.model.routing_options))  # names and values
                 if key not in checked_routings:
                     spec.check_routing_options(run.config)
                     checked_routings.add(key)

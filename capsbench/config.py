@@ -102,6 +102,9 @@ class TrainConfig:
 class MetricsConfig:
     dead_threshold: float = 0.01  # eq. 13: dead if mean activation <= this
     grad_norm_every: int = 50  # steps between per-layer gradient-norm samples
+    # per-layer activation percentiles, dead units, pose norms, coupling entropy, activation terms on
+    # validation batches (capsbench/metrics/mechanism.py); observes only, so not in the spec hash
+    mechanism: bool = True
 
 
 @dataclass
@@ -161,4 +164,5 @@ NON_RESULT_KEYS = (
     "data.num_workers",
     "train.eval_batch_size",
     "train.test_every_epoch",
+    "metrics.mechanism",
 )

@@ -145,6 +145,7 @@ _BUILTINS: dict[Registry, dict[str, str]] = {
         "vb": "capsbench.capsules.routing.vb:VBRouting",
         "self": "capsbench.capsules.routing.self_routing:SelfRouting",
         "dynamic": "capsbench.capsules.routing.dynamic:DynamicRouting",
+        "uniform": "capsbench.capsules.routing.uniform:UniformRouting",
     },
     MODELS: {
         "capsnet": "capsbench.models.capsnet:build_capsnet",

@@ -377,7 +377,8 @@ def _check_names(cfg: DictConfig) -> None:
 
 
 def check_routing_options(cfg: DictConfig) -> None:
-    """Unknown routing options are errors: checked against the routing's constructor.
+    """Unknown routing options are errors: checked against the routing's constructor; then their
+    values, by building one tiny routing (constructors raise a UserError naming the bad option).
 
     Imports the routing module (and so torch); ``capsbench validate`` calls it.
     """
@@ -385,15 +386,20 @@ def check_routing_options(cfg: DictConfig) -> None:
 
     routing = ROUTINGS.get(cfg.model.routing)
     params = inspect.signature(routing.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n in params if n not in ("self", "children", "parents", "pose_dim", "iterations", "in_pose_dim")]
-    for key in cfg.model.routing_options:
-        if key not in accepted:
-            raise SpecError(
-                f"model.routing_options.{key}: unknown option of routing '{cfg.model.routing}'"
-                f"{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted) or '(none)'}"
-            )
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        base = ("self", "children", "parents", "pose_dim", "iterations", "in_pose_dim")
+        accepted = [n for n in params if n not in base]
+        for key in cfg.model.routing_options:
+            if key not in accepted:
+                raise SpecError(
+                    f"model.routing_options.{key}: unknown option of routing '{cfg.model.routing}'"
+                    f"{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted) or '(none)'}"
+                )
+    options = OmegaConf.to_container(cfg.model.routing_options, resolve=True)
+    try:
+        routing(children=1, parents=2, pose_dim=cfg.model.pose_dim, iterations=cfg.model.iterations, **options)
+    except (TypeError, ValueError):
+        pass  # not an option's value (a shape or a base argument): the model builder reports it with its key
 
 
 @functools.cache

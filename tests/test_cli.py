@@ -31,7 +31,7 @@ def test_shipped_specs_all_validate(capsys):
 
 def test_list_prints_one_name_per_line(capsys):
     assert main(["list", "routings"]) == 0
-    assert capsys.readouterr().out.split("\n")[:4] == ["dynamic", "em", "self", "vb"]
+    assert capsys.readouterr().out.split("\n")[:5] == ["dynamic", "em", "self", "uniform", "vb"]
 
 
 @pytest.mark.parametrize(

@@ -166,7 +166,7 @@ def layer_call_site() -> dict:
     g_pose, g_act = torch.randn(2, 3, 16, 3, 3, dtype=torch.float64), torch.randn(2, 3, 3, 3, dtype=torch.float64)
     results = []
     original = EMRouting._gpu_kernel
-    EMRouting._gpu_kernel = staticmethod(lambda votes, need_coefficients: None if need_coefficients else kernel)
+    EMRouting._gpu_kernel = lambda self, votes, need_coefficients: None if need_coefficients else kernel
     try:
         for layer, dtype in ((reference, torch.float64), (fused_layer, torch.float32)):
             inputs = [pose.to(dtype).clone().requires_grad_(), act.to(dtype).clone().requires_grad_()]

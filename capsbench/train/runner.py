@@ -340,7 +340,9 @@ class _Run:
                 p.model, data.train, images=cfg.train.precise_bn, batch_size=cfg.train.batch_size,
                 device=self.device, autocast=t.autocast,
             )
-            val = evaluate(t, val_loader, progress=epoch / epochs, threshold=threshold)
+            val = evaluate(
+                t, val_loader, progress=epoch / epochs, threshold=threshold, mechanism=cfg.metrics.mechanism
+            )
             if val.diverged:
                 return epoch
             test = self._test(data, t, epoch) if cfg.train.test_every_epoch else None
@@ -372,6 +374,7 @@ class _Run:
             "avg_dead_conv": val_summary["avg_dead_conv"],
             "layers": {n: {k: v for k, v in s.items() if k != "types"} for n, s in val_summary["layers"].items()},
             "grad_norms": grad_mean,  # mean over this epoch's samples
+            "mechanism": val.mechanism,  # validation epoch, capsbench.metrics.mechanism ({} when off)
             "images_per_s": tr.images / tr.seconds if tr.seconds > 0 else None,
             "train_s": tr.seconds,
             "eval_s": val.seconds + (test.seconds if test else 0.0),
@@ -479,6 +482,7 @@ def build_record(
         # forward order of the capsule layers: JSON objects are written with sorted keys
         "layer_order": [layer.name for layer in capsule_layers(model)] if model is not None else [],
         "grad_norms": state.grad_norms,
+        "mechanism": last.get("mechanism") or {},  # the last validation epoch's (every epoch: metrics.jsonl)
     }
     epochs_run = len(state.history)
     return {

@@ -31,6 +31,13 @@ re-centres every type on every batch, so it can hide dead capsules) and
 ``pose_bn=False``. Because the pose BN lives here, ``pose_norm`` (the layer-level one)
 is False.
 
+Control: ``coefficients="uniform"`` keeps ``R`` at its initial uniform value (one update of
+``q(pi, mu, Lambda)``, the same outputs, priors, BatchNorms and loss; no routing), the like-for-like
+"routing that does nothing" arm (Paik, Kwak and Kim 2019). With ``diagnostics`` on,
+``last_terms`` holds per-type means of ``beta_a``, ``beta_u``, ``entropy`` (``H_j``), ``weight``
+(``exp E[ln pi_j]``), ``mass`` (``N_j``), ``cost`` (``weight * H + beta_u``), ``logit`` (before
+the activation BN) and ``logit_bn`` (after it).
+
 Choices:
 
 - ``normalise="receiving_parents"`` (default, the reference): ``R`` sums to 1 over every
@@ -72,7 +79,14 @@ import torch
 from torch import nn
 
 from capsbench.capsules.routing import fused
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
+from capsbench.capsules.routing.base import (
+    IDENTITY_GEOMETRY,
+    Geometry,
+    Routing,
+    RoutingOutput,
+    check_coefficients,
+    type_means,
+)
 from capsbench.capsules.routing.ops import (
     EPS,
     LOG_2PI,
@@ -128,7 +142,8 @@ class VBRouting(Routing):
 
     Options: ``alpha0`` (1), ``kappa0`` (1), ``nu0`` (None = D + 1), ``psi0`` (1: Psi0 = psi0 * I),
     ``m0`` (0), ``normalise`` ("receiving_parents"), ``activation_bn`` (True), ``pose_bn``
-    (True), ``log_det`` ("diagonal" or "wishart"), ``bn_momentum`` (0.1).
+    (True), ``log_det`` ("diagonal" or "wishart"), ``bn_momentum`` (0.1), ``coefficients``
+    ("routed" or the "uniform" control).
     """
 
     loss = "cross_entropy"
@@ -152,6 +167,7 @@ class VBRouting(Routing):
         "pose_bn": True,
         "log_det": "diagonal",
         "bn_momentum": 0.1,
+        "coefficients": "routed",
     }
 
     def __init__(
@@ -186,6 +202,8 @@ class VBRouting(Routing):
             require(isinstance(opts[key], bool), "vb", key, "true or false", opts[key])
         momentum = opts["bn_momentum"]
         require(is_number(momentum, 0, 1, strict=False), "vb", "bn_momentum", "a number in [0, 1]", momentum)
+        check_coefficients("vb", opts["coefficients"])
+        self.coefficients = opts["coefficients"]
         self.alpha0, self.kappa0 = float(opts["alpha0"]), float(opts["kappa0"])
         self.nu0, self.psi0, self.m0 = float(opts["nu0"]), float(opts["psi0"]), float(opts["m0"])
         self.log_det = opts["log_det"]
@@ -242,9 +260,10 @@ class VBRouting(Routing):
         norm = Normaliser(self.normalised_over, geometry, a)
         r = norm.initial(self.parents, a)  # [N, L, J, I]
         a_child = a.unsqueeze(2)
-        for t in range(self.iterations):
+        rounds = self.iterations if self.coefficients == "routed" else 1  # uniform: R never changes
+        for t in range(rounds):
             post = self._update_parameters(r * a_child, x, m0)
-            if t < self.iterations - 1:
+            if t < rounds - 1:
                 r = norm(self._log_rho(post, x))
         new_act, new_pose = self._outputs(post, centre, dtype)
         self.last_posterior = {k: val.detach() for k, val in post.items()} | {"m": (post["m"] + centre).detach()}
@@ -296,9 +315,16 @@ class VBRouting(Routing):
         d = self.pose_dim
         entropy = 0.5 * d * math.log(2 * math.pi * math.e) - 0.5 * self._expected_log_det(post["nu"], post["W"])
         weight = torch.exp(self._expected_log_pi(post["alpha"]))  # E[ln pi_j] made a weight in (0, 1)
-        logit = self.beta_a.to(dtype) - (weight * entropy + self.beta_u.to(dtype))
+        cost = weight * entropy + self.beta_u.to(dtype)
+        logit = self.beta_a.to(dtype) - cost
+        raw = logit
         if self.activation_bn is not None:
             logit = self.activation_bn(logit, channel_dim=2)  # [N, L, J]: J channels
+        if self.diagnostics:
+            self.last_terms = type_means(
+                beta_a=self.beta_a, beta_u=self.beta_u, entropy=entropy, weight=weight,
+                mass=post["alpha"] - self.alpha0, cost=cost, logit=raw, logit_bn=logit,
+            )  # fmt: skip
         new_pose = post["m"] + centre
         if self.pose_bn is not None:
             new_pose = self.pose_bn(new_pose, channel_dim=2)  # [N, L, J, D]: J channels
