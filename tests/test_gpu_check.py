@@ -69,7 +69,9 @@ def test_cpu_smoke_run_writes_every_result(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     routing = json.loads((tmp_path / "routing.json").read_text())
     paper = json.loads((tmp_path / "paper.json").read_text())
-    assert {r["routing"] for r in routing} == {"em", "vb", "self", "dynamic"}
+    from capsbench.registry import ROUTINGS
+
+    assert {r["routing"] for r in routing} == set(ROUTINGS.names())  # every registered routing
     assert {r["routing"] for r in paper} == {"em", "vb", "self", "dynamic"}
     for r in routing + paper:
         if r.get("impl") == "fused" and "error" in r:
