@@ -34,8 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run failed/oom runs again (old record kept aside)")
     debug_flag(run)
 
-    validate = sub.add_parser("validate", help="validate spec files or folders of specs")
-    validate.add_argument("paths", nargs="+", help="spec files or folders (searched for *.yaml)")
+    validate = sub.add_parser("validate", help="validate spec files or folders of specs, with the overrides of run")
+    validate.add_argument(
+        "paths", nargs="+", metavar="SPEC_OR_DIR [key=value ...]",
+        help="spec files or folders (searched for *.yaml), then overrides as `run` takes them",
+    )
+    validate.set_defaults(overrides=[])
     debug_flag(validate)
 
     lister = sub.add_parser("list", help="list registered components, one name per line")
@@ -96,6 +100,11 @@ def cmd_run(args) -> int:
     return EXIT_OK if all(r.get("status") == "ok" for r in records) else EXIT_RUN_FAILED
 
 
+def is_override(text: str) -> bool:
+    """``key=value``: an override, not an option or an existing file (the one rule for every command)."""
+    return "=" in text and not text.startswith("-") and not Path(text).exists()
+
+
 def _spec_files(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
@@ -112,14 +121,15 @@ def _spec_files(paths: list[str]) -> list[Path]:
 def cmd_validate(args) -> int:
     from capsbench import spec
 
-    files = _spec_files(args.paths)
+    overrides = [a for a in args.paths if is_override(a)] + args.overrides
+    files = _spec_files([a for a in args.paths if not is_override(a)])
     if not files:
         raise UserError(f"{', '.join(args.paths)}: no *.yaml spec files found")
     bad = 0
     checked_routings: set[str] = set()
     for path in files:
         try:
-            runs = spec.load(path)
+            runs = spec.load(path, overrides)
             for run in runs:
                 key = (run.config.model.routing, tuple(sorted(run.config.model.routing_options)))
                 if key not in checked_routings:
@@ -178,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`run SPEC --out DIR a=1`); argparse stops at the option
     if extra:
-        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        if hasattr(args, "overrides") and all(is_override(e) for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
