@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import inspect
 import itertools
 import json
 import re
@@ -36,8 +35,9 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from capsbench.config import HASH_NEUTRAL_DEFAULTS, NON_RESULT_KEYS, RunConfig
+from capsbench.config import HASH_NEUTRAL_DEFAULTS, NON_RESULT_KEYS, RunConfig, plain
 from capsbench.errors import SpecError, UserError, did_you_mean
+from capsbench.options import check_options
 
 SPEC_KEYS = ("extends", "sweep")  # keys of a spec file that are not run-config keys
 
@@ -375,24 +375,24 @@ def _check_names(cfg: DictConfig) -> None:
     SCHEDULERS.check(cfg.train.scheduler.name, "train.scheduler.name")
 
 
-def check_routing_options(cfg: DictConfig) -> None:
-    """Unknown routing options are errors: checked against the routing's constructor.
+# Arguments the model builder passes every routing itself: never routing options.
+_ROUTING_ARGUMENTS = ("children", "parents", "pose_dim", "iterations", "in_pose_dim")
 
-    Imports the routing module (and so torch); ``capsbench validate`` calls it.
+
+def _check_routing_options(cfg: DictConfig) -> None:
+    """``model.routing_options`` against the options the routing declares (types, ranges, did-you-mean).
+
+    The built-in routings declare theirs as data, so this imports no torch.
     """
     from capsbench.registry import ROUTINGS
 
-    routing = ROUTINGS.get(cfg.model.routing)
-    params = inspect.signature(routing.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n in params if n not in ("self", "children", "parents", "pose_dim", "iterations", "in_pose_dim")]
-    for key in cfg.model.routing_options:
-        if key not in accepted:
-            raise SpecError(
-                f"model.routing_options.{key}: unknown option of routing '{cfg.model.routing}'"
-                f"{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted) or '(none)'}"
-            )
+    options = plain(cfg.model.routing_options)
+    for key in options:
+        if key in _ROUTING_ARGUMENTS:
+            hint = f"set model.{key} instead" if key in ("pose_dim", "iterations") else "the model builder sets it"
+            raise SpecError(f"model.routing_options.{key}: not a routing option ({hint})")
+    declared = ROUTINGS.declared_options(cfg.model.routing) or {}
+    check_options(options, declared, "model.routing_options", f"routing '{cfg.model.routing}'")
 
 
 @functools.cache
@@ -407,6 +407,7 @@ def build_config(data: dict) -> DictConfig:
     cfg = OmegaConf.merge(_defaults(), OmegaConf.create(clean))  # merge copies: the cached defaults stay clean
     _check_range(cfg)
     _check_names(cfg)
+    _check_routing_options(cfg)
     return cfg
 
 

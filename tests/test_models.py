@@ -220,8 +220,6 @@ def test_backbones_are_registered_and_declare_out_channels():
         ({"options": {"primary": {"kernel": 3}}}, "model.options.primary.kernel"),
         ({"options": {"weight_std": -1}}, "model.options.weight_std"),
         ({"options": {"backbone": {"widht": 3}}}, "model.options.backbone"),
-        ({"routing_options": {"epsilon": 1e-3}}, "model.routing_options.epsilon"),
-        ({"routing_options": {"iterations": 5}}, "model.routing_options.iterations"),
     ],
 )
 def test_bad_values_are_user_errors_naming_the_key(change, key):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -166,12 +168,13 @@ def test_missing_spec_file(tmp_path):
 
 @pytest.fixture
 def strict_routing():
-    """A routing with explicit options (no **kwargs), registered for one test."""
+    """A routing declaring its options as a plugin would, registered for one test."""
+    from capsbench.capsules.routing.base import Routing
+    from capsbench.options import Option
     from capsbench.registry import ROUTINGS
 
-    class Strict:
-        def __init__(self, children, parents, pose_dim, iterations=3, in_pose_dim=None, eps=1e-6, temperature=1.0):
-            pass
+    class Strict(Routing):
+        OPTIONS = {"eps": Option(float, 1e-6, gt=0), "temperature": Option(float, 1.0, gt=0)}
 
     ROUTINGS.register("strict_test", Strict)
     yield "strict_test"
@@ -180,10 +183,66 @@ def strict_routing():
 
 def test_routing_options_checked_against_the_routing(tmp_path, strict_routing):
     good = write(tmp_path, "g.yaml", "model: {routing: strict_test, routing_options: {eps: 0.1}}\n")
-    spec.check_routing_options(spec.load(good)[0].config)
+    assert spec.load(good)[0].config.model.routing_options.eps == 0.1
     bad = write(tmp_path, "b.yaml", "model: {routing: strict_test, routing_options: {epsilon: 0.1}}\n")
     with pytest.raises(SpecError, match=r"model\.routing_options\.epsilon: unknown option .*did you mean 'eps'"):
-        spec.check_routing_options(spec.load(bad)[0].config)
+        spec.load(bad)
+    with pytest.raises(SpecError, match=r"^model\.routing_options\.eps: expected a number > 0, got -1"):
+        spec.load(good, ["model.routing_options.eps=-1"])
+
+
+@pytest.mark.parametrize(
+    ("routing", "override", "message"),
+    [
+        ("em", "final_lamda=1.0", r"model\.routing_options\.final_lamda: unknown option of routing 'em' "
+                                  r"\(did you mean 'final_lambda'\?\)"),
+        ("vb", "final_lamda=1.0", r"model\.routing_options\.final_lamda: unknown option of routing 'vb'"),
+        ("em", "cost=median", r"model\.routing_options\.cost: expected one of sum, mean, standardise, got 'median'"),
+        ("vb", "bn_momentum=2", r"model\.routing_options\.bn_momentum: expected a number in \[0, 1\], got 2"),
+        ("vb", "pose_bn=1", r"model\.routing_options\.pose_bn: expected true or false, got 1"),
+        ("dynamic", "detach_agreemnt=true", r"did you mean 'detach_agreement'"),
+        ("self", "eps=0", r"model\.routing_options\.eps: expected a number > 0, got 0"),
+        ("self", "iterations=2", r"model\.routing_options\.iterations: not a routing option \(set model\.iterations"),
+    ],
+)
+def test_every_routing_option_is_checked_at_load(tmp_path, routing, override, message):
+    """Typos, types and ranges of routing options fail `validate`, not the run after data loads (issue 12.8)."""
+    path = write(tmp_path, "s.yaml", f"model: {{routing: {routing}}}\n")
+    with pytest.raises(SpecError, match=message):
+        spec.load(path, [f"model.routing_options.{override}"])
+
+
+def test_routing_options_are_checked_without_importing_torch(tmp_path):
+    path = write(tmp_path, "s.yaml", "model: {routing: em}\n")
+    code = (
+        "import sys\nfrom capsbench import spec\nfrom capsbench.errors import SpecError\n"
+        f"spec.load({str(path)!r}, ['model.routing_options.final_lambda=0.5'])\n"
+        f"try:\n    spec.load({str(path)!r}, ['model.routing_options.final_lamda=0.5'])\n"
+        "except SpecError as exc:\n    print(exc)\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    error, torch_line = out.stdout.splitlines()
+    assert error.startswith(
+        "model.routing_options.final_lamda: unknown option of routing 'em' (did you mean 'final_lambda'?); "
+        "expected one of: cost, final_lambda, min_var, normalise"
+    ), out.stderr
+    assert torch_line == "no torch"
+
+
+def test_routing_declarations_are_the_ones_the_routings_use():
+    """The table validate reads without torch is the table each routing's constructor resolves with."""
+    import inspect
+
+    from capsbench.registry import ROUTINGS
+
+    for name in ROUTINGS.names():
+        declared, cls = ROUTINGS.declared_options(name), ROUTINGS.get(name)
+        assert declared is cls.OPTIONS, name
+        keywords = [p for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY
+                    or (p.default is not p.empty and p.name not in ("iterations", "in_pose_dim"))]
+        for param in keywords:  # explicit keyword options: same names and defaults as declared
+            assert declared[param.name].default == param.default, (name, param.name)
 
 
 def test_int_accepted_for_float(tmp_path):

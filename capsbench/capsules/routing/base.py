@@ -16,12 +16,14 @@ D pose dim):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+from capsbench.options import Option
 
 
 class RoutingOutput(NamedTuple):
@@ -77,6 +79,8 @@ class Routing(nn.Module):
     per_child_parameters: ClassVar[tuple[str, ...]] = ()
     # std of the vote transformation weights when the spec sets none (None = 1/sqrt(fan_in))
     weight_std: ClassVar[float | None] = None
+    # the method's keyword options (``model.routing_options``), declared as data: name -> Option
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}
 
     def __init__(self, children: int, parents: int, pose_dim: int, iterations: int = 3, in_pose_dim: int | None = None):
         super().__init__()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from capsbench.capsules.routing import declared_options
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
 
 
@@ -45,6 +46,7 @@ def capsule_length(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 class DynamicRouting(Routing):
+    OPTIONS = declared_options.DYNAMIC  # the keyword options below, declared for validate
     normalised_over = "parents"
     loss = "margin"
     pose_norm = False  # SR-CapsNet's dynamic-routing ConvNet has no BatchNorm between capsule layers

@@ -75,11 +75,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from capsbench.capsules.routing import declared_options
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-from capsbench.errors import UserError, did_you_mean
+from capsbench.errors import UserError
+from capsbench.options import Option, check_options
 
-NORMALISATIONS = ("parents", "receiving_parents")
-COSTS = ("sum", "mean", "standardise")
 EPS = 1e-8  # guards divisions by a parent's mass; far below any real mass in fp32
 LOG_2PI = math.log(2 * math.pi)
 
@@ -100,15 +100,12 @@ def inverse_temperatures(final_lambda: float, iterations: int) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve_options(method: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with ``options``; UserError naming an unknown option."""
-    for key in options:
-        if key not in defaults:
-            raise UserError(
-                f"routing '{method}': unknown option '{key}'{did_you_mean(key, defaults)}; "
-                f"model.routing_options accepts: {', '.join(sorted(defaults))}"
-            )
-    return {**defaults, **options}
+def resolve_options(method: str, options: dict[str, Any], declared: dict[str, Option]) -> dict[str, Any]:
+    """The declared defaults updated with ``options``, each checked against its declaration.
+
+    Spec loading has checked the same declaration already; this guards direct construction.
+    """
+    return check_options(options, declared, "model.routing_options", f"routing '{method}'")
 
 
 def require(ok: bool, method: str, key: str, expected: str, value: Any, where: str | None = None) -> None:
@@ -341,7 +338,7 @@ class EMRouting(Routing):
     class_caps = "shared"  # Hinton et al., Google, yl-1993: shared weights + coordinate addition
     primary_activation = "sigmoid"
 
-    DEFAULTS = {"final_lambda": None, "min_var": 5e-4, "normalise": "parents", "cost": "sum"}
+    OPTIONS = declared_options.EM
     FINAL_LAMBDA = {"sum": 1e-2, "mean": 1.44, "standardise": 1e-2}  # final_lambda=None picks by cost
 
     def __init__(
@@ -354,7 +351,7 @@ class EMRouting(Routing):
         **options: Any,
     ):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
-        opts = resolve_options("em", options, self.DEFAULTS)
+        opts = resolve_options("em", options, self.OPTIONS)
         require(
             isinstance(iterations, int) and iterations >= 1,
             "em",
@@ -363,12 +360,8 @@ class EMRouting(Routing):
             iterations,
             "model.iterations",
         )
-        require(opts["cost"] in COSTS, "em", "cost", f"one of {COSTS}", opts["cost"])
         if opts["final_lambda"] is None:
             opts["final_lambda"] = self.FINAL_LAMBDA[opts["cost"]]
-        require(is_number(opts["final_lambda"], 0), "em", "final_lambda", "a number > 0", opts["final_lambda"])
-        require(is_number(opts["min_var"], 0), "em", "min_var", "a number > 0", opts["min_var"])
-        require(opts["normalise"] in NORMALISATIONS, "em", "normalise", f"one of {NORMALISATIONS}", opts["normalise"])
         self.final_lambda = float(opts["final_lambda"])
         self.min_var = float(opts["min_var"])
         self.cost = opts["cost"]
