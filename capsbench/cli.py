@@ -82,16 +82,12 @@ def cmd_bench(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from capsbench import spec
-    from capsbench.executors import get_executor
+    from capsbench import api
 
-    runs = spec.load(args.spec, args.overrides)
-    out = Path(args.out or runs[0].config.output.dir)
-    executor = get_executor(
-        args.executor or str(runs[0].config.executor.name),
-        quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed,
+    runs, out = api.plan(args.spec, args.overrides, args.out)
+    records = api.execute(
+        runs, out, executor=args.executor, quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed
     )
-    records = executor.run_all(runs, out)
     from capsbench.summary import print_summary
 
     print_summary(records)
