@@ -69,7 +69,7 @@ def load(path: str | Path) -> list[dict[str, Any]]:
     ``path``, the run directory. Runs without a record (unfinished) are left out; a corrupt
     record is a ``UserError`` naming the file. Rows are in path order.
     """
-    from capsbench.results.schema import read_run_record
+    from capsbench.results.run_record import read_run_record
 
     root = Path(path)
     if not root.is_dir():

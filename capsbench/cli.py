@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Modules with ``add_commands(subparsers) -> {name: func(args) -> exit code}``; kept free of
 # heavy imports at module level so `capsbench --help` stays fast.
-COMMAND_MODULES: list[str] = ["capsbench.executors.status", "capsbench.results.cli", "capsbench.report.cli"]
+COMMAND_MODULES: list[str] = ["capsbench.executors.status", "capsbench.report.leaderboard_cli", "capsbench.report.cli"]
 
 
 def debug_flag(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from capsbench.executors.local import LocalExecutor
 from capsbench.executors.manifest import Manifest
 from capsbench.executors.plan import plan, run_dir_for, set_aside, split
 from capsbench.executors.status import collect, counts
-from capsbench.train.record import read_record, write_record
+from capsbench.results.run_record import read_record, write_record
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = str(REPO / "specs" / "quickstart.yaml")

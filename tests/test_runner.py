@@ -26,8 +26,8 @@ from capsbench.capsules.types import Capsules
 from capsbench.config import RunConfig
 from capsbench.errors import UserError
 from capsbench.registry import MODELS
+from capsbench.results.run_record import checksum, verify
 from capsbench.train import runner
-from capsbench.train.record import checksum, verify
 
 HASH = "0123abcd"
 EPOCHS = 3

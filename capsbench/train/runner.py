@@ -39,13 +39,13 @@ from capsbench.metrics.grad_norms import GradNorms
 from capsbench.metrics.layers import capsule_layers
 from capsbench.metrics.system import peak_memory_mb, reset_peak_memory
 from capsbench.registry import MODELS
+from capsbench.results.run_record import RUN_RECORD_VERSION, read_record, write_record
 from capsbench.train.checkpoint import load_checkpoint, save_checkpoint
 from capsbench.train.display import Display
 from capsbench.train.loop import Trainer, evaluate, train_epoch
 from capsbench.train.losses import build_loss
 from capsbench.train.optim import build_optimizer, build_scheduler
 from capsbench.train.precise_bn import recompute_bn_statistics
-from capsbench.train.record import SCHEMA_VERSION, read_record, write_record
 from capsbench.train.rng import epoch_generator, rng_state, seed_everything, set_rng_state
 from capsbench.train.signals import StopFlag, sigterm_as_interrupt
 from capsbench.train.state import RunState
@@ -449,7 +449,7 @@ def build_record(
     }
     epochs_run = len(state.history)
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": RUN_RECORD_VERSION,
         "spec": cfg.name,
         "spec_hash": spec_hash,
         "run_id": run_id,
