@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,10 +45,14 @@ class Option:
     le: float | None = None
     choices: tuple | None = None
     nullable: bool = False
+    pattern: str | None = None  # a string option: a regular expression the whole value must match
+    describe: str | None = None  # what a value must be, in words, when the bounds alone do not say it
 
     def expected(self) -> str:
         """What a value must be, in words: 'a number > 0', 'one of sum, mean', 'an integer >= 1 or null'."""
-        if self.choices is not None:
+        if self.describe is not None:
+            text = self.describe
+        elif self.choices is not None:
             text = f"one of {', '.join(str(c) for c in self.choices)}"
         else:
             text = _TYPE_WORDS.get(self.type, self.type.__name__)
@@ -68,6 +73,8 @@ class Option:
         if not _has_type(value, self.type):
             raise self._error(key, value)
         if self.choices is not None and value not in self.choices:
+            raise self._error(key, value)
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
             raise self._error(key, value)
         if self.type in (int, float) and not self._in_range(value):
             raise self._error(key, value)

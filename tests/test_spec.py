@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -248,3 +249,32 @@ def test_routing_declarations_are_the_ones_the_routings_use():
 def test_int_accepted_for_float(tmp_path):
     (run,) = spec.load(write(tmp_path, "s.yaml", "train: {optimizer: {lr: 1}}\n"))
     assert isinstance(run.config.train.optimizer.lr, float)
+
+
+def _bad_value(option):
+    """A value just outside what ``option`` declares."""
+    if option.choices is not None or option.pattern is not None:
+        return "nope"
+    for bound, step in ((option.ge, -1), (option.gt, 0), (option.le, 1), (option.lt, 0)):
+        if bound is not None:
+            return type(bound)(bound + step) if option.type is float else int(bound + step)
+    raise AssertionError(f"{option} declares no range")
+
+
+@pytest.mark.parametrize(("key", "option"), spec._declared_ranges(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_declared_range_is_checked_at_load_naming_the_key(tmp_path, key, option):
+    """Ranges are declared once (config.py) and checked once, when the spec loads (issue 12, Structure)."""
+    path = write(tmp_path, "s.yaml", "name: ranges\n")
+    value = _bad_value(option)
+    with pytest.raises(SpecError, match=rf"^{re.escape(key)}: expected .*, got {re.escape(repr(value))}"):
+        spec.load(path, [f"{key}={value}"])
+
+
+def test_ranges_once_include_what_the_runner_and_slurm_used_to_check_late(tmp_path):
+    """These were accepted at load and failed only in the scheduler, the SLURM submission or not at all."""
+    path = write(tmp_path, "s.yaml", "name: ranges\n")
+    for override in ("executor.cpus=0", "executor.time_min=0", "executor.gpus=-1", "train.scheduler.gamma=0",
+                     "train.scheduler.step_size=0", "train.optimizer.momentum=-0.5", "data.num_workers=-1"):
+        key = override.split("=")[0]
+        with pytest.raises(SpecError, match=rf"^{re.escape(key)}: expected"):
+            spec.load(path, [override])

@@ -179,22 +179,19 @@ def image_hw(image_size: Any) -> tuple[int, int]:
 def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any) -> CapsNet:
     """Build the capsule network of ``cfg`` (a ``ModelConfig`` or a DictConfig with its fields).
 
-    Raises ``UserError`` naming the key for any bad value.
+    Raises ``UserError`` naming the key for a bad ``model.options`` value (the config fields were
+    checked when the spec loaded).
     """
-    depth = _int("model.depth", cfg.depth, 0)
-    types = _int("model.capsule_types", cfg.capsule_types, 1)
-    primary_types = _int("model.primary_types", cfg.primary_types, 1)
-    pose_dim = _int("model.pose_dim", cfg.pose_dim, 1)
-    iterations = _int("model.iterations", cfg.iterations, 1)
-    residual = _bool("model.residual", cfg.residual)
-    checkpointing = _bool("model.checkpointing", cfg.checkpointing)
-    pose_norm = _bool("model.pose_norm", cfg.pose_norm, allow_none=True)
+    # the ModelConfig fields (depth, types, pose_dim, ..., routing and backbone names, routing
+    # options) were checked against config.py when the spec loaded; model.options are the
+    # builder's own and are checked here
+    depth, types, primary_types = int(cfg.depth), int(cfg.capsule_types), int(cfg.primary_types)
+    pose_dim, iterations = int(cfg.pose_dim), int(cfg.iterations)
+    residual, checkpointing, pose_norm = bool(cfg.residual), bool(cfg.checkpointing), cfg.pose_norm
     num_classes = _int("num_classes", num_classes, 1)
     in_channels = _int("in_channels", in_channels, 1)
     hw = image_hw(image_size)
 
-    ROUTINGS.check(cfg.routing, "model.routing")
-    BACKBONES.check(cfg.backbone, "model.backbone")
     routing_cls = ROUTINGS.get(cfg.routing)
     routing_options = plain(cfg.routing_options)  # checked against the routing's declaration at spec load
 

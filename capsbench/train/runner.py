@@ -173,15 +173,8 @@ class _Run:
         loss_fn = build_loss(loss_name, options)
         optimizer = build_optimizer(model.parameters(), cfg.train.optimizer)
         scheduler = build_scheduler(optimizer, cfg.train.scheduler, cfg.train.epochs)
-        if cfg.train.amp not in AMP_DTYPES:
-            raise UserError(f"train.amp: expected one of {', '.join(AMP_DTYPES)}, got {cfg.train.amp!r}")
+        # train.amp, max_steps_per_epoch and grad_clip were checked against config.py when the spec loaded
         scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
-        if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch < 1:
-            raise UserError(
-                f"train.max_steps_per_epoch: expected an integer >= 1 or null, got {cfg.train.max_steps_per_epoch!r}"
-            )
-        if cfg.train.grad_clip is not None and not cfg.train.grad_clip > 0:
-            raise UserError(f"train.grad_clip: expected a positive norm or null, got {cfg.train.grad_clip!r}")
         return _Parts(model, loss_fn, loss_name, optimizer, scheduler, scaler)
 
     def _resume(self, data) -> None:
