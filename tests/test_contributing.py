@@ -120,7 +120,8 @@ def test_own_package_through_the_entry_point(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-package\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[capsbench.plugins]\n{name} = {module}:{func}\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    # one thread per subprocess: the suite runs one worker per core
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), OMP_NUM_THREADS="1")
 
     def capsbench(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "capsbench", *args], capture_output=True, text=True,
