@@ -23,12 +23,21 @@ from typing import Any
 from capsbench.errors import UserError
 
 
-def plan(spec: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None) -> tuple[list, Path]:
-    """The runs of ``spec`` with ``overrides`` (``"key=value"`` strings, as on the command line) and their folder."""
+def plan(
+    spec: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None, *, out_key: str = "out"
+) -> tuple[list, Path]:
+    """The runs of ``spec`` with ``overrides`` (``"key=value"`` strings, as on the command line) and their folder.
+
+    The folder (``out``, else the spec's ``output.dir``) is created and checked writable here, before
+    any run starts; ``out_key`` names ``out`` in the one-line error (the CLI passes ``--out``).
+    """
     from capsbench import spec as specs
+    from capsbench.io import writable_dir
 
     runs = specs.load(spec, list(overrides))
-    return runs, Path(out if out is not None else runs[0].config.output.dir)
+    if out is not None:
+        return runs, writable_dir(out, out_key)
+    return runs, writable_dir(runs[0].config.output.dir, "output.dir")
 
 
 def run(

@@ -1,8 +1,11 @@
 """The ``capsbench`` command.
 
 Exit codes: 0 success; 1 a run failed (the others still finished); 2 bad input
-(spec, arguments, missing data, corrupt file) with a one-line message; 130
-interrupted. ``--debug`` shows tracebacks.
+(spec, arguments, missing data, corrupt file) or an output folder that cannot be
+written (a file in the way, permissions, a full disk: nothing is recorded, the same
+command resumes once fixed) with a one-line message; 75 every run this command could
+train finished, but others were in progress in another process and were skipped (run
+again later to collect them); 130 interrupted. ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 from pathlib import Path
 
 from capsbench.errors import UserError, did_you_mean
+from capsbench.runlock import BUSY, EXIT_BUSY
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -84,7 +88,7 @@ def cmd_bench(args) -> int:
 def cmd_run(args) -> int:
     from capsbench import api
 
-    runs, out = api.plan(args.spec, args.overrides, args.out)
+    runs, out = api.plan(args.spec, args.overrides, args.out, out_key="--out")
     records = api.execute(
         runs, out, executor=args.executor, quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed
     )
@@ -93,7 +97,14 @@ def cmd_run(args) -> int:
     print_summary(records)
     if not args.quiet:
         print(f"figures: capsbench report {out / str(runs[0].config.name)}", file=sys.stderr)
-    return EXIT_OK if all(r.get("status") == "ok" for r in records) else EXIT_RUN_FAILED
+    return run_exit_code([str(r.get("status")) for r in records])
+
+
+def run_exit_code(statuses: list[str]) -> int:
+    """1 when a run did not end ok; else 75 when another process was training some of them; else 0."""
+    if any(s not in ("ok", BUSY) for s in statuses):
+        return EXIT_RUN_FAILED
+    return EXIT_BUSY if BUSY in statuses else EXIT_OK
 
 
 def is_override(text: str) -> bool:
