@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import torch
 
+from capsbench.capsules.routing import declared_options
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput, check_coefficients
 from capsbench.capsules.routing.ops import agreement, capsule_length, squash, weighted_votes
 
 
 class DynamicRouting(Routing):
+    OPTIONS = declared_options.DYNAMIC  # the keyword options below, declared for validate
     normalised_over = "parents"
     loss = "margin"
     pose_norm = False  # SR-CapsNet's dynamic-routing ConvNet has no BatchNorm between capsule layers
