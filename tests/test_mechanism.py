@@ -169,7 +169,7 @@ def test_mechanism_is_not_part_of_the_spec_hash():
 
 
 def test_run_writes_mechanism_per_epoch_and_in_a_valid_record(tmp_path, monkeypatch):
-    from capsbench.results.schema import check_run_record
+    from capsbench.results.run_record import check_run_record
     from capsbench.train.runner import run
 
     monkeypatch.setenv("CAPSBENCH_CACHE", str(tmp_path / "cache"))

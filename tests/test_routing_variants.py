@@ -186,6 +186,6 @@ def test_bad_option_values_fail_when_the_spec_is_validated(routing, options, key
     cfg.model.routing = routing
     cfg.model.routing_options = options
     with pytest.raises(UserError, match=rf"model\.routing_options\.{key}"):
-        spec.check_routing_options(cfg)
+        spec._check_routing_options(cfg)
     cfg.model.routing_options = {}
-    spec.check_routing_options(cfg)  # the defaults pass
+    spec._check_routing_options(cfg)  # the defaults pass

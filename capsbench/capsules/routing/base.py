@@ -27,7 +27,7 @@ Two ways to receive the votes (contract v2):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -36,6 +36,7 @@ from torch import nn
 
 from capsbench.config import ROUTING_IMPLS  # noqa: F401  (re-exported for the layers)
 from capsbench.errors import UserError
+from capsbench.options import Option
 
 
 class RoutingOutput(NamedTuple):
@@ -64,8 +65,9 @@ IDENTITY_GEOMETRY = Geometry(child_sum=lambda x: x)
 
 
 # ``routing_options.coefficients``: "routed" (the method) or "uniform", the control arm that
-# freezes the coefficients at their initial uniform value and keeps everything else.
-COEFFICIENTS = ("routed", "uniform")
+# freezes the coefficients at their initial uniform value and keeps everything else (declared once,
+# with the other options, in declared_options; spec loading checks it, this guards direct construction).
+from capsbench.capsules.routing.declared_options import COEFFICIENTS  # noqa: E402
 
 
 def check_coefficients(method: str, value: str) -> None:
@@ -132,6 +134,8 @@ class Routing(nn.Module):
     per_child_parameters: ClassVar[tuple[str, ...]] = ()
     # std of the vote transformation weights when the spec sets none (None = 1/sqrt(fan_in))
     weight_std: ClassVar[float | None] = None
+    # the method's keyword options (``model.routing_options``), declared as data: name -> Option
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}
 
     def __init__(self, children: int, parents: int, pose_dim: int, iterations: int = 3, in_pose_dim: int | None = None):
         super().__init__()

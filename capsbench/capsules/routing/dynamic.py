@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import torch
 
+from capsbench.capsules.routing import declared_options
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput, check_coefficients
 from capsbench.capsules.routing.ops import (  # noqa: F401  (squash: kept importable from here)
     agreement,
@@ -44,6 +45,7 @@ from capsbench.capsules.routing.ops import (  # noqa: F401  (squash: kept import
 
 
 class DynamicRouting(Routing):
+    OPTIONS = declared_options.DYNAMIC  # the keyword options below, declared for validate
     normalised_over = "parents"
     loss = "margin"
     pose_norm = False  # SR-CapsNet's dynamic-routing ConvNet has no BatchNorm between capsule layers

@@ -96,24 +96,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from capsbench.capsules.routing import fused
+from capsbench.capsules.routing import declared_options, fused
 from capsbench.capsules.routing.base import (
     IDENTITY_GEOMETRY,
     Geometry,
     Routing,
     RoutingOutput,
-    check_coefficients,
     type_means,
 )
 from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: kept importable from here)
     EPS,
     LOG_2PI,
-    NORMALISATIONS,
     Normaliser,
     check_inputs,
     child_log_softmax,
     compute_dtype,
-    is_number,
     moments,
     prepare_votes,
     require,
@@ -121,10 +118,6 @@ from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: 
     squared_distance,
 )
 from capsbench.capsules.routing.votes import LazyVotes
-
-COSTS = ("sum", "mean", "standardise")
-INITIAL_COEFFICIENTS = ("uniform", "one")
-LAMBDA_SCHEDULES = ("openreview", "fixed")
 
 
 def inverse_temperatures(final_lambda: float, iterations: int) -> list[float]:
@@ -162,16 +155,7 @@ class EMRouting(Routing):
     class_caps = "shared"  # Hinton et al., Google, yl-1993: shared weights + coordinate addition
     primary_activation = "sigmoid"
 
-    DEFAULTS = {
-        "final_lambda": None,
-        "min_var": 5e-4,
-        "normalise": "parents",
-        "cost": "sum",
-        "coefficients": "routed",
-        "renormalise": False,
-        "initial_coefficients": "uniform",
-        "lambda_schedule": "openreview",
-    }
+    OPTIONS = declared_options.EM
     FINAL_LAMBDA = {"sum": 1e-2, "mean": 1.44, "standardise": 1e-2}  # final_lambda=None picks by cost
 
     def __init__(
@@ -184,7 +168,7 @@ class EMRouting(Routing):
         **options: Any,
     ):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
-        opts = resolve_options("em", options, self.DEFAULTS)
+        opts = resolve_options("em", options, self.OPTIONS)
         require(
             isinstance(iterations, int) and iterations >= 1,
             "em",
@@ -193,21 +177,11 @@ class EMRouting(Routing):
             iterations,
             "model.iterations",
         )
-        require(opts["cost"] in COSTS, "em", "cost", f"one of {COSTS}", opts["cost"])
         if opts["final_lambda"] is None:
             opts["final_lambda"] = self.FINAL_LAMBDA[opts["cost"]]
-        require(is_number(opts["final_lambda"], 0), "em", "final_lambda", "a number > 0", opts["final_lambda"])
-        require(is_number(opts["min_var"], 0), "em", "min_var", "a number > 0", opts["min_var"])
-        require(opts["normalise"] in NORMALISATIONS, "em", "normalise", f"one of {NORMALISATIONS}", opts["normalise"])
-        check_coefficients("em", opts["coefficients"])
-        require(isinstance(opts["renormalise"], bool), "em", "renormalise", "true or false", opts["renormalise"])
-        initial = opts["initial_coefficients"]
-        expected = f"one of {INITIAL_COEFFICIENTS}"
-        require(initial in INITIAL_COEFFICIENTS, "em", "initial_coefficients", expected, initial)
-        schedule = opts["lambda_schedule"]
-        require(schedule in LAMBDA_SCHEDULES, "em", "lambda_schedule", f"one of {LAMBDA_SCHEDULES}", schedule)
         self.coefficients, self.renormalise = opts["coefficients"], opts["renormalise"]
-        self.initial_coefficients = initial
+        self.initial_coefficients = opts["initial_coefficients"]
+        schedule = opts["lambda_schedule"]
         self.final_lambda = float(opts["final_lambda"])
         self.min_var = float(opts["min_var"])
         self.cost = opts["cost"]

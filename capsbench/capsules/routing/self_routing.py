@@ -34,11 +34,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from capsbench.capsules.routing import declared_options
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput, check_coefficients
 from capsbench.capsules.routing.ops import weighted_votes
 
 
 class SelfRouting(Routing):
+    OPTIONS = declared_options.SELF  # the keyword options below, declared for validate
     normalised_over = "parents"
     loss = "nll"
     pose_norm = True  # SR-CapsNet puts a BatchNorm on the poses after every stacked layer

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import torch
 
+from capsbench.capsules.routing import declared_options
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
 from capsbench.capsules.routing.ops import squash_with_length, weighted_votes
 
 
 class UniformRouting(Routing):
+    OPTIONS = declared_options.UNIFORM  # the keyword options below, declared for validate
     normalised_over = "parents"
     loss = "margin"
     pose_norm = False

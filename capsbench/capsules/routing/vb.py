@@ -90,19 +90,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from capsbench.capsules.routing import fused
+from capsbench.capsules.routing import declared_options, fused
 from capsbench.capsules.routing.base import (
     IDENTITY_GEOMETRY,
     Geometry,
     Routing,
     RoutingOutput,
-    check_coefficients,
     type_means,
 )
 from capsbench.capsules.routing.ops import (
     EPS,
     LOG_2PI,
-    NORMALISATIONS,
     Normaliser,
     check_inputs,
     compute_dtype,
@@ -114,8 +112,6 @@ from capsbench.capsules.routing.ops import (
     squared_distance,
 )
 from capsbench.capsules.routing.votes import LazyVotes
-
-LOG_DETS = ("diagonal", "wishart")
 
 
 class NonAffineBatchNorm(nn.Module):
@@ -168,19 +164,7 @@ class VBRouting(Routing):
     class_caps = "shared"  # VB reference: shared class-capsule weights with coordinate addition
     primary_activation = "sigmoid"
 
-    DEFAULTS = {
-        "alpha0": 1.0,
-        "kappa0": 1.0,
-        "nu0": None,
-        "psi0": 1.0,
-        "m0": 0.0,
-        "normalise": "receiving_parents",
-        "activation_bn": True,
-        "pose_bn": True,
-        "log_det": "diagonal",
-        "bn_momentum": 0.1,
-        "coefficients": "routed",
-    }
+    OPTIONS = declared_options.VB
 
     def __init__(
         self,
@@ -192,7 +176,7 @@ class VBRouting(Routing):
         **options: Any,
     ):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
-        opts = resolve_options("vb", options, self.DEFAULTS)
+        opts = resolve_options("vb", options, self.OPTIONS)
         if opts["nu0"] is None:
             opts["nu0"] = pose_dim + 1
         require(
@@ -203,18 +187,10 @@ class VBRouting(Routing):
             iterations,
             "model.iterations",
         )
-        for key in ("alpha0", "kappa0", "psi0"):
-            require(is_number(opts[key], 0), "vb", key, "a number > 0", opts[key])
-        require(opts["log_det"] in LOG_DETS, "vb", "log_det", f"one of {LOG_DETS}", opts["log_det"])
+        # the one bound that depends on another value (pose_dim), so no declaration can state it
         least_nu = pose_dim - 1 if opts["log_det"] == "wishart" else 0
         require(is_number(opts["nu0"], least_nu), "vb", "nu0", f"a number > {least_nu}", opts["nu0"])
-        require(opts["normalise"] in NORMALISATIONS, "vb", "normalise", f"one of {NORMALISATIONS}", opts["normalise"])
-        require(is_number(opts["m0"]), "vb", "m0", "a number", opts["m0"])
-        for key in ("activation_bn", "pose_bn"):
-            require(isinstance(opts[key], bool), "vb", key, "true or false", opts[key])
         momentum = opts["bn_momentum"]
-        require(is_number(momentum, 0, 1, strict=False), "vb", "bn_momentum", "a number in [0, 1]", momentum)
-        check_coefficients("vb", opts["coefficients"])
         self.coefficients = opts["coefficients"]
         self.alpha0, self.kappa0 = float(opts["alpha0"]), float(opts["kappa0"])
         self.nu0, self.psi0, self.m0 = float(opts["nu0"]), float(opts["psi0"]), float(opts["m0"])
