@@ -15,6 +15,7 @@ from torch.autograd import gradcheck
 
 from capsbench.capsules.routing.base import Geometry
 from capsbench.capsules.routing.em import EMRouting, child_log_softmax, inverse_temperatures
+from capsbench.capsules.routing.ops import child_shift
 from capsbench.capsules.routing.vb import VBRouting
 from capsbench.errors import UserError
 from capsbench.registry import ROUTINGS
@@ -219,6 +220,58 @@ def test_coefficients_normalised_over_receiving_parents(make, iterations, overla
         assert per_window[real].std() > 1e-3
 
 
+def grid_children(hw, kernel, stride, padding) -> torch.Tensor:
+    """``[L, I]``: which child of a one-type grid sits in every window slot (-1 = padding)."""
+    numbers = torch.arange(1.0, hw[0] * hw[1] + 1.0, dtype=torch.float64).view(1, 1, *hw)
+    return windows(numbers, kernel, stride, padding).long().squeeze(0) - 1
+
+
+def per_child_max(x, child):
+    """``[N, L, I]``: the max of ``x`` over every slot holding the same child (a scatter, -inf in padded slots)."""
+    real = child >= 0
+    flat = child.clamp_min(0).flatten().expand(x.shape[0], -1)
+    src = x.flatten(1).masked_fill(~real.flatten(), -math.inf)  # padded slots join no child
+    best = torch.full((x.shape[0], int(child.max()) + 1), -math.inf, dtype=x.dtype)
+    best = best.scatter_reduce(1, flat, src, "amax").gather(1, flat).view(x.shape)
+    return best.masked_fill(~real, -math.inf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 5e14, 1e37])
+def test_child_shift_is_the_exact_max_over_the_windows_of_each_child(dtype, scale):
+    """Bit for bit, at every magnitude, signed zeros and ties included; padded slots keep their own value.
+
+    At |x| ~ 5e14 float32 values are ~7e7 apart: a shift within exp range of the max must be the max.
+    """
+    geometry = fold_geometry((5, 4), 3, 1, 1)  # one type on a 5x4 grid, 3x3 windows, padding 1
+    child = grid_children((5, 4), 3, 1, 1)
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(3, *child.shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+    x[1, 5, 0] = x[1, 6, 1]  # a tie between two slots of one child
+    x[2] = -x[2].abs()  # only negative values, then signed zeros: -0.0 in every window's centre slot ...
+    x[2, :, 4] = -0.0
+    x[2, 0, 8] = 0.0  # ... and +0.0 in one other slot of child 5, which must win there
+    count = geometry.child_sum(torch.ones_like(x))
+    got = child_shift(x, geometry.child_sum, count)
+    real = child >= 0
+    assert torch.equal(got[:2], torch.where(real, per_child_max(x[:2], child), x[:2]))  # no zeros: equal is exact
+    assert torch.equal(got[2][~real], x[2][~real]) and (got[2][real] == 0).all()
+    assert torch.equal(torch.signbit(got[2][real]), child[real] != 5)
+
+
+@pytest.mark.parametrize("geometry", [fold_geometry((3, 3), 3, 1, 1), Geometry(child_sum=lambda x: x)])
+def test_receiving_normalisation_at_logits_beyond_float32_spacing(geometry):
+    """Logits from -2.5e13 to -2.7e14, as VB's E-step gives at pose scale 1e6 (issue 12): fp32 steps there
+    are 2e6-3e7 nats, and a shift even one step off the max puts exp out of range (NaN, or sums far from 1)."""
+    g = torch.Generator().manual_seed(0)
+    logits = -(2.5e13 + 2.4e14 * torch.rand(2, 9, 4, 9, generator=g))  # [N, L, J, I]
+    count = geometry.child_sum(torch.ones(2, 9, 9))
+    got = child_log_softmax(logits, geometry.child_sum, count).exp()
+    real = count > 0.5
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(geometry.child_sum(got.sum(2))[real], torch.ones(int(real.sum())))
+
+
 def test_receiving_normalisation_in_log_space_with_extreme_logits():
     geometry = fold_geometry((4, 4), 3, 1, 1)  # one type on a 4x4 grid, 3x3 windows, padding 1
     torch.manual_seed(3)
@@ -229,13 +282,10 @@ def test_receiving_normalisation_in_log_space_with_extreme_logits():
     got = child_log_softmax(logits, geometry.child_sum, count).exp()
     # reference in float64 from the same fp32 values: which grid child sits in every slot (-1 = padding),
     # an exact per-child max, then the plain formula
-    child = windows(torch.arange(1.0, 17.0).view(1, 1, 4, 4), 3, 1, 1).long().squeeze(0) - 1  # [16, 9]
+    child = grid_children((4, 4), 3, 1, 1)  # [16, 9]
     real = child >= 0
     x64 = logits.double()
-    flat = child.clamp_min(0).flatten().expand(2, -1)
-    src = x64.amax(2).flatten(1).masked_fill(~real.flatten(), -math.inf)  # padded slots join no child
-    best = torch.full((2, 16), -math.inf, dtype=torch.float64).scatter_reduce(1, flat, src, "amax")
-    shift = best.gather(1, flat).view(2, 16, 1, 9)
+    shift = per_child_max(x64.amax(2), child).unsqueeze(2)
     total = geometry.child_sum(torch.exp(x64 - shift).sum(2)).unsqueeze(2)
     exact = torch.exp(x64 - shift) / total
     assert torch.isfinite(got).all()

@@ -177,50 +177,47 @@ def squared_distance(x: torch.Tensor, precision: torch.Tensor, mean: torch.Tenso
     return (linear + const).clamp_min(0)  # rounding can make a zero distance slightly negative
 
 
-_SHIFT_STEPS = 8  # brings logits spread over up to ~1e13 nats (with 9 windows per child) within ~1 nat
-# Wider spreads happen: in VB a parent with no mass keeps its prior (mean m0, precision psi0), and
-# at pose scale 1e6 its E-step logits sit ~1e14 nats below the others. These extra steps run first
-# and only where the temperature is still above what the 8 steps can bring down, so every result
-# at ordinary magnitudes is bitwise unchanged; 24 cover any finite float32 spread (1e38) for up
-# to 49 windows per child.
-_WIDE_STEPS = 24
-_EXP_RANGE = 60.0  # nats below the largest term that exp may reach in one step (fp32 underflows at ~-87)
+# child_shift reads float bits as integers of the same width (routing statistics are fp32 or fp64)
+_KEY_DTYPES = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def _order_key(bits: torch.Tensor) -> torch.Tensor:
+    """Float bits (as integers) -> integers in the order of the floats; its own inverse.
+
+    Non-negative floats already sort by their bits; a negative float's other bits grow with
+    its magnitude, so they are flipped (``-0.0`` lands just below ``0.0``).
+    """
+    return torch.where(bits < 0, bits ^ torch.iinfo(bits.dtype).max, bits)
 
 
 def child_shift(x: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> torch.Tensor:
-    """A shift ``[N, L, I]`` close above the max of ``x`` over every slot holding the same child.
+    """The exact max ``[N, L, I]`` of ``x`` over every slot holding the same child (``x`` in padded slots).
 
-    ``child_sum`` can only add, so the usual max is out of reach. Instead the shift is
-    tightened in a fixed number of steps (no data-dependent control flow): a
-    temperature-``T`` log-sum-exp is an upper bound on the max within ``T ln(n)``
-    (``n`` = most windows per child), and each step lowers ``T`` so the largest term
-    stays above ``exp(-60)``. Every slot of one child gets the same value; a constant for
-    autograd (results never depend on it).
+    ``child_sum`` can only add, so the max is found bit by bit on the order-preserving
+    integer image of the float bits (:func:`_order_key`), highest bit first: each step asks,
+    with one ``child_sum`` of indicators, whether any slot of the child reaches the
+    candidate with the next bit set. The number of steps is the float's width (32 in
+    float32), so there is no data-dependent control flow, and every slot of one child gets
+    the same totals, so the same decisions and the same value. A constant for autograd
+    (results never depend on it). Only an exact max will do at large magnitudes: at
+    |x| ~ 5e14 float32 values are ~7e7 apart, far wider than the ~87 nats exp spans, so a
+    shift computed by rounding arithmetic (a log-sum-exp) can miss every slot's range.
     """
-    real = count > 0.5
+
+    def any_reaches(candidate: torch.Tensor) -> torch.Tensor:
+        return child_sum((key >= candidate).to(x.dtype)) > 0.5
+
     with torch.no_grad():
-        xs = x.detach()
-        hi, lo = xs.amax(), xs.amin()
-        log_n = torch.log(count.amax().clamp_min(1.0))
-        ratio = log_n / _EXP_RANGE  # temperature factor per step
-        temp = ((hi - lo) / _EXP_RANGE).clamp_min(1.0)
-        shift = hi.expand_as(xs)
-        tiny = torch.finfo(xs.dtype).tiny
-
-        def tighten(shift, temp):
-            total = child_sum(torch.exp((xs - shift) / temp)).clamp_min(tiny)
-            return torch.where(real, shift + temp * torch.log(total), shift)
-
-        # the 8 steps below end at temperature 1 from any start up to `reach`
-        reach = ratio.clamp_min(1e-30).pow(-(_SHIFT_STEPS - 2)).clamp_max(torch.finfo(xs.dtype).max)
-        for _ in range(_WIDE_STEPS):
-            wide = temp > reach  # a scalar: a no-op step (same shift, same temperature) when False
-            shift = torch.where(wide, tighten(shift, temp), shift)
-            temp = torch.where(wide, temp * ratio, temp)
-        for _ in range(_SHIFT_STEPS):
-            shift = tighten(shift, temp)
-            temp = (temp * ratio).clamp_min(1.0)
-    return shift
+        int_dtype = _KEY_DTYPES[x.dtype]
+        key = _order_key(x.detach().view(int_dtype))
+        lowest = torch.full_like(key, torch.iinfo(int_dtype).min)
+        zero = torch.zeros_like(key)
+        # the sign bit first (in key order, the smallest key with it set is 0), then the others
+        best = torch.where(any_reaches(zero), zero, lowest)
+        for bit in reversed(range(torch.iinfo(int_dtype).bits - 1)):
+            candidate = best | (1 << bit)
+            best = torch.where(any_reaches(candidate), candidate, best)
+        return torch.where(count > 0.5, _order_key(best).view(x.dtype), x.detach())
 
 
 def child_log_softmax(logits: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> torch.Tensor:
@@ -236,9 +233,8 @@ def child_log_softmax(logits: torch.Tensor, child_sum: Callable, count: torch.Te
     peak = logits.detach().amax(dim=2)  # [N, L, I] window max
     y = logits - peak.unsqueeze(2)
     per_window = torch.logsumexp(y, dim=2)  # in [0, ln J]
-    gap = peak - child_shift(peak, child_sum, count)  # <= ~0, same child -> same shift
-    # the clamp only matters past fp32's reach (|logits| > ~1e9, where the shift rounds)
-    total = torch.log(child_sum(torch.exp((gap + per_window).clamp_max(80.0))))
+    gap = peak - child_shift(peak, child_sum, count)  # <= 0, and 0 in the child's peak window
+    total = torch.log(child_sum(torch.exp(gap + per_window)))  # in [0, ln(J * windows)]
     log_norm = torch.where(real, total - gap, per_window)  # log sum over receiving parents, minus peak
     return y - log_norm.unsqueeze(2)
 
