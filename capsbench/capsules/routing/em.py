@@ -101,6 +101,7 @@ from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: 
     resolve_options,
     squared_distance,
 )
+from capsbench.capsules.routing.native import cpu_em
 from capsbench.capsules.routing.votes import LazyVotes
 
 COSTS = ("sum", "mean", "standardise")
@@ -212,7 +213,31 @@ class EMRouting(Routing):
     # ----------------------------------------------------------------------------- fused path
 
     def fused_faster(self, device: torch.device) -> bool:
-        return fused.measured_faster("em", torch.device(device).type)
+        kind = torch.device(device).type
+        if kind == "cpu":  # measured for the compiled kernel: faster only where it serves this configuration
+            return fused.measured_faster("em", "cpu") and self._cpu_kernel_covers() and cpu_em.available()
+        return fused.measured_faster("em", kind)
+
+    def _cpu_kernel_covers(self) -> bool:
+        """Options the compiled CPU kernel implements (``routing/native``): over parent types, cost sum or mean."""
+        return self.normalised_over == "parents" and self.cost in cpu_em.COSTS
+
+    def _cpu_kernel(self, votes: LazyVotes, activation, beta_u, beta_a, dtype, need_coefficients):
+        """Pose, activation, coefficients from the compiled CPU kernel, or None where it does not apply."""
+        if votes.pose.device.type != "cpu" or votes.transform != "matrix" or not self._cpu_kernel_covers():
+            return None
+        n, length, i, j, d = votes.shape
+        pose = votes.pose.to(dtype).reshape(n * length, i, -1)
+        weight = votes.per_child_weight().to(dtype)
+        offsets = votes.offsets.to(dtype) if votes.offsets is not None else None
+        if not cpu_em.usable(pose, weight, offsets):
+            return None
+        new_pose, new_act, r = cpu_em.em_routing_cpu(
+            pose, activation.to(dtype).reshape(n * length, i), weight, beta_u, beta_a, offsets,
+            lambdas=self.lambdas, min_var=self.min_var, cost=self.cost, need_coefficients=need_coefficients,
+        )  # fmt: skip
+        r = r.view(n, length, j, i) if r is not None else None
+        return new_pose.view(n, length, j, d), new_act.view(n, length, j), r
 
     @staticmethod
     def _gpu_kernel(votes: LazyVotes, need_coefficients: bool):
@@ -261,7 +286,8 @@ class EMRouting(Routing):
                 new_pose, new_act, r = self.route(v.unsqueeze(0), a.unsqueeze(0), bu, ba)
                 return new_pose[0], new_act[0], r[0]
 
-            new_pose, new_act, r = fused.route_in_blocks(
+            compiled = self._cpu_kernel(votes, activation, beta_u, beta_a, dtype, need_coefficients)
+            new_pose, new_act, r = compiled or fused.route_in_blocks(
                 window_block, votes, activation.to(dtype), (beta_u, beta_a), dtype, need_coefficients
             )
         coefficients = r.transpose(-1, -2).to(out_dtype) if r is not None else None
