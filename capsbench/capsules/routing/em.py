@@ -86,6 +86,7 @@ from torch import nn
 
 from capsbench.capsules.routing import fused
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
+from capsbench.capsules.routing.native import cpu_em
 from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: kept importable from here)
     EPS,
     LOG_2PI,
@@ -101,7 +102,6 @@ from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: 
     resolve_options,
     squared_distance,
 )
-from capsbench.capsules.routing.native import cpu_em
 from capsbench.capsules.routing.votes import LazyVotes
 
 COSTS = ("sum", "mean", "standardise")

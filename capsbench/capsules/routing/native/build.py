@@ -50,9 +50,7 @@ def _build(dtype: torch.dtype) -> Path:
     cc = compiler()
     ctype, suffix = TYPES[dtype]
     flags = (*FLAGS, f"-DREAL={ctype}", f"-DSUFFIX={suffix}")
-    key = hashlib.sha256(
-        SOURCE.read_bytes() + "\0".join((*flags, _compiler_version(cc))).encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join((*flags, _compiler_version(cc))).encode()).hexdigest()[:16]
     folder = cache_dir() / "native"
     target = folder / f"em_window-{key}-{suffix}.so"
     if target.exists():
