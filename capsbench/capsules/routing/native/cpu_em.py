@@ -16,6 +16,7 @@ number of threads.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -23,7 +24,7 @@ import torch
 from capsbench.capsules.routing.native import build
 
 COSTS = ("sum", "mean")  # EM cost options the kernel implements
-ENABLED = True  # False: EM's fused path on the CPU takes the PyTorch blockwise path (benchmarks compare both)
+SWITCH = "CAPSBENCH_CPU_EM_KERNEL"  # "0": EM's fused CPU path takes the PyTorch blockwise path (benchmarks compare)
 MAX_BLOCKS = 64  # partial weight gradients kept: at most 64 x [I, J, 16]
 MIN_BLOCK = 16  # windows per block at least (per-call overhead ~ tens of microseconds)
 
@@ -58,7 +59,7 @@ def _ptr(t: torch.Tensor | None):
 
 def available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether the kernel is enabled and built (compiled on the first call) for ``dtype``."""
-    return ENABLED and dtype in build.TYPES and build.load(dtype) is not None
+    return os.environ.get(SWITCH, "1") != "0" and dtype in build.TYPES and build.load(dtype) is not None
 
 
 def usable(pose: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | None) -> bool:
