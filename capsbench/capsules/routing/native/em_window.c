@@ -33,8 +33,23 @@
 #define EPS ((REAL)1e-8)
 #define LOG_2PI ((REAL)1.8378770664093453)
 
-static REAL log_sigmoid(REAL x) { return (x < 0 ? x : 0) - (REAL)log1p(exp(-fabs((double)x))); }
-static REAL sigmoid(REAL x) { return (REAL)1 / ((REAL)1 + (REAL)exp(-(double)x)); }
+/* libm in the working precision (expf/logf for float) */
+#define EXP(x) _Generic((x), float: expf, default: exp)(x)
+#define LOG(x) _Generic((x), float: logf, default: log)(x)
+#define LOG1P(x) _Generic((x), float: log1pf, default: log1p)(x)
+
+static REAL log_sigmoid(REAL x) { return (x < 0 ? x : 0) - LOG1P(EXP(-fabs(x))); }
+static REAL sigmoid(REAL x) { return (REAL)1 / ((REAL)1 + EXP(-x)); }
+
+/* sum_d a[d] b[d] c[d] over a pose (16 entries) in four interleaved partial sums: independent
+ * lanes the compiler vectorises (one running sum would be a chain of 16 dependent additions).
+ * A fixed order, so the result depends on nothing but the inputs. */
+static inline REAL sum3(const REAL *a, const REAL *b, const REAL *c) {
+    REAL part[4] = {0, 0, 0, 0};
+    for (int r = 0; r < 4; r++)
+        for (int k = 0; k < 4; k++) part[k] += a[4 * r + k] * b[4 * r + k] * c[4 * r + k];
+    return (part[0] + part[1]) + (part[2] + part[3]);
+}
 
 /* Per-window statistics of every iteration and the scratch buffers, allocated once per call. */
 typedef struct {
@@ -48,12 +63,12 @@ typedef struct {
     REAL *mass;     /* [T, J] */
     REAL *logit;    /* [T, J] */
     REAL *centre;   /* [J, 16] */
-    REAL *tmp;      /* [J * 16 * 4] per-parent temporaries */
+    REAL *tmp;      /* [J * 16 * 5] per-parent temporaries */
 } Work;
 
 static int work_alloc(Work *w, int I, int J, int T) {
     size_t ijd = (size_t)I * J * POSE, jd = (size_t)J * POSE;
-    size_t total = 2 * ijd + (size_t)T * I * J + 3 * T * jd + 2 * (size_t)T * J + jd + 4 * jd;
+    size_t total = 2 * ijd + (size_t)T * I * J + 3 * T * jd + 2 * (size_t)T * J + jd + 5 * jd;
     REAL *base = (REAL *)malloc(total * sizeof(REAL));
     if (!base) return -1;
     w->I = I, w->J = J, w->T = T;
@@ -109,7 +124,7 @@ static void e_step(Work *w, int t) {
         REAL lv = 0;
         for (int d = 0; d < POSE; d++) {
             inv_var[j * POSE + d] = (REAL)1 / var[j * POSE + d];
-            lv += (REAL)log((double)var[j * POSE + d]);
+            lv += LOG(var[j * POSE + d]);
         }
         log_norm[j] = (REAL)-0.5 * (LOG_2PI * POSE + lv);
         bias[j] = log_sigmoid(w->logit[(size_t)(t - 1) * J + j]);
@@ -120,16 +135,14 @@ static void e_step(Work *w, int t) {
         REAL *ri = r + (size_t)i * J;
         for (int j = 0; j < J; j++) {
             const REAL *xij = w->x + ((size_t)i * J + j) * POSE;
-            REAL dist = 0;
-            for (int d = 0; d < POSE; d++) {
-                REAL diff = xij[d] - mean[j * POSE + d];
-                dist += diff * diff * inv_var[j * POSE + d];
-            }
+            REAL diff[POSE];
+            for (int d = 0; d < POSE; d++) diff[d] = xij[d] - mean[j * POSE + d];
+            const REAL dist = sum3(diff, diff, inv_var + j * POSE);
             ri[j] = (log_norm[j] - (REAL)0.5 * dist) + bias[j];
             top = ri[j] > top ? ri[j] : top;
         }
         REAL total = 0;
-        for (int j = 0; j < J; j++) total += (ri[j] = (REAL)exp((double)(ri[j] - top)));
+        for (int j = 0; j < J; j++) total += (ri[j] = EXP(ri[j] - top));
         for (int j = 0; j < J; j++) ri[j] /= total;
     }
 }
@@ -163,7 +176,7 @@ static void m_step(Work *w, int t, const REAL *a, const REAL *beta_u, const REAL
             const REAL raw = s2[k] / den - m * m;
             s1[k] = m, s2[k] = raw;
             var[k] = (raw > 0 ? raw : 0) + min_var;
-            lv += (REAL)log((double)var[k]);
+            lv += LOG(var[k]);
         }
         const REAL cost = (POSE * beta_u[j] + (REAL)0.5 * lv) * mass[j] / cost_div;
         w->logit[(size_t)t * J + j] = lam * (beta_a[j] - cost);
@@ -229,7 +242,7 @@ static void window_backward(Work *w, const REAL *a, const REAL *beta_u, const RE
         /* M-step backward: gradients of the sums over children S1, S2 and the mass */
         for (int j = 0; j < J; j++) {
             REAL lv = 0;
-            for (int d = 0; d < POSE; d++) lv += (REAL)log((double)var[j * POSE + d]);
+            for (int d = 0; d < POSE; d++) lv += LOG(var[j * POSE + d]);
             const REAL pre = POSE * beta_u[j] + (REAL)0.5 * lv;
             const REAL g_cost = -lam * g_logit[j] / cost_div;
             g_ba[j] += lam * g_logit[j];
@@ -251,18 +264,24 @@ static void window_backward(Work *w, const REAL *a, const REAL *beta_u, const RE
         const REAL *r = w->r + (size_t)t * I * J;
         const REAL *pm = t > 0 ? w->mean + (size_t)(t - 1) * JD : NULL, *pv = t > 0 ? w->var + (size_t)(t - 1) * JD : NULL;
         for (int j = 0; j < J; j++) sum_g[j] = 0;
-        if (t > 0) memset(g_mean, 0, sizeof(REAL) * JD), memset(g_var, 0, sizeof(REAL) * JD);
+        REAL *inv_var = w->tmp + 4 * JD;
+        if (t > 0) {
+            memset(g_mean, 0, sizeof(REAL) * JD), memset(g_var, 0, sizeof(REAL) * JD);
+            for (int k = 0; k < JD; k++) inv_var[k] = (REAL)1 / pv[k];
+        }
         for (int i = 0; i < I; i++) {
             REAL dot = 0;
             for (int j = 0; j < J; j++) {
                 const REAL *xij = w->x + ((size_t)i * J + j) * POSE;
                 REAL *gij = w->gx + ((size_t)i * J + j) * POSE;
                 const REAL rij = r[(size_t)i * J + j], wt = rij * a[i];
-                REAL gw = g_mass[j];
+                REAL lin[POSE];
                 for (int d = 0; d < POSE; d++) {
-                    gw += g_s1[j * POSE + d] * xij[d] + g_s2[j * POSE + d] * (xij[d] * xij[d]);
+                    lin[d] = g_s1[j * POSE + d] + g_s2[j * POSE + d] * xij[d]; /* g_s1 x + g_s2 x^2 = lin x */
                     gij[d] += wt * (g_s1[j * POSE + d] + 2 * g_s2[j * POSE + d] * xij[d]);
                 }
+                static const REAL one[POSE] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+                const REAL gw = g_mass[j] + sum3(lin, xij, one);
                 g_a[i] += gw * rij;
                 g_r[j] = gw * a[i];
                 dot += rij * g_r[j];
@@ -274,7 +293,7 @@ static void window_backward(Work *w, const REAL *a, const REAL *beta_u, const RE
                 const REAL g_lp = r[(size_t)i * J + j] * (g_r[j] - dot);
                 sum_g[j] += g_lp;
                 for (int d = 0; d < POSE; d++) {
-                    const REAL z = (xij[d] - pm[j * POSE + d]) / pv[j * POSE + d];
+                    const REAL z = (xij[d] - pm[j * POSE + d]) * inv_var[j * POSE + d];
                     gij[d] -= g_lp * z;
                     g_mean[j * POSE + d] += g_lp * z;
                     g_var[j * POSE + d] += (REAL)0.5 * g_lp * z * z;
