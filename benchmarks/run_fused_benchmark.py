@@ -193,11 +193,14 @@ def table_row(label: str, depth, variant: str, r: dict, ref: dict, machine: dict
     """One Markdown row: measured step and memory, both relative to the reference, and the model's floor."""
     model, ms = r["model"], r.get("train_step_ms")
     if not ms or not ref.get("train_step_ms"):
-        return f"| {label} | {depth} | {variant} | {r.get('error') or ref.get('error')} | | | | | | | |"
+        return f"| {label} | {depth} | {variant} | {r.get('error') or ref.get('error')} | | | | | | | | | |"
     floor_s = max(model["gflop"] / machine["gemm_gflops_1thread"], model["gbyte"] / machine["copy_gbs_1thread"])
     model["floor_s"] = floor_s
+    cpu, ref_cpu = r.get("train_step_cpu_ms"), ref.get("train_step_cpu_ms")
+    cpu_cells = f"{cpu:.0f} | {ref_cpu / cpu:.2f}x" if cpu and ref_cpu else "n/a | n/a"
     return (
-        f"| {label} | {depth} | {variant} | {ms:.0f} | {ref['train_step_ms'] / ms:.2f}x | {r['peak_memory_mb']:.0f} | "
+        f"| {label} | {depth} | {variant} | {ms:.0f} | {ref['train_step_ms'] / ms:.2f}x | {cpu_cells} | "
+        f"{r['peak_memory_mb']:.0f} | "
         f"{r['peak_memory_mb'] / ref['peak_memory_mb']:.2f} | {model['gflop']:.1f} | {model['gbyte']:.1f} | "
         f"{floor_s * 1e3:.0f} | {ms / 1e3 / floor_s:.1f}x |"
     )
@@ -247,9 +250,10 @@ def main() -> None:
     header = [
         f"Machine: {machine}",
         "",
-        "| config | depth | path | step ms (median) | speed-up vs reference | peak MB | memory vs reference | "
-        "model GFLOP (routing) | model GB moved (routing) | routing floor ms | step / floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | depth | path | step ms (median, wall) | speed-up vs reference | step CPU ms (median) | "
+        "speed-up by CPU time | peak MB | memory vs reference | model GFLOP (routing) | model GB moved (routing) | "
+        "routing floor ms | step / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     write_text(HERE / "results" / f"fused-{tag}.md", "\n".join(header + rows) + "\n")
 

@@ -56,10 +56,14 @@ computed from the child poses and weights (``routing/fused.py``), and the backwa
 recomputes each block; with ``"receiving_parents"`` every contraction over children is
 one pass over the blocks (``fused.LazyCentredVotes``). Either way the layer's votes are
 never stored (about a third of the reference's peak memory) and the iterations are the
-same code as ``forward``'s. On the CPU it is
-measured slower than the reference (``benchmarks/results/fused-*.md``), so ``auto`` keeps
-the reference there; on CUDA the Triton kernel (``routing/kernels/triton_em.py``, when
-present) serves calls that need no coefficients.
+same code as ``forward``'s. On the CPU, with matrix votes over parent types and cost "sum"
+or "mean", a compiled per-window C kernel (``routing/native``: built at first use with the
+system compiler, forward and a recomputing backward written out by hand) serves the fused
+path instead, coefficients included; without a compiler, or for other options, the
+blockwise PyTorch path runs. ``auto`` takes the fused path on the CPU only where that kernel
+serves it and ``fused.MEASURED_FASTER`` says it was measured faster
+(``benchmarks/results/fused-*.md``). On CUDA the Triton kernel
+(``routing/kernels/triton_em.py``, when present) serves calls that need no coefficients.
 
 All statistics run in float32 (float64 stays float64) with autocast off; outputs come
 back in the input dtype. The votes are read in batched matrix products

@@ -41,14 +41,77 @@
 static REAL log_sigmoid(REAL x) { return (x < 0 ? x : 0) - LOG1P(EXP(-fabs(x))); }
 static REAL sigmoid(REAL x) { return (REAL)1 / ((REAL)1 + EXP(-x)); }
 
-/* sum_d a[d] b[d] c[d] over a pose (16 entries) in four interleaved partial sums: independent
- * lanes the compiler vectorises (one running sum would be a chain of 16 dependent additions).
- * A fixed order, so the result depends on nothing but the inputs. */
-static inline REAL sum3(const REAL *a, const REAL *b, const REAL *c) {
+/* Operations on one pose (16 entries). Every pointer is restrict-qualified so the compiler
+ * vectorises the loops; a sum over the pose runs in four interleaved partial sums (independent
+ * lanes instead of a chain of 16 dependent additions), in a fixed order: the result depends on
+ * nothing but the inputs. */
+static inline void vote(REAL *restrict v, const REAL *restrict u, const REAL *restrict w, const REAL *restrict off) {
+    for (int r = 0; r < 4; r++) /* v[4r + c] = sum_k U[r, k] W[k, c] */
+        for (int c = 0; c < 4; c++)
+            v[4 * r + c] = u[4 * r] * w[c] + u[4 * r + 1] * w[4 + c] + u[4 * r + 2] * w[8 + c] + u[4 * r + 3] * w[12 + c];
+    if (off)
+        for (int d = 0; d < POSE; d++) v[d] += off[d];
+}
+
+static inline void axpy(REAL *restrict y, REAL s, const REAL *restrict x) {
+    for (int d = 0; d < POSE; d++) y[d] += s * x[d];
+}
+
+static inline void add_moments(REAL *restrict s1, REAL *restrict s2, REAL wt, const REAL *restrict x) {
+    for (int d = 0; d < POSE; d++) {
+        s1[d] += wt * x[d];
+        s2[d] += wt * (x[d] * x[d]);
+    }
+}
+
+/* sum_d (x_d - m_d)^2 inv_d */
+static inline REAL distance(const REAL *restrict x, const REAL *restrict m, const REAL *restrict inv) {
     REAL part[4] = {0, 0, 0, 0};
     for (int r = 0; r < 4; r++)
-        for (int k = 0; k < 4; k++) part[k] += a[4 * r + k] * b[4 * r + k] * c[4 * r + k];
+        for (int k = 0; k < 4; k++) {
+            const REAL diff = x[4 * r + k] - m[4 * r + k];
+            part[k] += diff * diff * inv[4 * r + k];
+        }
     return (part[0] + part[1]) + (part[2] + part[3]);
+}
+
+/* M-step backward for one child and parent: gx += w (g1 + 2 g2 x); returns sum_d (g1 + g2 x) x = dL/dw - g_mass */
+static inline REAL through_sums(REAL *restrict gx, const REAL *restrict x, const REAL *restrict g1,
+                                const REAL *restrict g2, REAL wt) {
+    REAL part[4] = {0, 0, 0, 0};
+    for (int r = 0; r < 4; r++)
+        for (int k = 0; k < 4; k++) {
+            const int d = 4 * r + k;
+            part[k] += (g1[d] + g2[d] * x[d]) * x[d];
+            gx[d] += wt * (g1[d] + 2 * g2[d] * x[d]);
+        }
+    return (part[0] + part[1]) + (part[2] + part[3]);
+}
+
+/* E-step backward for one child and parent: ln p = ... - 1/2 sum_d (x - mu)^2 / sigma^2, with dL/d ln p = g */
+static inline void through_e_step(REAL *restrict gx, REAL *restrict g_mean, REAL *restrict g_var, const REAL *restrict x,
+                                  const REAL *restrict mean, const REAL *restrict inv, REAL g) {
+    for (int d = 0; d < POSE; d++) {
+        const REAL z = (x[d] - mean[d]) * inv[d];
+        gx[d] -= g * z;
+        g_mean[d] += g * z;
+        g_var[d] += (REAL)0.5 * g * z * z;
+    }
+}
+
+/* dL/dU[r, k] += sum_c gx[4r + c] W[k, c] */
+static inline void pose_grad(REAL *restrict gu, const REAL *restrict gx, const REAL *restrict w) {
+    for (int r = 0; r < 4; r++)
+        for (int k = 0; k < 4; k++)
+            gu[4 * r + k] += gx[4 * r] * w[4 * k] + gx[4 * r + 1] * w[4 * k + 1] + gx[4 * r + 2] * w[4 * k + 2] +
+                             gx[4 * r + 3] * w[4 * k + 3];
+}
+
+/* dL/dW[k, c] += sum_r U[r, k] gx[4r + c] */
+static inline void weight_grad(REAL *restrict gw, const REAL *restrict gx, const REAL *restrict u) {
+    for (int k = 0; k < 4; k++)
+        for (int c = 0; c < 4; c++)
+            gw[4 * k + c] += u[k] * gx[c] + u[4 + k] * gx[4 + c] + u[8 + k] * gx[8 + c] + u[12 + k] * gx[12 + c];
 }
 
 /* Per-window statistics of every iteration and the scratch buffers, allocated once per call. */
@@ -96,17 +159,8 @@ static void centred_votes(Work *w, const REAL *u, const REAL *a, const REAL *wei
         for (int j = 0; j < J; j++) {
             const REAL *wij = weight + ((size_t)i * J + j) * POSE;
             REAL *v = x + ((size_t)i * J + j) * POSE;
-            for (int r = 0; r < 4; r++)
-                for (int c = 0; c < 4; c++) {
-                    REAL s = ui[4 * r] * wij[c];
-                    s += ui[4 * r + 1] * wij[4 + c];
-                    s += ui[4 * r + 2] * wij[8 + c];
-                    s += ui[4 * r + 3] * wij[12 + c];
-                    v[4 * r + c] = s;
-                }
-            if (offsets)
-                for (int d = 0; d < POSE; d++) v[d] += offsets[(size_t)i * POSE + d];
-            for (int d = 0; d < POSE; d++) centre[j * POSE + d] += a[i] * v[d];
+            vote(v, ui, wij, offsets ? offsets + (size_t)i * POSE : NULL);
+            axpy(centre + j * POSE, a[i], v);
         }
         amass += a[i];
     }
@@ -135,9 +189,7 @@ static void e_step(Work *w, int t) {
         REAL *ri = r + (size_t)i * J;
         for (int j = 0; j < J; j++) {
             const REAL *xij = w->x + ((size_t)i * J + j) * POSE;
-            REAL diff[POSE];
-            for (int d = 0; d < POSE; d++) diff[d] = xij[d] - mean[j * POSE + d];
-            const REAL dist = sum3(diff, diff, inv_var + j * POSE);
+            const REAL dist = distance(xij, mean + j * POSE, inv_var + j * POSE);
             ri[j] = (log_norm[j] - (REAL)0.5 * dist) + bias[j];
             top = ri[j] > top ? ri[j] : top;
         }
@@ -162,10 +214,7 @@ static void m_step(Work *w, int t, const REAL *a, const REAL *beta_u, const REAL
             const REAL wt = r[(size_t)i * J + j] * a[i];
             const REAL *xij = w->x + ((size_t)i * J + j) * POSE;
             mass[j] += wt;
-            for (int d = 0; d < POSE; d++) {
-                s1[j * POSE + d] += wt * xij[d];
-                s2[j * POSE + d] += wt * (xij[d] * xij[d]);
-            }
+            add_moments(s1 + j * POSE, s2 + j * POSE, wt, xij);
         }
     for (int j = 0; j < J; j++) {
         const REAL den = mass[j] + EPS;
@@ -275,13 +324,7 @@ static void window_backward(Work *w, const REAL *a, const REAL *beta_u, const RE
                 const REAL *xij = w->x + ((size_t)i * J + j) * POSE;
                 REAL *gij = w->gx + ((size_t)i * J + j) * POSE;
                 const REAL rij = r[(size_t)i * J + j], wt = rij * a[i];
-                REAL lin[POSE];
-                for (int d = 0; d < POSE; d++) {
-                    lin[d] = g_s1[j * POSE + d] + g_s2[j * POSE + d] * xij[d]; /* g_s1 x + g_s2 x^2 = lin x */
-                    gij[d] += wt * (g_s1[j * POSE + d] + 2 * g_s2[j * POSE + d] * xij[d]);
-                }
-                static const REAL one[POSE] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-                const REAL gw = g_mass[j] + sum3(lin, xij, one);
+                const REAL gw = g_mass[j] + through_sums(gij, xij, g_s1 + j * POSE, g_s2 + j * POSE, wt);
                 g_a[i] += gw * rij;
                 g_r[j] = gw * a[i];
                 dot += rij * g_r[j];
@@ -292,12 +335,7 @@ static void window_backward(Work *w, const REAL *a, const REAL *beta_u, const RE
                 REAL *gij = w->gx + ((size_t)i * J + j) * POSE;
                 const REAL g_lp = r[(size_t)i * J + j] * (g_r[j] - dot);
                 sum_g[j] += g_lp;
-                for (int d = 0; d < POSE; d++) {
-                    const REAL z = (xij[d] - pm[j * POSE + d]) * inv_var[j * POSE + d];
-                    gij[d] -= g_lp * z;
-                    g_mean[j * POSE + d] += g_lp * z;
-                    g_var[j * POSE + d] += (REAL)0.5 * g_lp * z * z;
-                }
+                through_e_step(gij, g_mean + j * POSE, g_var + j * POSE, xij, pm + j * POSE, inv_var + j * POSE, g_lp);
             }
         }
         if (t > 0)
@@ -330,18 +368,8 @@ int NAME(em_backward)(long p0, long p1, int I, int J, int T, const REAL *pose, c
             REAL acc[POSE] = {0};
             for (int j = 0; j < J; j++) {
                 const REAL *gx = w.gx + ((size_t)i * J + j) * POSE, *wij = weight + ((size_t)i * J + j) * POSE;
-                for (int r = 0; r < 4; r++)
-                    for (int k = 0; k < 4; k++)
-                        acc[4 * r + k] += gx[4 * r] * wij[4 * k] + gx[4 * r + 1] * wij[4 * k + 1] +
-                                          gx[4 * r + 2] * wij[4 * k + 2] + gx[4 * r + 3] * wij[4 * k + 3];
-                if (g_w) {
-                    REAL *gwij = g_w + ((size_t)i * J + j) * POSE;
-                    const REAL *ui = u + (size_t)i * POSE;
-                    for (int k = 0; k < 4; k++)
-                        for (int c = 0; c < 4; c++)
-                            gwij[4 * k + c] += ui[k] * gx[c] + ui[4 + k] * gx[4 + c] + ui[8 + k] * gx[8 + c] +
-                                               ui[12 + k] * gx[12 + c];
-                }
+                pose_grad(acc, gx, wij);
+                if (g_w) weight_grad(g_w + ((size_t)i * J + j) * POSE, gx, u + (size_t)i * POSE);
             }
             memcpy(gu + (size_t)i * POSE, acc, sizeof acc);
         }
