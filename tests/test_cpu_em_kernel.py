@@ -64,7 +64,17 @@ def test_kernel_serves_calls_without_coefficients(kernel_calls):
         torch.testing.assert_close(gb[key], ga[key], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("options", [{"cost": "standardise"}, {"normalise": "receiving_parents"}])
+def test_kernel_takes_any_lambda_schedule(kernel_calls):
+    options = {"final_lambda": 1e-3, "lambda_schedule": "fixed"}
+    assert_paths_agree(*pair("conv_k3_s1_p1", options, torch.float64, 3), torch.float64)
+    assert kernel_calls == [True]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"cost": "standardise"}, {"normalise": "receiving_parents"}, {"coefficients": "uniform"}, {"renormalise": True},
+     {"initial_coefficients": "one"}],
+)  # fmt: skip
 def test_options_the_kernel_does_not_cover_take_the_pytorch_path(options, kernel_calls):
     ref, fus = pair("conv_k3_s1_p1", options, torch.float64)
     pose, act = inputs(torch.float64)

@@ -14,6 +14,8 @@ Choices (documented deviations and decisions):
   ``DynamicRouting2d`` (the implementation the paper's protocol follows). Sabour's
   implementations differ on this; ``detach_agreement=True`` stops the gradient through
   the logit updates (the coefficients become constants of the votes' gradient).
+- ``coefficients="uniform"`` is the control arm (Paik, Kwak and Kim 2019): the logits stay 0,
+  so ``c_ij = 1/J`` and ``v_j = squash(mean_i u_hat_ij)`` (one pass, no agreement updates).
 - ``squash`` has an epsilon: ``|s|^2/(1+|s|^2) * s/sqrt(|s|^2+eps)``; a zero vector gives 0,
   never NaN. In fp32 the length rounds to exactly 1.0 once ``|s|^2`` passes ~1e8.
 
@@ -30,11 +32,13 @@ from __future__ import annotations
 
 import torch
 
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
+from capsbench.capsules.routing import declared_options
+from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput, check_coefficients
 from capsbench.capsules.routing.ops import agreement, capsule_length, squash, weighted_votes
 
 
 class DynamicRouting(Routing):
+    OPTIONS = declared_options.DYNAMIC  # the keyword options below, declared for validate
     normalised_over = "parents"
     loss = "margin"
     pose_norm = False  # SR-CapsNet's dynamic-routing ConvNet has no BatchNorm between capsule layers
@@ -51,11 +55,13 @@ class DynamicRouting(Routing):
         in_pose_dim: int | None = None,
         eps: float = 1e-8,
         detach_agreement: bool = False,
+        coefficients: str = "routed",
     ):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
         if iterations < 1:
             raise ValueError(f"dynamic routing needs iterations >= 1, got {iterations}")
-        self.eps = eps
+        check_coefficients("dynamic", coefficients)
+        self.eps, self.coefficients = eps, coefficients
         self.detach_agreement = detach_agreement
 
     def forward(
@@ -67,14 +73,15 @@ class DynamicRouting(Routing):
     ) -> RoutingOutput:
         n, length, i, j, _ = votes.shape
         logits = votes.new_zeros(n, length, i, j)
-        for t in range(self.iterations):
+        rounds = self.iterations if self.coefficients == "routed" else 1  # uniform: the logits stay 0
+        for t in range(rounds):
             coefficients = torch.softmax(logits, dim=-1)  # over parents
             if t == 0:  # logits are 0: uniform 1/J, a plain sum is cheaper than the weighted one
                 s = votes.sum(2) / j
             else:
                 s = weighted_votes(coefficients, votes)
             v = squash(s, eps=self.eps)
-            if t < self.iterations - 1:
+            if t < rounds - 1:
                 u, w = (votes.detach(), v.detach()) if self.detach_agreement else (votes, v)
                 logits = logits + agreement(u, w)
         return RoutingOutput(v, capsule_length(v), coefficients)

@@ -42,6 +42,18 @@ Choices (each an option, documented because references differ):
   parent types at one position. ``normalise="receiving_parents"`` (Google, IBM, VB):
   ``R`` sums to 1 over every parent in every window that receives the child, through
   ``geometry.child_sum``.
+- Variants and controls (options; the defaults above are capsbench's, hash-neutral):
+
+  - ``coefficients="uniform"``: a control arm (Paik, Kwak and Kim 2019, arXiv 1907.13327).
+    ``R`` stays at its initial uniform value and only the last M-step runs (with the last
+    ``lambda_t``): same votes, statistics, activation rule and loss, no routing.
+  - ``renormalise=True``: yl-1993's M-step, ``R'_ij = R_ij a_i / (sum_j R_ij a_i + eps)``,
+    which cancels ``a_i`` (see the deviation below); the reference's bug, kept as an option.
+  - ``initial_coefficients="one"``: SR-CapsNet's ``EmRouting2d`` first M-step with ``R = 1``
+    (every parent's first mass ``J`` times larger); later E-steps normalise as usual.
+  - ``lambda_schedule="fixed"``: ``lambda_t = final_lambda`` at every iteration (yl-1993 fixes
+    ``lambda = 1e-3``: ``final_lambda=1e-3, lambda_schedule=fixed``); default ``"openreview"``.
+
 - Deviations from the references, all deliberate: activations weight the statistics and
   ``R'`` is NOT renormalised over parents (yl-1993 does, which cancels ``a_i``; here a
   child with ``a_i = 0`` has no influence at all); ``R`` starts at ``1/J`` (SR-CapsNet
@@ -88,18 +100,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from capsbench.capsules.routing import fused
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
+from capsbench.capsules.routing import declared_options, fused
+from capsbench.capsules.routing.base import (
+    IDENTITY_GEOMETRY,
+    Geometry,
+    Routing,
+    RoutingOutput,
+    type_means,
+)
 from capsbench.capsules.routing.native import cpu_em
 from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: kept importable from here)
     EPS,
     LOG_2PI,
-    NORMALISATIONS,
     Normaliser,
     check_inputs,
     child_log_softmax,
     compute_dtype,
-    is_number,
     moments,
     prepare_votes,
     require,
@@ -107,8 +123,6 @@ from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: 
     squared_distance,
 )
 from capsbench.capsules.routing.votes import LazyVotes
-
-COSTS = ("sum", "mean", "standardise")
 
 
 def inverse_temperatures(final_lambda: float, iterations: int) -> list[float]:
@@ -128,7 +142,12 @@ class EMRouting(Routing):
 
     Options: ``final_lambda`` (None: 1e-2 for cost "sum" and "standardise", 1.44 for
     "mean"), ``min_var`` (5e-4), ``normalise`` ("parents" or "receiving_parents"),
-    ``cost`` ("sum", "mean" or "standardise").
+    ``cost`` ("sum", "mean" or "standardise"), and the variants and control
+    ``coefficients`` ("routed"/"uniform"), ``renormalise`` (False), ``initial_coefficients``
+    ("uniform"/"one"), ``lambda_schedule`` ("openreview"/"fixed").
+    With ``diagnostics`` on, ``last_terms`` holds per-type means of ``beta_a``, ``cost``,
+    ``mass``, ``margin = logit / lambda_t`` (``beta_a - cost``; with cost "standardise" the
+    standardised margin), ``logit`` and ``lambda_t``, all at the last iteration.
     """
 
     loss = "spread"
@@ -141,7 +160,7 @@ class EMRouting(Routing):
     class_caps = "shared"  # Hinton et al., Google, yl-1993: shared weights + coordinate addition
     primary_activation = "sigmoid"
 
-    DEFAULTS = {"final_lambda": None, "min_var": 5e-4, "normalise": "parents", "cost": "sum"}
+    OPTIONS = declared_options.EM
     FINAL_LAMBDA = {"sum": 1e-2, "mean": 1.44, "standardise": 1e-2}  # final_lambda=None picks by cost
 
     def __init__(
@@ -154,7 +173,7 @@ class EMRouting(Routing):
         **options: Any,
     ):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
-        opts = resolve_options("em", options, self.DEFAULTS)
+        opts = resolve_options("em", options, self.OPTIONS)
         require(
             isinstance(iterations, int) and iterations >= 1,
             "em",
@@ -163,17 +182,20 @@ class EMRouting(Routing):
             iterations,
             "model.iterations",
         )
-        require(opts["cost"] in COSTS, "em", "cost", f"one of {COSTS}", opts["cost"])
         if opts["final_lambda"] is None:
             opts["final_lambda"] = self.FINAL_LAMBDA[opts["cost"]]
-        require(is_number(opts["final_lambda"], 0), "em", "final_lambda", "a number > 0", opts["final_lambda"])
-        require(is_number(opts["min_var"], 0), "em", "min_var", "a number > 0", opts["min_var"])
-        require(opts["normalise"] in NORMALISATIONS, "em", "normalise", f"one of {NORMALISATIONS}", opts["normalise"])
+        self.coefficients, self.renormalise = opts["coefficients"], opts["renormalise"]
+        self.initial_coefficients = opts["initial_coefficients"]
+        schedule = opts["lambda_schedule"]
         self.final_lambda = float(opts["final_lambda"])
         self.min_var = float(opts["min_var"])
         self.cost = opts["cost"]
         self.normalised_over = opts["normalise"]  # instance attribute shadows the class default
-        self.lambdas = inverse_temperatures(self.final_lambda, iterations)
+        self.lambdas = (
+            inverse_temperatures(self.final_lambda, iterations)
+            if schedule == "openreview"
+            else [self.final_lambda] * iterations
+        )
         self.beta_u = nn.Parameter(torch.zeros(parents))
         self.beta_a = nn.Parameter(torch.zeros(parents))
 
@@ -181,7 +203,9 @@ class EMRouting(Routing):
         return (
             f"parents={self.parents}, pose_dim={self.pose_dim}, iterations={self.iterations}, "
             f"final_lambda={self.final_lambda}, min_var={self.min_var}, cost={self.cost!r}, "
-            f"normalise={self.normalised_over!r}"
+            f"normalise={self.normalised_over!r}, coefficients={self.coefficients!r}, "
+            f"renormalise={self.renormalise}, initial_coefficients={self.initial_coefficients!r}, "
+            f"lambdas={[round(x, 6) for x in self.lambdas]}"
         )
 
     def forward(
@@ -208,13 +232,35 @@ class EMRouting(Routing):
         norm = Normaliser(self.normalised_over, geometry, a)
         r = norm.initial(self.parents, a)  # [N, L, J, I]
         a_child = a.unsqueeze(2)  # [N, L, 1, I]
-        for t, lam in enumerate(self.lambdas):
-            mean, var, logit = self._m_step(r * a_child, x, beta_u, beta_a, lam)
-            if t < self.iterations - 1:
+        lambdas = self.lambdas if self.coefficients == "routed" else self.lambdas[-1:]  # uniform: last M-step
+        for t, lam in enumerate(lambdas):
+            first_r = t == 0 and self.initial_coefficients == "one"
+            mean, var, logit, terms = self._m_step(
+                self._weights(torch.ones_like(r) if first_r else r, a_child), x, beta_u, beta_a, lam
+            )
+            if t < len(lambdas) - 1:
                 r = norm(self._log_likelihood(x, mean, var) + F.logsigmoid(logit).unsqueeze(-1))
+        if self.diagnostics:  # forward_lazy routes through forward while diagnostics are on: one call, whole layer
+            self.last_terms = type_means(beta_a=beta_a, lambda_t=lam, margin=logit / lam, logit=logit, **terms)
         return mean + centre, torch.sigmoid(logit), r
 
+    def _weights(self, r, a_child):
+        """``R'_ij = R_ij a_i`` (capsbench), or renormalised over parents (yl-1993's ``renormalise``)."""
+        weights = r * a_child
+        if self.renormalise:
+            weights = weights / (weights.sum(2, keepdim=True) + EPS)
+        return weights
+
     # ----------------------------------------------------------------------------- fused path
+
+    def options_are_default(self) -> bool:
+        """No control or reference variant is on (what the compiled kernels implement)."""
+        return (self.coefficients, self.renormalise, self.initial_coefficients, self.lambdas) == (
+            "routed",
+            False,
+            "uniform",
+            inverse_temperatures(self.final_lambda, self.iterations),
+        )
 
     def fused_faster(self, device: torch.device) -> bool:
         kind = torch.device(device).type
@@ -223,8 +269,12 @@ class EMRouting(Routing):
         return fused.measured_faster("em", kind)
 
     def _cpu_kernel_covers(self) -> bool:
-        """Options the compiled CPU kernel implements (``routing/native``): over parent types, cost sum or mean."""
-        return self.normalised_over == "parents" and self.cost in cpu_em.COSTS
+        """Options the compiled CPU kernel implements (``routing/native``): capsbench's EM over parent types,
+        cost sum or mean, any lambda schedule (it takes the lambdas), no control or reference variant."""
+        variants = (self.coefficients, self.renormalise, self.initial_coefficients)
+        return (
+            self.normalised_over == "parents" and self.cost in cpu_em.COSTS and variants == ("routed", False, "uniform")
+        )
 
     def _cpu_kernel(self, votes: LazyVotes, activation, beta_u, beta_a, dtype, need_coefficients):
         """Pose, activation, coefficients from the compiled CPU kernel, or None where it does not apply."""
@@ -243,11 +293,11 @@ class EMRouting(Routing):
         r = r.view(n, length, j, i) if r is not None else None
         return new_pose.view(n, length, j, d), new_act.view(n, length, j), r
 
-    @staticmethod
-    def _gpu_kernel(votes: LazyVotes, need_coefficients: bool):
+    def _gpu_kernel(self, votes: LazyVotes, need_coefficients: bool):
         """The Triton EM kernel when it applies (CUDA, matrix votes, per-child weights, no offsets, no
         coefficients asked for: it returns none), else None (the blockwise path runs)."""
         plain = votes.transform == "matrix" and votes.weight_index is None and votes.offsets is None
+        plain = plain and self.options_are_default()  # the kernel implements capsbench's EM, no variant
         if votes.pose.device.type != "cuda" or need_coefficients or not plain:
             return None
         try:
@@ -266,6 +316,8 @@ class EMRouting(Routing):
         backward recomputes each block instead of storing its votes. Coefficients come back
         detached (None unless ``need_coefficients``).
         """
+        if self.diagnostics:  # telemetry's activation terms are per layer: the reference path fills them
+            return self.forward(votes.materialize(), activation, votes.pose, geometry)
         out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
         with torch.autocast(device_type=votes.pose.device.type, enabled=False):
             beta_u, beta_a = self.beta_u.to(dtype), self.beta_a.to(dtype)
@@ -298,7 +350,8 @@ class EMRouting(Routing):
         return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
 
     def _m_step(self, weights, x, beta_u, beta_a, lam):
-        mass, s1, s2 = moments(weights, x)  # weights = R * a_i, NOT renormalised over parents
+        """-> mean, variance, activation logit, and the activation's terms (mass, cost) ``[N, L, J]``."""
+        mass, s1, s2 = moments(weights, x)  # by default weights = R * a_i, NOT renormalised over parents
         denom = (mass + EPS).unsqueeze(-1)
         mean = s1 / denom  # relative to the centre
         var = (s2 / denom - mean.square()).clamp_min(0) + self.min_var
@@ -308,8 +361,8 @@ class EMRouting(Routing):
         if self.cost == "standardise":
             centred = cost.mean(-1, keepdim=True) - cost
             std = torch.sqrt(centred.square().mean(-1, keepdim=True) + 1e-12)
-            return mean, var, lam * (beta_a + centred / std)
-        return mean, var, lam * (beta_a - cost)
+            return mean, var, lam * (beta_a + centred / std), {"mass": mass, "cost": cost}
+        return mean, var, lam * (beta_a - cost), {"mass": mass, "cost": cost}
 
     def _log_likelihood(self, x, mean, var):
         """``ln N(v_i | mu_j, sigma_j)`` for every child and parent, ``[N, L, J, I]``."""

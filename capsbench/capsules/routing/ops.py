@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from capsbench.capsules.routing.base import Geometry
-from capsbench.errors import UserError, did_you_mean
+from capsbench.errors import UserError
+from capsbench.options import Option, check_options
 
 NORMALISATIONS = ("parents", "receiving_parents")
 EPS = 1e-8  # guards divisions by a parent's mass; far below any real mass in fp32
@@ -35,15 +36,12 @@ LOG_2PI = math.log(2 * math.pi)
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve_options(method: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with ``options``; UserError naming an unknown option."""
-    for key in options:
-        if key not in defaults:
-            raise UserError(
-                f"routing '{method}': unknown option '{key}'{did_you_mean(key, defaults)}; "
-                f"model.routing_options accepts: {', '.join(sorted(defaults))}"
-            )
-    return {**defaults, **options}
+def resolve_options(method: str, options: dict[str, Any], declared: dict[str, Option]) -> dict[str, Any]:
+    """The declared defaults updated with ``options``, each checked against its declaration.
+
+    Spec loading has checked the same declaration already; this guards direct construction.
+    """
+    return check_options(options, declared, "model.routing_options", f"routing '{method}'")
 
 
 def require(ok: bool, method: str, key: str, expected: str, value: Any, where: str | None = None) -> None:

@@ -49,7 +49,8 @@ def root_option(parser) -> None:
 def cmd_leaderboard(args) -> int:
     from pathlib import Path
 
-    from capsbench.results import leaderboard, store
+    from capsbench.report import leaderboard
+    from capsbench.results import store
 
     root = Path(args.root)
     if args.action == "add":

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from capsbench.errors import UserError
 from capsbench.io import write_bytes
+from capsbench.report import leaderboard_tables as tables
 from capsbench.results import ledger as ledger_mod
-from capsbench.results import tables
 from capsbench.results.scores import aggregate
 from capsbench.results.store import RECORDS, check_protocol, read_records
 
