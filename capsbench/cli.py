@@ -15,6 +15,7 @@ from pathlib import Path
 from capsbench.errors import UserError, did_you_mean
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+_AS_CONSOLE_COMMAND = False  # set by main(): True when started as `capsbench`, so re-executing is safe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
 # Modules with ``add_commands(subparsers) -> {name: func(args) -> exit code}``; kept free of
 # heavy imports at module level so `capsbench --help` stays fast.
-COMMAND_MODULES: list[str] = ["capsbench.executors.status", "capsbench.results.cli", "capsbench.report.cli"]
+COMMAND_MODULES: list[str] = [
+    "capsbench.executors.status", "capsbench.results.cli", "capsbench.report.cli", "capsbench.fingerprints_cli",
+]
 
 
 def debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +85,7 @@ def cmd_run(args) -> int:
     from capsbench.executors import get_executor
 
     runs = spec.load(args.spec, args.overrides)
+    reexec_for_numerics({str(run.config.numerics) for run in runs})
     out = Path(args.out or runs[0].config.output.dir)
     executor = get_executor(
         args.executor or str(runs[0].config.executor.name),
@@ -94,6 +98,23 @@ def cmd_run(args) -> int:
     if not args.quiet:
         print(f"figures: capsbench report {out / str(runs[0].config.name)}", file=sys.stderr)
     return EXIT_OK if all(r.get("status") == "ok" for r in records) else EXIT_RUN_FAILED
+
+
+def reexec_for_numerics(modes: set[str]) -> None:
+    """Start again with the variables the ``numerics`` modes need (ATen and MKL read them at process start).
+
+    Only as the console command: a call of ``main`` from Python (tests) is never replaced; its
+    runs then stop with a message naming the variables.
+    """
+    from capsbench import numerics
+
+    missing: dict[str, str] = {}
+    for mode in sorted(modes):
+        missing.update(numerics.missing_env(mode))
+    if missing and _AS_CONSOLE_COMMAND:
+        from capsbench.malloc import reexec
+
+        reexec(sys.argv[1:], missing)
 
 
 def _spec_files(paths: list[str]) -> list[Path]:
@@ -170,6 +191,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _AS_CONSOLE_COMMAND
+    _AS_CONSOLE_COMMAND = argv is None
     if argv is None:  # the console command, not a call from Python: safe to re-execute
         from capsbench.malloc import reexec_if_untuned
 

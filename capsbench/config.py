@@ -124,6 +124,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
+    numerics: str = "native"  # native | portable: the same bits on every x86 CPU (capsbench/numerics.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -136,6 +137,7 @@ class RunConfig:
 # value they are left out of the spec hash, so adding a feature never re-keys the leaderboard.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "train.precise_bn": 0,
+    "numerics": "native",
 }
 
 # Keys (dotted) that do not change results: left out of the spec hash.

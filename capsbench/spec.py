@@ -354,6 +354,7 @@ def _check_range(cfg: DictConfig) -> None:
     need(cfg.metrics.grad_norm_every >= 1, "metrics.grad_norm_every", "an integer >= 1", cfg.metrics.grad_norm_every)
     need(cfg.executor.name in ("local", "slurm"), "executor.name", "one of local, slurm", cfg.executor.name)
     need(cfg.executor.jobs >= 1, "executor.jobs", "an integer >= 1", cfg.executor.jobs)
+    need(cfg.numerics in ("native", "portable"), "numerics", "one of native, portable", cfg.numerics)
     dev = str(cfg.device)
     need(
         dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),

@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from capsbench import numerics
 from capsbench.errors import UserError
 from capsbench.io import write_text
 from capsbench.metrics.grad_norms import GradNorms
@@ -74,7 +75,8 @@ def run(cfg, run_dir: str | Path, *, spec_hash: str, progress: bool = True) -> d
     if cfg.output.tensorboard:
         display.open_tensorboard(run_dir / "tensorboard")
     try:
-        with _determinism(cfg.deterministic, device), sigterm_as_interrupt() as stop:
+        with numerics.applied(str(cfg.numerics)), _determinism(cfg.deterministic, device), \
+                sigterm_as_interrupt() as stop:
             return _Run(cfg, run_dir, spec_hash, device, display, stop).execute()
     finally:
         display.close()
