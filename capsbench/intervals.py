@@ -16,6 +16,7 @@ Example::
 
     t_interval([0.91, 0.93])      # (0.7929..., 1.0470...): two seeds, t = 12.706
     t_interval([0.9])             # None
+    t_interval([0.5, 0.9], 0, 1)  # (0, 1): clipped to what an accuracy can be
 """
 
 from __future__ import annotations
@@ -49,13 +50,18 @@ def mean_std(values) -> tuple[float | None, float | None, int]:
     return mean, std, n
 
 
-def t_interval(values) -> tuple[float, float] | None:
-    """The 95% t-interval of the mean of the non-null ``values``; None below two of them."""
+def t_interval(values, low: float | None = None, high: float | None = None) -> tuple[float, float] | None:
+    """The 95% t-interval of the mean of the non-null ``values``; None below two of them.
+
+    ``low``/``high`` clip it to the range the quantity can take (an accuracy is in [0, 1]): with
+    two seeds t is 12.7 and the raw interval easily runs past 100%.
+    """
     mean, std, n = mean_std(values)
     if n < 2:
         return None
     half = t_quantile(n - 1) * std / math.sqrt(n)
-    return (mean - half, mean + half)
+    lo, hi = mean - half, mean + half
+    return (lo if low is None else max(low, lo), hi if high is None else min(high, hi))
 
 
 def overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:

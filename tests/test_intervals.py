@@ -31,3 +31,9 @@ def test_t_interval_does_not_depend_on_order():
 def test_overlap():
     assert overlap((0, 1), (1, 2)) and overlap((0, 3), (1, 2)) and not overlap((0, 1), (1.5, 2))
     assert not overlap(None, (0, 1)) and not overlap((0, 1), None)
+
+
+def test_t_interval_is_clipped_to_the_range_of_the_quantity():
+    assert t_interval([0.5, 0.9], 0.0, 1.0) == (0.0, 1.0)
+    lo, hi = t_interval([0.5, 0.9])
+    assert lo < 0 and hi > 1

@@ -23,8 +23,9 @@ def row_of(entries, name="capsnet-em", dataset="digits"):
 
 def test_stats_mean_sample_std_and_count():
     half = 12.7062 * math.sqrt(0.02) / math.sqrt(2)  # t(0.975, 1) s / sqrt(n)
-    assert stats([0.5, None, 0.7]) == {"mean": pytest.approx(0.6), "std": pytest.approx(math.sqrt(0.02)), "count": 2,
-                                       "ci95": [pytest.approx(0.6 - half), pytest.approx(0.6 + half)]}
+    assert stats([0.5, None, 0.7], None) == {"mean": pytest.approx(0.6), "std": pytest.approx(math.sqrt(0.02)),
+                                             "count": 2, "ci95": [pytest.approx(0.6 - half), pytest.approx(0.6 + half)]}
+    assert stats([0.5, None, 0.7], 0.0, 1.0)["ci95"] == [0.0, 1.0]  # clipped to what the quantity can be
     assert stats([0.5]) == {"mean": 0.5, "std": None, "count": 1, "ci95": None}
     assert stats([]) == {"mean": None, "std": None, "count": 0, "ci95": None}
 
@@ -154,7 +155,7 @@ def test_score_intervals_over_seeds():
     rows = [entry(1, 0, 0.9, [0]), entry(2, 0, 0.12, [16, 16]), entry(1, 1, 0.8, [0]), entry(2, 1, 0.72, [0, 0])]
     ci = row_of(rows)["score_intervals"]
     mean, half = (0.12 / 0.9 + 0.9) / 2, 12.7062 * abs(0.12 / 0.9 - 0.9) / math.sqrt(2) / math.sqrt(2)
-    assert ci["retention"] == [pytest.approx(mean - half), pytest.approx(mean + half)]
+    assert ci["retention"] == [0.0, pytest.approx(mean + half)]  # mean - half < 0: clipped
     assert ci["collapse_depth"] == [2, None]  # seed 0 collapses at depth 2, seed 1 never
     assert ci["half_dead_depth"] == [2, None]
     assert row_of(rows[:2])["score_intervals"] == {"retention": None, "deepest_accuracy": None,

@@ -8,7 +8,8 @@ Per depth (``ok`` runs only; ``diverged``, ``oom`` and ``failed`` runs are count
 ``accuracy``, ``avg_dead_conv`` (dead capsule types per ConvCaps layer, the paper's y axis) and
 ``dead_fraction`` (dead types / types, averaged over ConvCaps layers), each as mean, sample
 standard deviation (null below two seeds), count and ``ci95``: the 95% Student-t interval of the
-mean over seeds (``capsbench.intervals``; null below two seeds).
+mean over seeds (``capsbench.intervals``; null below two seeds), clipped to the values the
+quantity can take (accuracies and fractions in [0, 1], counts and retention >= 0).
 
 Scores per row (definitions, contract; "accuracy at depth d" is the mean test accuracy over the
 ok seeds at d, and only depths with at least one ok run take part):
@@ -64,11 +65,11 @@ HALF_DEAD = 0.5
 _EPS = 1e-12  # 0.1 + 0.05 is 0.15000000000000002 in floats: an accuracy of exactly 0.15 collapses
 
 
-def stats(values) -> dict:
-    """Mean, sample standard deviation (n-1), count and 95% t-interval (null below 2) of the non-null values."""
+def stats(values, low: float | None = 0.0, high: float | None = None) -> dict:
+    """Mean, sample standard deviation (n-1), count and 95% t-interval (null below 2; clipped to [low, high])."""
     values = list(values)
     mean, std, n = mean_std(values)
-    interval = t_interval(values)
+    interval = t_interval(values, low, high)
     return {"mean": mean, "std": std, "count": n, "ci95": list(interval) if interval else None}
 
 
@@ -87,9 +88,9 @@ def depth_stats(entries: list[dict]) -> list[dict]:
             "ok": len(ok),
             "failures": {status: sum(e["status"] == status for e in group) for status in FAILURES},
             "seeds": sorted(e["seed"] for e in group),
-            "accuracy": stats(e["metrics"]["test_accuracy"] for e in ok),
+            "accuracy": stats((e["metrics"]["test_accuracy"] for e in ok), 0.0, 1.0),
             "avg_dead_conv": stats(e["metrics"]["avg_dead_conv"] for e in ok),
-            "dead_fraction": stats(e["metrics"]["dead_fraction_conv"] for e in ok),
+            "dead_fraction": stats((e["metrics"]["dead_fraction_conv"] for e in ok), 0.0, 1.0),
         })
     return out
 
@@ -127,8 +128,8 @@ def score_intervals(group: list[dict], num_classes: int | None) -> dict:
         per_seed[e["seed"]].append(e)
     seeds = [scores(depth_stats(es), num_classes) for _, es in sorted(per_seed.items())]
     out: dict = {}
-    for key in ("retention", "deepest_accuracy"):
-        interval = t_interval(s[key] for s in seeds)
+    for key, high in (("retention", None), ("deepest_accuracy", 1.0)):
+        interval = t_interval((s[key] for s in seeds), 0.0, high)
         out[key] = list(interval) if interval else None
     for key in ("collapse_depth", "half_dead_depth"):
         values = [s[key] for s in seeds]
