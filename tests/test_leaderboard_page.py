@@ -83,7 +83,7 @@ def test_sorting_changes_the_order(page):
 
 
 def test_a_method_panel_shows_depths_activation_grids_and_gradients(page):
-    page.run("document.querySelector('tr.row button.method').click()")
+    page.run("document.querySelector('tr.row[data-method^=\"capsnet-\"] button.method').click()")
     panel = page.run("const p = document.querySelector('tr.panel'); return p && [p.querySelectorAll('table.depths tr')"
                      ".length, p.querySelectorAll('svg.grid circle').length, "
                      "p.querySelectorAll('svg.gradients polyline').length]")

@@ -133,12 +133,13 @@ original = ROUTINGS.get('self')
 class Scaled(original):
     def forward(self, *a, **k):
         out = super().forward(*a, **k)
-        return RoutingOutput(out.pose * 1.001, out.activation, out.coefficients)
+        return RoutingOutput(out.pose * 1.001, out.activation * 0.999, out.coefficients)
 ROUTINGS._entries['self'] = Scaled
 """
 
 
 def test_a_0_1_percent_change_of_a_routing_fails_verify_naming_its_records(tmp_path):
+    """(At depth 0 a self-routed network reads only the class activations: the poses alone would not show.)"""
     root, rel = _one_record_board(tmp_path)
     done = _verify(root, rel, prelude=SCALED)
     assert done.returncode == 1, done.stdout + done.stderr
