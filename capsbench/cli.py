@@ -1,8 +1,11 @@
 """The ``capsbench`` command.
 
 Exit codes: 0 success; 1 a run failed (the others still finished); 2 bad input
-(spec, arguments, missing data, corrupt file) with a one-line message; 130
-interrupted. ``--debug`` shows tracebacks.
+(spec, arguments, missing data, corrupt file) or an output folder that cannot be
+written (a file in the way, permissions, a full disk: nothing is recorded, the same
+command resumes once fixed) with a one-line message; 75 every run this command could
+train finished, but others were in progress in another process and were skipped (run
+again later to collect them); 130 interrupted. ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import sys
 from pathlib import Path
 
 from capsbench.errors import UserError, did_you_mean
+from capsbench.io import writable_dir
+from capsbench.runlock import BUSY, EXIT_BUSY
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 _AS_CONSOLE_COMMAND = False  # set by main(): True when started as `capsbench`, so re-executing is safe
@@ -86,7 +91,7 @@ def cmd_run(args) -> int:
 
     runs = spec.load(args.spec, args.overrides)
     reexec_for_numerics({str(run.config.numerics) for run in runs})
-    out = Path(args.out or runs[0].config.output.dir)
+    out = writable_dir(args.out or runs[0].config.output.dir, "--out" if args.out else "output.dir")
     executor = get_executor(
         args.executor or str(runs[0].config.executor.name),
         quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed,
@@ -97,7 +102,14 @@ def cmd_run(args) -> int:
     print_summary(records)
     if not args.quiet:
         print(f"figures: capsbench report {out / str(runs[0].config.name)}", file=sys.stderr)
-    return EXIT_OK if all(r.get("status") == "ok" for r in records) else EXIT_RUN_FAILED
+    return run_exit_code([str(r.get("status")) for r in records])
+
+
+def run_exit_code(statuses: list[str]) -> int:
+    """1 when a run did not end ok; else 75 when another process was training some of them; else 0."""
+    if any(s not in ("ok", BUSY) for s in statuses):
+        return EXIT_RUN_FAILED
+    return EXIT_BUSY if BUSY in statuses else EXIT_OK
 
 
 def reexec_for_numerics(modes: set[str]) -> None:

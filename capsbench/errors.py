@@ -21,6 +21,12 @@ class DataError(UserError):
     """A data set that is missing or cannot be read."""
 
 
+class OutputError(UserError):
+    """A file or folder capsbench must write cannot be written: a file in the way, no permission,
+    a read-only file system, a full disk or quota. Nothing is recorded as a result; once fixed,
+    the same command resumes where it stopped."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or ''."""
     close = difflib.get_close_matches(str(name), sorted(choices), n=1, cutoff=0.6)

@@ -25,6 +25,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Child processes (the CLI, --jobs workers, subprocess runs) get this worker's share of the cores:
+# xdist runs one worker per core, and N workers each spinning every core's worth of threads would
+# oversubscribe the machine N times over. An explicit OMP_NUM_THREADS is kept.
+def _thread_share() -> str:
+    from capsbench.cpus import usable_cores
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return str(max(1, usable_cores() // max(1, workers)))
+
+
+# The xdist controller loads this file too, before it starts the workers, and they inherit its value:
+# a marker tells the value set here (recomputed in each worker) from one the user set (kept).
+if os.environ.get("OMP_NUM_THREADS") in (None, os.environ.get("CAPSBENCH_TEST_THREADS")):
+    os.environ["OMP_NUM_THREADS"] = os.environ["CAPSBENCH_TEST_THREADS"] = _thread_share()
+
 # Normalisation statistics are cached on disk; keep the suite's caches out of the user's home.
 os.environ.setdefault("CAPSBENCH_CACHE", tempfile.mkdtemp(prefix="capsbench-test-cache-"))
 

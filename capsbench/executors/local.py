@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from capsbench.cpus import threads_per_run, torch_threads, usable_cores
 from capsbench.errors import UserError
 from capsbench.executors.plan import (
     Planned,
@@ -34,6 +35,7 @@ from capsbench.executors.plan import (
     split,
     sweep_dir_for,
 )
+from capsbench.runlock import BUSY, EXIT_BUSY, RunBusy
 from capsbench.spec import RunSpec
 from capsbench.train.signals import sigterm_as_interrupt
 
@@ -75,7 +77,12 @@ class LocalExecutor:
                 print(f"[{i}/{len(runs)}] {p.run.config.name}: {point} -> {p.directory}", file=sys.stderr)
             cfg = p.run.config
             progress = not self.quiet and bool(cfg.output.progress) and not bool(cfg.output.quiet)
-            records.append(run_one(cfg, p.directory, spec_hash=p.run.spec_hash, progress=progress))
+            try:
+                with torch_threads(threads_per_run(cfg.executor.cpus)):
+                    records.append(run_one(cfg, p.directory, spec_hash=p.run.spec_hash, progress=progress))
+            except RunBusy as busy:
+                print(busy, file=sys.stderr)
+                records.append(placeholder(p, busy.holder, status=BUSY))
         return records
 
 
@@ -93,13 +100,6 @@ def visible_gpus() -> list[str]:
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001 - no usable CUDA means no GPUs to hand out
         return []
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -134,7 +134,10 @@ class _Pool:
             self.say(f"{p.directory}: already finished ({p.record['status']}), skipped", always=True)
         wants_gpu = any(str(p.run.config.device) in ("auto", "cuda") for p in todo)
         self.gpus = visible_gpus() if wants_gpu else []
-        threads = max(1, _cpu_count() // self.jobs)
+        cores = usable_cores()
+        threads = threads_per_run(None, self.jobs, cores)  # each run's executor.cpus may lower its own
+        if not self.gpus and min(self.jobs, len(todo)) > cores:
+            self.say(f"note: {min(self.jobs, len(todo))} runs at once on {cores} usable core(s): they share cores")
         self.say(
             f"{len(todo)} run(s) to do, {len(finished)} finished; {min(self.jobs, max(len(todo), 1))} at once"
             + (f" on GPUs {','.join(self.gpus)}" if self.gpus else f", {threads} CPU thread(s) each")
@@ -145,7 +148,7 @@ class _Pool:
             try:
                 while (queue and self.bad_input is None) or self.workers:  # bad input: no new starts
                     while queue and len(self.workers) < self.jobs and self.bad_input is None:
-                        self._start(queue.pop(0), out, threads)
+                        self._start(queue.pop(0), out, cores)
                     if not self._reap():
                         time.sleep(0.1)
                     stop.check()
@@ -157,10 +160,11 @@ class _Pool:
             raise UserError(f"{label}: {message}")
         return [self.records[run.label] for run in runs]
 
-    def _start(self, p: Planned, out: Path, threads: int) -> None:
+    def _start(self, p: Planned, out: Path, cores: int) -> None:
         slot = min(set(range(self.jobs)) - {w.slot for w in self.workers})
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.setdefault("OMP_NUM_THREADS", str(threads))
+        # the workers share the cores: never more threads in all than cores (OMP_NUM_THREADS of the user wins)
+        env.setdefault("OMP_NUM_THREADS", str(threads_per_run(p.run.config.executor.cpus, self.jobs, cores)))
         where = "CPU"
         if self.gpus and str(p.run.config.device) in ("auto", "cuda"):  # cuda:N pins a device itself
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
@@ -201,6 +205,10 @@ class _Pool:
         seconds = time.perf_counter() - w.started
         if record is None:
             last = _last_line(w.log_path)
+            if code == EXIT_BUSY:  # another process is training this run: skipped, not failed
+                self.records[p.label] = placeholder(p, last.removeprefix("busy: "), status=BUSY)
+                self.say(last.removeprefix("busy: "), always=True)
+                return
             if code == 2:
                 self.bad_input = self.bad_input or (p.label, last.removeprefix("error: "))
                 error = f"bad input: {last.removeprefix('error: ')}"

@@ -38,11 +38,13 @@ from typing import Any
 
 import submitit
 
+from capsbench import runlock
 from capsbench.errors import UserError
 from capsbench.executors import squeue
 from capsbench.executors.local import placeholder
 from capsbench.executors.manifest import Manifest
 from capsbench.executors.plan import Planned, epochs_done, payload, read_own_record, split, sweep_dir_for
+from capsbench.runlock import BUSY, RunBusy
 from capsbench.spec import RunSpec
 
 RECORD_GRACE_S = 90  # how long a COMPLETED task's record may take to appear on a shared file system
@@ -58,8 +60,12 @@ class RunTask(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         from capsbench.executors.worker import limit_threads, run_payload
 
-        limit_threads()
-        record = run_payload(self.data, progress=False)
+        limit_threads(self.data)
+        try:
+            record = run_payload(self.data, progress=False)
+        except RunBusy as busy:  # another process trains this run (a second submission): leave it to that one
+            print(busy, file=sys.stderr)
+            return {"run_id": busy.directory.name, "status": BUSY}
         return {"run_id": record.get("run_id"), "status": record.get("status")}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -255,6 +261,10 @@ class SlurmExecutor:
                     if record is not None:
                         settled[label] = record
                     elif states is not None and not squeue.is_live(states.get(job_id)):
+                        holder = runlock.holder(p.directory)
+                        if holder is not None:  # our task skipped it: another process is training it
+                            settled[label] = placeholder(p, holder, status=BUSY)
+                            continue
                         state = states.get(job_id) or last_states.get(job_id)
                         if self._record_may_be_on_its_way(p, job_id, state):
                             continue

@@ -5,10 +5,11 @@ SWEEP_DIR is ``<out>/<spec name>`` (or ``<out>``, for every sweep in it). Runs c
 the state of each comes from its files and, for SLURM jobs, from ``squeue``:
 - done: a valid record with status ok or diverged;
 - failed: a record with status failed or oom, or a job that ended before training started;
-- running / pending: its SLURM job is running / waiting in the queue;
-- interrupted: started (config or checkpoint on disk), no record and no live job: the
-  same ``capsbench run`` command resumes it. (A local run still in progress in another
-  terminal also shows as interrupted: only SLURM jobs are looked up.)
+- running: a process holds the run's lock (``capsbench.runlock``: a local run in another
+  terminal, a ``--jobs`` worker, a SLURM task), or its SLURM job is running;
+- pending: its SLURM job is waiting in the queue;
+- interrupted: started (config or checkpoint on disk), no record, no lock held and no live
+  job: the same ``capsbench run`` command resumes it.
 
 Example::
 
@@ -22,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from capsbench import runlock
 from capsbench.errors import UserError
 from capsbench.executors import squeue
 from capsbench.executors.manifest import FILENAME, Manifest
@@ -88,6 +90,9 @@ def collect(sweep_dir: Path) -> tuple[list[RunStatus], bool]:
 
 
 def _state(directory: Path, record: dict | None, job: str, job_state, asked: bool) -> tuple[str, str]:
+    holder = runlock.holder(directory)  # a process training it now, on this machine or (lease) any node
+    if holder is not None:
+        return "running", holder
     if record is not None:
         status = record.get("status")
         acc = (record.get("metrics") or {}).get("test_accuracy")

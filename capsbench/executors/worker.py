@@ -3,7 +3,8 @@
 ``python -m capsbench.executors.worker < payload.json`` is what ``local --jobs N``
 starts per run; the SLURM task calls :func:`run_payload` directly.
 Exit codes: 0 a record was written (whatever its status); 2 bad input (one line on
-stderr); 130 interrupted (the last end-of-epoch checkpoint is the resume point).
+stderr); 75 another process is training this run, skipped (``capsbench.runlock``); 130
+interrupted (the last end-of-epoch checkpoint is the resume point).
 
 Example::
 
@@ -14,27 +15,20 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 
-def limit_threads() -> int | None:
-    """Match torch's CPU threads to what this process was given; return the count set, if any.
+def limit_threads(data: dict) -> int:
+    """Set torch's CPU threads for the run a payload describes (see :mod:`capsbench.cpus`); return the count.
 
-    torch starts one thread per core of the machine, not per core of the job: N runs on
-    one machine, or a SLURM task with 2 of 64 cores, would oversubscribe the CPUs many
-    times over. OMP_NUM_THREADS wins (torch reads it itself); otherwise SLURM's
-    SLURM_CPUS_PER_TASK.
+    ``OMP_NUM_THREADS`` wins (``local --jobs N`` sets it to each worker's share); otherwise the run's
+    ``executor.cpus``, capped by the cores this process may use (affinity, cgroup quota, SLURM's
+    ``SLURM_CPUS_PER_TASK``).
     """
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if not cpus.isdigit() or int(cpus) < 1:
-        return None
-    import torch
+    from capsbench.cpus import apply_threads, threads_per_run
 
-    torch.set_num_threads(int(cpus))
-    return int(cpus)
+    cpus = ((data.get("config") or {}).get("executor") or {}).get("cpus")
+    return apply_threads(threads_per_run(cpus))
 
 
 def run_payload(data: dict, progress: bool = False) -> dict:
@@ -48,14 +42,18 @@ def run_payload(data: dict, progress: bool = False) -> dict:
 
 def main() -> int:
     from capsbench.errors import UserError
+    from capsbench.runlock import EXIT_BUSY, RunBusy
 
     try:
         data = json.loads(sys.stdin.read())
-        limit_threads()
+        limit_threads(data)
         record = run_payload(data)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunBusy as busy:  # another process is training this run: not a failure of this one
+        print(f"busy: {busy}", file=sys.stderr)
+        return EXIT_BUSY
     except KeyboardInterrupt:
         print("interrupted: finished epochs are saved in checkpoint.pt", file=sys.stderr)
         return 130

@@ -34,12 +34,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from capsbench import numerics
-from capsbench.errors import UserError
+from capsbench.errors import OutputError, UserError
 from capsbench.io import write_text
 from capsbench.metrics.grad_norms import GradNorms
 from capsbench.metrics.layers import capsule_layers
 from capsbench.metrics.system import peak_memory_mb, reset_peak_memory
 from capsbench.registry import MODELS
+from capsbench.runlock import run_lock
 from capsbench.train.checkpoint import load_checkpoint, save_checkpoint
 from capsbench.train.display import Display
 from capsbench.train.loop import Trainer, evaluate, train_epoch
@@ -66,18 +67,25 @@ def run(cfg, run_dir: str | Path, *, spec_hash: str, progress: bool = True) -> d
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     run_dir = Path(run_dir)
     display = Display(progress=progress and cfg.output.progress, quiet=cfg.output.quiet)
-    finished = _finished_record(run_dir / "record.json", spec_hash, cfg.seed, display)
-    if finished is not None:
-        display.info(f"{run_dir}: already finished ({finished['status']}), skipped")
-        return finished
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    device = resolve_device(cfg.device)
-    if cfg.output.tensorboard:
-        display.open_tensorboard(run_dir / "tensorboard")
     try:
-        with numerics.applied(str(cfg.numerics)), _determinism(cfg.deterministic, device), \
-                sigterm_as_interrupt() as stop:
-            return _Run(cfg, run_dir, spec_hash, device, display, stop).execute()
+        finished = _finished_record(run_dir / "record.json", spec_hash, cfg.seed, display)
+        if finished is not None:
+            display.info(f"{run_dir}: already finished ({finished['status']}), skipped")
+            return finished
+        # one process trains a run at a time; another one holding it raises RunBusy (its caller skips the run)
+        with run_lock(run_dir):
+            # another process may have finished it between the look above and the lock: never train it twice
+            finished = _finished_record(run_dir / "record.json", spec_hash, cfg.seed, display, warn=False)
+            if finished is not None:
+                display.info(f"{run_dir}: already finished ({finished['status']}), skipped")
+                return finished
+            write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            device = resolve_device(cfg.device)
+            if cfg.output.tensorboard:
+                display.open_tensorboard(run_dir / "tensorboard")
+            with numerics.applied(str(cfg.numerics)), _determinism(cfg.deterministic, device), \
+                    sigterm_as_interrupt() as stop:
+                return _Run(cfg, run_dir, spec_hash, device, display, stop).execute()
     finally:
         display.close()
 
@@ -97,17 +105,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _finished_record(path: Path, spec_hash: str, seed: int, display: Display) -> dict | None:
+def _finished_record(path: Path, spec_hash: str, seed: int, display: Display, warn: bool = True) -> dict | None:
     if not path.exists():
         return None
     record = read_record(path)
     if record is None:
-        display.warn(f"{path} is corrupt (unreadable or checksum mismatch); running again")
+        if warn:
+            display.warn(f"{path} is corrupt (unreadable or checksum mismatch); running again")
         return None
     if record.get("spec_hash") != spec_hash or record.get("seed") != seed:
-        display.warn(
-            f"{path} belongs to another run (spec {record.get('spec_hash')}, seed {record.get('seed')}); running again"
-        )
+        if warn:
+            display.warn(
+                f"{path} belongs to another run (spec {record.get('spec_hash')}, seed {record.get('seed')}); "
+                "running again"
+            )
         return None
     return record
 
@@ -154,6 +165,7 @@ class _Run:
         self.trainer: Trainer | None = None
         self.num_classes: int | None = None
         self._last_test = None  # (EpochResult, dead summary) of the latest test epoch
+        self.saved_epoch = 0  # the epoch checkpoint.pt holds (0: none yet)
         self.started = time.perf_counter()
 
     # -- building ---------------------------------------------------------------------------
@@ -210,6 +222,7 @@ class _Run:
             self.state = RunState()
             return
         self.state.resumes.append(self.state.epoch)
+        self.saved_epoch = self.state.epoch
         self.display.info(f"resuming {path} after epoch {self.state.epoch}")
 
     # -- running ----------------------------------------------------------------------------
@@ -247,7 +260,8 @@ class _Run:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        record = write_record(self.run_dir / "record.json", self._record(status, error, diverged_epoch))
+        with self._keeping_checkpoint("writing the record"):
+            record = write_record(self.run_dir / "record.json", self._record(status, error, diverged_epoch))
         self.display.info(
             f"{self.run_dir}: {status}"
             + (
@@ -258,6 +272,23 @@ class _Run:
             + (f" ({error})" if error else "")
         )
         return record
+
+    @contextmanager
+    def _keeping_checkpoint(self, what: str):
+        """A write that fails (full disk, quota, permissions) stops the run with one line: what was kept.
+
+        The files are written atomically, so the previous checkpoint is intact and the same command
+        resumes from it; no record is written (there is nothing wrong with the run itself).
+        """
+        try:
+            yield
+        except OutputError as exc:
+            kept = (
+                f"checkpoint.pt of epoch {self.saved_epoch} is intact; free space and run the same command to resume"
+                if self.saved_epoch
+                else "no checkpoint was saved yet; free space and run the same command again"
+            )
+            raise OutputError(f"{exc} ({what}); {kept}") from None
 
     def _trainer(self) -> Trainer:
         p, cfg = self.parts, self.cfg
@@ -366,8 +397,10 @@ class _Run:
         st.train_seconds += tr.seconds
         st.epoch_seconds += seconds
         st.peak_memory_mb = max(st.peak_memory_mb, peak)
-        st.write_outputs(self.run_dir)
-        self._checkpoint()
+        with self._keeping_checkpoint(f"saving epoch {epoch}"):
+            st.write_outputs(self.run_dir)
+            self._checkpoint()
+        self.saved_epoch = epoch
         self.display.epoch_line(line)
         self.stop.check()
 
