@@ -39,11 +39,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from baselines.base import BaselineModel, name_blocks
-from baselines.options import depth_of, positive, read_options
+from baselines.options import read_options
 from capsbench.capsules.layers import frozen_buffers  # BN statistics move once per step
+from capsbench.options import Option
 
 NAME = "timm_resnet"
-DEFAULTS: dict[str, Any] = {"width": 16, "zero_init_last": True}
+OPTIONS: dict[str, Option] = {
+    "width": Option(int, 16, ge=1, doc="channels of the first stage (doubled at each later stage)"),
+    "zero_init_last": Option(bool, True, doc="zero the last BatchNorm of every block (identity at init)"),
+}
 STAGES = 3
 
 
@@ -117,9 +121,8 @@ class CifarResNet(BaselineModel, nn.Module):
 
 def build_timm_resnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any) -> CifarResNet:
     """The ``timm_resnet`` baseline of ``cfg`` (a ModelConfig or a DictConfig with its fields)."""
-    depth = depth_of(cfg)
-    options = read_options(cfg.options, DEFAULTS, NAME)
-    positive("width", options["width"], NAME)
+    depth = int(cfg.depth)  # >= 0: checked when the spec loaded
+    options = read_options(cfg.options, OPTIONS, NAME)
     return CifarResNet(
         num_classes,
         in_channels,

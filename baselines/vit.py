@@ -29,11 +29,18 @@ from typing import Any
 from timm.models.vision_transformer import VisionTransformer
 
 from baselines.base import BaselineModel, name_blocks
-from baselines.options import depth_of, image_hw, positive, read_options
+from baselines.options import image_hw, read_options
 from capsbench.errors import UserError
+from capsbench.options import Option
 
 NAME = "timm_vit"
-DEFAULTS: dict[str, Any] = {"patch_size": 4, "embed_dim": 192, "num_heads": 3, "mlp_ratio": 4.0, "drop_path_rate": 0.0}
+OPTIONS: dict[str, Option] = {
+    "patch_size": Option(int, 4, ge=1, doc="side of the square patches (must divide the image size)"),
+    "embed_dim": Option(int, 192, ge=1, doc="token width"),
+    "num_heads": Option(int, 3, ge=1, doc="attention heads (must divide embed_dim)"),
+    "mlp_ratio": Option(float, 4.0, gt=0, doc="hidden width of the MLP over embed_dim"),
+    "drop_path_rate": Option(float, 0.0, ge=0, lt=1, doc="timm stochastic-depth rate"),
+}
 
 
 class TimmViT(BaselineModel, VisionTransformer):
@@ -46,12 +53,8 @@ class TimmViT(BaselineModel, VisionTransformer):
 
 def build_timm_vit(cfg: Any, num_classes: int, in_channels: int, image_size: Any) -> TimmViT:
     """The ``timm_vit`` baseline of ``cfg`` (a ModelConfig or a DictConfig with its fields)."""
-    depth = depth_of(cfg)
-    options = read_options(cfg.options, DEFAULTS, NAME)
-    for key in ("patch_size", "embed_dim", "num_heads", "mlp_ratio"):
-        positive(key, options[key], NAME)
-    if not 0.0 <= options["drop_path_rate"] < 1.0:
-        raise UserError(f"model.options.drop_path_rate: expected a number in [0, 1), got {options['drop_path_rate']!r}")
+    depth = int(cfg.depth)  # >= 0: checked when the spec loaded
+    options = read_options(cfg.options, OPTIONS, NAME)
     hw, patch = image_hw(image_size), options["patch_size"]
     if hw[0] % patch or hw[1] % patch:
         divisors = [p for p in range(1, min(hw) + 1) if hw[0] % p == 0 and hw[1] % p == 0]

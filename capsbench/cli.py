@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from capsbench.errors import UserError, did_you_mean
-from capsbench.io import writable_dir
 from capsbench.runlock import BUSY, EXIT_BUSY
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -40,8 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run failed/oom runs again (old record kept aside)")
     debug_flag(run)
 
-    validate = sub.add_parser("validate", help="validate spec files or folders of specs")
-    validate.add_argument("paths", nargs="+", help="spec files or folders (searched for *.yaml)")
+    validate = sub.add_parser("validate", help="validate spec files or folders of specs, with the overrides of run")
+    validate.add_argument(
+        "paths", nargs="+", metavar="SPEC_OR_DIR [key=value ...]",
+        help="spec files or folders (searched for *.yaml), then overrides as `run` takes them",
+    )
+    validate.set_defaults(overrides=[])
     debug_flag(validate)
 
     lister = sub.add_parser("list", help="list registered components, one name per line")
@@ -67,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 # Modules with ``add_commands(subparsers) -> {name: func(args) -> exit code}``; kept free of
 # heavy imports at module level so `capsbench --help` stays fast.
 COMMAND_MODULES: list[str] = [
-    "capsbench.executors.status", "capsbench.results.cli", "capsbench.report.cli", "capsbench.fingerprints_cli",
+    "capsbench.executors.status", "capsbench.report.leaderboard_cli", "capsbench.report.cli",
+    "capsbench.fingerprints_cli",
 ]
 
 
@@ -86,17 +90,13 @@ def cmd_bench(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from capsbench import spec
-    from capsbench.executors import get_executor
+    from capsbench import api
 
-    runs = spec.load(args.spec, args.overrides)
+    runs, out = api.plan(args.spec, args.overrides, args.out, out_key="--out")
     reexec_for_numerics({str(run.config.numerics) for run in runs})
-    out = writable_dir(args.out or runs[0].config.output.dir, "--out" if args.out else "output.dir")
-    executor = get_executor(
-        args.executor or str(runs[0].config.executor.name),
-        quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed,
+    records = api.execute(
+        runs, out, executor=args.executor, quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed
     )
-    records = executor.run_all(runs, out)
     from capsbench.summary import print_summary
 
     print_summary(records)
@@ -129,6 +129,11 @@ def reexec_for_numerics(modes: set[str]) -> None:
         reexec(sys.argv[1:], missing)
 
 
+def is_override(text: str) -> bool:
+    """``key=value``: an override, not an option or an existing file (the one rule for every command)."""
+    return "=" in text and not text.startswith("-") and not Path(text).exists()
+
+
 def _spec_files(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
@@ -145,19 +150,14 @@ def _spec_files(paths: list[str]) -> list[Path]:
 def cmd_validate(args) -> int:
     from capsbench import spec
 
-    files = _spec_files(args.paths)
+    overrides = [a for a in args.paths if is_override(a)] + args.overrides
+    files = _spec_files([a for a in args.paths if not is_override(a)])
     if not files:
         raise UserError(f"{', '.join(args.paths)}: no *.yaml spec files found")
     bad = 0
-    checked_routings: set[str] = set()
     for path in files:
         try:
-            runs = spec.load(path)
-            for run in runs:
-                key = (run.config.model.routing, tuple(sorted(run.config.model.routing_options)))
-                if key not in checked_routings:
-                    spec.check_routing_options(run.config)
-                    checked_routings.add(key)
+            runs = spec.load(path, overrides)  # types, ranges, names and routing options: no torch
             print(f"ok     {path} ({len(runs)} run{'s' if len(runs) != 1 else ''})")
         except UserError as exc:
             bad += 1
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`run SPEC --out DIR a=1`); argparse stops at the option
     if extra:
-        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        if hasattr(args, "overrides") and all(is_override(e) for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

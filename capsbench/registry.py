@@ -31,31 +31,71 @@ PLUGIN_GROUP = "capsbench.plugins"
 
 
 class Registry:
-    """Name -> component, with lazy entries and did-you-mean errors."""
+    """Name -> component, with lazy entries and did-you-mean errors.
 
-    def __init__(self, kind: str):
+    ``base`` (a ``"module:attr"`` string, imported only when a component is checked) is what
+    every component of the kind must be: a subclass of it (``form="class"``), an instance of
+    it (``form="instance"``); ``form="callable"`` asks for any callable. A component is
+    checked when it is registered as an object and when a lazy entry is first imported.
+    """
+
+    def __init__(self, kind: str, base: str | None = None, form: str = "class"):
+        if form not in ("class", "instance", "callable"):
+            raise ValueError(f"form must be class, instance or callable, got {form!r}")
         self.kind = kind  # singular, for messages: "routing", "dataset", ...
+        self.base = base
+        self.form = form
         self._entries: dict[str, Any] = {}
         self._sources: dict[str, str] = {}
+        self._options: dict[str, Any] = {}  # name -> {option: Option} or a lazy "module:attr" of one
 
-    def register(self, name: str, obj: Any = None, *, source: str = "capsbench", replace: bool = False):
+    def register(
+        self, name: str, obj: Any = None, *, source: str = "capsbench", replace: bool = False, options: Any = None
+    ):
         """Register ``obj`` under ``name``; without ``obj`` return a decorator.
 
         ``obj`` may be a ``"module:attr"`` string, imported on first ``get``.
-        Registering a taken name is an error unless ``replace=True``.
+        Registering a taken name is an error unless ``replace=True`` or ``obj`` is what the
+        taken lazy entry names (a module registering itself when its lazy entry imports it).
+        ``options`` declares the component's options (``{name: capsbench.options.Option}``, or
+        a ``"module:attr"`` of such a table in a module that imports no torch), read by
+        ``declared_options`` without importing the component.
         """
         if obj is None:
-            return lambda o: self.register(name, o, source=source, replace=replace)
+            return lambda o: self.register(name, o, source=source, replace=replace, options=options)
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.kind} names must be non-empty strings, got {name!r}")
-        if name in self._entries and not replace and self._entries[name] is not obj:
+        own = name in self._entries and _is_own_lazy_entry(self._entries[name], obj)
+        if name in self._entries and not replace and self._entries[name] is not obj and not own:
             raise ValueError(
                 f"{self.kind} '{name}' is already registered (by {self._sources[name]}); "
                 "pick another name or pass replace=True"
             )
+        if not isinstance(obj, str):
+            self._check_kind(name, obj)
         self._entries[name] = obj
-        self._sources[name] = source
+        if not own:  # a module replacing its own lazy entry keeps who registered the name
+            self._sources[name] = source
+            self._options.pop(name, None)
+        if options is not None:
+            self._options[name] = options
         return obj
+
+    def _check_kind(self, name: str, obj: Any) -> None:
+        """One-line UserError when ``obj`` is not what this kind of component must be."""
+        if self.form == "callable":
+            if not callable(obj):
+                raise UserError(f"{self.kind} '{name}': expected a callable, got {_describe(obj)}")
+            return
+        if self.base is None:
+            return
+        base = _import(self.base)
+        ok = isinstance(obj, base) if self.form == "instance" else isinstance(obj, type) and issubclass(obj, base)
+        if not ok:
+            what = "an instance" if self.form == "instance" else "a subclass"
+            raise UserError(
+                f"{self.kind} '{name}': expected {what} of {base.__module__}.{base.__qualname__}, got {_describe(obj)}"
+            )
 
     def get(self, name: str) -> Any:
         """Return the component named ``name``, importing a lazy entry if needed."""
@@ -74,8 +114,30 @@ class Registry:
                     f"{self.kind} '{name}' is registered as '{obj}' ({self._sources[name]}) but cannot be "
                     f"imported: {exc.__class__.__name__}: {exc}"
                 ) from exc
+            self._check_kind(name, obj)
             self._entries[name] = obj
         return obj
+
+    def declared_options(self, name: str) -> Any:
+        """The options ``name`` declares (``{option: Option}``), or None when it declares none.
+
+        A declaration given at registration is read without importing the component (the
+        built-in routings': ``capsbench validate`` stays free of torch); otherwise the
+        component's ``OPTIONS`` attribute, which imports it.
+        """
+        load_plugins()
+        declared = self._options.get(name)
+        if isinstance(declared, str):
+            try:
+                declared = self._options[name] = _import(declared)
+            except (ImportError, AttributeError) as exc:
+                raise UserError(
+                    f"{self.kind} '{name}' declares its options as '{declared}' but they cannot be imported: "
+                    f"{exc.__class__.__name__}: {exc}"
+                ) from exc
+        if declared is None:
+            declared = getattr(self.get(name), "OPTIONS", None)
+        return declared
 
     def source(self, name: str) -> str:
         """Who registered ``name``: 'capsbench' or the plugin's entry-point name."""
@@ -98,6 +160,7 @@ class Registry:
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
         self._sources.pop(name, None)
+        self._options.pop(name, None)
 
     def __contains__(self, name: object) -> bool:
         load_plugins()
@@ -110,6 +173,22 @@ class Registry:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
 
 
+def _is_own_lazy_entry(entry: Any, obj: Any) -> bool:
+    """True when ``entry`` is the lazy ``"module:attr"`` string that names ``obj`` itself.
+
+    A module listed lazily in ``_BUILTINS`` that also registers its component with the
+    decorator replaces its own entry when it is imported; it may never replace another's.
+    """
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return isinstance(entry, str) and module is not None and entry == f"{module}:{qualname}"
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, type):
+        return f"class {obj.__module__}.{obj.__qualname__}"
+    return f"{type(obj).__name__} {obj!r}"[:120]
+
+
 def _import(target: str) -> Any:
     module, _, attr = target.partition(":")
     obj = importlib.import_module(module)
@@ -118,14 +197,17 @@ def _import(target: str) -> Any:
     return obj
 
 
-ROUTINGS = Registry("routing")
-MODELS = Registry("model")
-BACKBONES = Registry("backbone")
-DATASETS = Registry("dataset")
-LOSSES = Registry("loss")
-METRICS = Registry("metric")
-OPTIMIZERS = Registry("optimizer")
-SCHEDULERS = Registry("scheduler")
+# What each kind must be. A base class where capsbench relies on more than a call (the routing
+# interface and its declared options, a backbone's out_channels, a data set's pipeline hooks);
+# a callable where the contract is the call itself (factories and builders).
+ROUTINGS = Registry("routing", base="capsbench.capsules.routing.base:Routing")
+MODELS = Registry("model", form="callable")  # builder(cfg, num_classes, in_channels, image_size) -> nn.Module
+BACKBONES = Registry("backbone", base="capsbench.models.backbones:Backbone")
+DATASETS = Registry("dataset", base="capsbench.data.loader:DatasetLoader", form="instance")
+LOSSES = Registry("loss", form="callable")  # (**loss_options) -> nn.Module
+METRICS = Registry("metric", form="callable")
+OPTIMIZERS = Registry("optimizer", form="callable")  # (params, **kwargs) -> torch.optim.Optimizer
+SCHEDULERS = Registry("scheduler", form="callable")  # (optimizer, cfg, epochs) -> LRScheduler
 
 REGISTRIES: dict[str, Registry] = {
     "routings": ROUTINGS,
@@ -138,13 +220,17 @@ REGISTRIES: dict[str, Registry] = {
     "schedulers": SCHEDULERS,
 }
 
-# The built-in components, declared lazily: the one place that lists them.
-_BUILTINS: dict[Registry, dict[str, str]] = {
+# The built-in components, declared lazily: the one place that lists them. An entry is
+# "module:attr", or ("module:attr", "module:attr of its options table") when the component has
+# options to check without importing it (routings: capsbench/capsules/routing/declared_options.py).
+_ROUTING_OPTIONS = "capsbench.capsules.routing.declared_options"
+_BUILTINS: dict[Registry, dict[str, str | tuple[str, str]]] = {
     ROUTINGS: {
-        "em": "capsbench.capsules.routing.em:EMRouting",
-        "vb": "capsbench.capsules.routing.vb:VBRouting",
-        "self": "capsbench.capsules.routing.self_routing:SelfRouting",
-        "dynamic": "capsbench.capsules.routing.dynamic:DynamicRouting",
+        "em": ("capsbench.capsules.routing.em:EMRouting", f"{_ROUTING_OPTIONS}:EM"),
+        "vb": ("capsbench.capsules.routing.vb:VBRouting", f"{_ROUTING_OPTIONS}:VB"),
+        "self": ("capsbench.capsules.routing.self_routing:SelfRouting", f"{_ROUTING_OPTIONS}:SELF"),
+        "dynamic": ("capsbench.capsules.routing.dynamic:DynamicRouting", f"{_ROUTING_OPTIONS}:DYNAMIC"),
+        "uniform": ("capsbench.capsules.routing.uniform:UniformRouting", f"{_ROUTING_OPTIONS}:UNIFORM"),
     },
     MODELS: {
         "capsnet": "capsbench.models.capsnet:build_capsnet",
@@ -187,9 +273,17 @@ _BUILTINS: dict[Registry, dict[str, str]] = {
         "cosine": "capsbench.train.optim:cosine_schedule",
     },
 }
-for _registry, _table in _BUILTINS.items():
-    for _name, _target in _table.items():
-        _registry.register(_name, _target)
+
+
+def register_builtins(builtins: dict[Registry, dict[str, str | tuple[str, str]]]) -> None:
+    """Register lazy entries as ``_BUILTINS`` lists them (tests follow CONTRIBUTING.md through this)."""
+    for registry, table in builtins.items():
+        for name, entry in table.items():
+            target, options = (entry, None) if isinstance(entry, str) else entry
+            registry.register(name, target, options=options)
+
+
+register_builtins(_BUILTINS)
 
 _plugins_loaded = False
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import inspect
 import itertools
 import json
 import re
@@ -36,8 +35,9 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from capsbench.config import HASH_NEUTRAL_DEFAULTS, NON_RESULT_KEYS, RunConfig
+from capsbench.config import HASH_NEUTRAL_DEFAULTS, NON_RESULT_KEYS, RANGE, RunConfig, plain
 from capsbench.errors import SpecError, UserError, did_you_mean
+from capsbench.options import Option, check_options
 
 SPEC_KEYS = ("extends", "sweep")  # keys of a spec file that are not run-config keys
 
@@ -321,45 +321,27 @@ def _validate_section(data: Any, cls: type, prefix: str) -> dict:
     return out
 
 
+@functools.cache
+def _declared_ranges(cls: type = RunConfig, prefix: str = "") -> tuple[tuple[str, Option], ...]:
+    """``(dotted key, Option)`` of every field declared with ``config.ranged``, from the annotations."""
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[str, Option]] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += _declared_ranges(tp, f"{prefix}{f.name}.")
+        elif RANGE in f.metadata:
+            args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+            (base,) = [a for a in args if a is not type(None)]
+            option = Option(base, f.default, nullable=type(None) in args, **f.metadata[RANGE])
+            out.append((f"{prefix}{f.name}", option))
+    return tuple(out)
+
+
 def _check_range(cfg: DictConfig) -> None:
-    """Value checks types cannot express."""
-    m, d, t = cfg.model, cfg.data, cfg.train
-
-    def need(ok: bool, key: str, expected: str, value: Any) -> None:
-        if not ok:
-            raise SpecError(f"{key}: expected {expected}, got {value!r}")
-
-    need(m.depth >= 0, "model.depth", "an integer >= 0 (extra ConvCaps layers)", m.depth)
-    need(m.capsule_types >= 1, "model.capsule_types", "an integer >= 1", m.capsule_types)
-    need(m.primary_types >= 1, "model.primary_types", "an integer >= 1", m.primary_types)
-    need(m.pose_dim >= 1, "model.pose_dim", "an integer >= 1", m.pose_dim)
-    need(m.iterations >= 1, "model.iterations", "an integer >= 1", m.iterations)
-    need(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
-    need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
-    need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)
-    need(t.precise_bn >= 0, "train.precise_bn", "an integer >= 0 (training images; 0 = off)", t.precise_bn)
-    need(t.amp in ("off", "bf16", "fp16"), "train.amp", "one of off, bf16, fp16", t.amp)
-    need(t.optimizer.lr > 0, "train.optimizer.lr", "a number > 0", t.optimizer.lr)
-    need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "a number > 0 or null", t.grad_clip)
-    need(
-        t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
-        "train.max_steps_per_epoch", "an integer >= 1 or null", t.max_steps_per_epoch,
-    )
-    need(d.subset is None or d.subset >= 1, "data.subset", "an integer >= 1 or null", d.subset)
-    need(d.test_subset is None or d.test_subset >= 1, "data.test_subset", "an integer >= 1 or null", d.test_subset)
-    need(d.val_size >= 0, "data.val_size", "a fraction in [0, 1) or a count >= 1", d.val_size)
-    need(d.image_size is None or d.image_size >= 4, "data.image_size", "an integer >= 4 or null", d.image_size)
-    threshold = cfg.metrics.dead_threshold
-    need(0 <= threshold <= 1, "metrics.dead_threshold", "a number in [0, 1]", threshold)
-    need(cfg.metrics.grad_norm_every >= 1, "metrics.grad_norm_every", "an integer >= 1", cfg.metrics.grad_norm_every)
-    need(cfg.executor.name in ("local", "slurm"), "executor.name", "one of local, slurm", cfg.executor.name)
-    need(cfg.executor.jobs >= 1, "executor.jobs", "an integer >= 1", cfg.executor.jobs)
-    need(cfg.numerics in ("native", "portable"), "numerics", "one of native, portable", cfg.numerics)
-    dev = str(cfg.device)
-    need(
-        dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-        "device", "auto, cpu, cuda, cuda:N or mps", dev,
-    )
+    """Every value against its field's declared range: the one place ranges are checked."""
+    for key, option in _declared_ranges():
+        option.check(OmegaConf.select(cfg, key), key)
 
 
 def _check_names(cfg: DictConfig) -> None:
@@ -376,24 +358,24 @@ def _check_names(cfg: DictConfig) -> None:
     SCHEDULERS.check(cfg.train.scheduler.name, "train.scheduler.name")
 
 
-def check_routing_options(cfg: DictConfig) -> None:
-    """Unknown routing options are errors: checked against the routing's constructor.
+# Arguments the model builder passes every routing itself: never routing options.
+_ROUTING_ARGUMENTS = ("children", "parents", "pose_dim", "iterations", "in_pose_dim")
 
-    Imports the routing module (and so torch); ``capsbench validate`` calls it.
+
+def _check_routing_options(cfg: DictConfig) -> None:
+    """``model.routing_options`` against the options the routing declares (types, ranges, did-you-mean).
+
+    The built-in routings declare theirs as data, so this imports no torch.
     """
     from capsbench.registry import ROUTINGS
 
-    routing = ROUTINGS.get(cfg.model.routing)
-    params = inspect.signature(routing.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n in params if n not in ("self", "children", "parents", "pose_dim", "iterations", "in_pose_dim")]
-    for key in cfg.model.routing_options:
-        if key not in accepted:
-            raise SpecError(
-                f"model.routing_options.{key}: unknown option of routing '{cfg.model.routing}'"
-                f"{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted) or '(none)'}"
-            )
+    options = plain(cfg.model.routing_options)
+    for key in options:
+        if key in _ROUTING_ARGUMENTS:
+            hint = f"set model.{key} instead" if key in ("pose_dim", "iterations") else "the model builder sets it"
+            raise SpecError(f"model.routing_options.{key}: not a routing option ({hint})")
+    declared = ROUTINGS.declared_options(cfg.model.routing) or {}
+    check_options(options, declared, "model.routing_options", f"routing '{cfg.model.routing}'")
 
 
 @functools.cache
@@ -408,6 +390,7 @@ def build_config(data: dict) -> DictConfig:
     cfg = OmegaConf.merge(_defaults(), OmegaConf.create(clean))  # merge copies: the cached defaults stay clean
     _check_range(cfg)
     _check_names(cfg)
+    _check_routing_options(cfg)
     return cfg
 
 

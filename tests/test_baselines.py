@@ -165,7 +165,7 @@ def test_baselines_backpropagate_to_every_block():
             "model.options.widht: unknown option of model 'timm_resnet' (did you mean 'width'?)",
         ),
         ("timm_resnet", {"width": 0}, "model.options.width"),
-        ("timm_resnet", {"width": 2.5}, "model.options.width: expected int"),
+        ("timm_resnet", {"width": 2.5}, "model.options.width: expected an integer >= 1, got 2.5"),
         ("timm_vit", {"patch_sise": 2}, "(did you mean 'patch_size'?)"),
         ("timm_vit", {"patch_size": 5}, "model.options.patch_size: 5 does not divide the 16x16 images"),
         ("timm_vit", {"num_heads": 3}, "model.options.num_heads: 3 does not divide embed_dim 16"),
@@ -178,9 +178,11 @@ def test_bad_options_are_one_line_user_errors(arch, options, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_negative_depth_is_a_user_error():
-    with pytest.raises(UserError, match="model.depth"):
-        _model("timm_vit", -1)
+def test_negative_depth_is_a_user_error_at_load():
+    from capsbench import spec
+
+    with pytest.raises(UserError, match="^model.depth: expected an integer >= 0"):
+        spec.load(REPO / "specs" / "baselines_quick.yaml", ["model.depth=-1"])
 
 
 @pytest.mark.parametrize("arch", BASELINES)

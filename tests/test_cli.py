@@ -31,7 +31,7 @@ def test_shipped_specs_all_validate(capsys):
 
 def test_list_prints_one_name_per_line(capsys):
     assert main(["list", "routings"]) == 0
-    assert capsys.readouterr().out.split("\n")[:4] == ["dynamic", "em", "self", "vb"]
+    assert capsys.readouterr().out.split("\n")[:5] == ["dynamic", "em", "self", "uniform", "vb"]
 
 
 @pytest.mark.parametrize(
@@ -111,3 +111,14 @@ def test_malloc_tuning_reexecutes_once_and_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("CAPSBENCH_MALLOC_TUNING", "0")
     malloc.reexec_if_untuned(["run"])
     assert len(calls) == 1 and "MALLOC_TRIM_THRESHOLD_" not in malloc.tuned_env()
+
+
+def test_validate_takes_overrides_as_run_does(capsys):
+    """`validate SPEC key=value` checks what `run SPEC key=value` would run (issue 12, item 6)."""
+    spec = str(REPO / "specs" / "quickstart.yaml")
+    assert main(["validate", spec, "train.epochs=2", "model.depth=3"]) == 0
+    assert "(1 run)" in capsys.readouterr().out  # depth fixed by the override: one run, not the swept two
+    assert main(["validate", spec, "train.epochs=0"]) == 2
+    assert "train.epochs: expected an integer >= 1" in capsys.readouterr().err
+    assert main(["validate", spec, "--debug", "model.routng=em"]) == 2  # after an option too, as for run
+    assert "model.routng: unknown key (did you mean 'routing'?)" in capsys.readouterr().err

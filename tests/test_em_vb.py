@@ -395,12 +395,12 @@ def test_registry_and_class_attributes():
     "cls, options, message",
     [
         (EMRouting, {"final_lamda": 1.0}, "did you mean 'final_lambda'"),
-        (EMRouting, {"normalise": "children"}, "option normalise must be one of"),
-        (EMRouting, {"min_var": 0}, "option min_var must be a number > 0"),
-        (EMRouting, {"cost": "max"}, "option cost must be one of"),
-        (VBRouting, {"activation_bn": "yes"}, "option activation_bn must be true or false"),
+        (EMRouting, {"normalise": "children"}, "routing_options.normalise: expected one of"),
+        (EMRouting, {"min_var": 0}, "routing_options.min_var: expected a number > 0"),
+        (EMRouting, {"cost": "max"}, "routing_options.cost: expected one of"),
+        (VBRouting, {"activation_bn": "yes"}, "routing_options.activation_bn: expected true or false"),
         (VBRouting, {"nu0": 2, "log_det": "wishart"}, "option nu0 must be a number > 3"),
-        (VBRouting, {"kappa0": "1"}, "option kappa0 must be a number > 0"),
+        (VBRouting, {"kappa0": "1"}, "routing_options.kappa0: expected a number > 0"),
         (VBRouting, {"iterations": 0}, "option iterations must be an integer >= 1"),
     ],
 )

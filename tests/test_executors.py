@@ -20,7 +20,7 @@ from capsbench.executors.local import LocalExecutor
 from capsbench.executors.manifest import Manifest
 from capsbench.executors.plan import plan, run_dir_for, set_aside, split
 from capsbench.executors.status import collect, counts
-from capsbench.train.record import read_record, write_record
+from capsbench.results.run_record import read_record, write_record
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = str(REPO / "specs" / "quickstart.yaml")
@@ -185,7 +185,7 @@ def test_slurm_settings_are_checked_before_anything_is_submitted(monkeypatch):
     assert s.parameters["gpus_per_node"] == 1 and s.extra == {"slurm_account": "lab"} and s.wait
     for override, needle in [
         ("executor.options.wait=maybe", "executor.options.wait: expected true or false"),
-        ("executor.time_min=0", "executor.time_min: expected minutes >= 1"),
+        ("executor.time_min=0", "executor.time_min: expected an integer >= 1"),  # at spec load
         ("executor.options.poll_s=-1", "executor.options.poll_s: expected seconds > 0"),
     ]:
         with pytest.raises(UserError, match=needle):

@@ -171,7 +171,8 @@ def test_conv_caps_padded_children_are_silent():
     """Padded children have activation 0 and pose 0, hence votes 0."""
     layer = ConvCaps(2, 3, 3, 1, 1, routing="self", pose_dim=16)
     c = caps(t=2, h=3, w=3)
-    votes, act, pose, geo = layer._children(*c)
+    lazy, act, geo = layer._children(*c)
+    votes, pose = lazy.materialize(), lazy.pose
     corner = 0  # window centred on (0, 0): its first row and column are padding
     padded = act[:, corner] == 0
     assert padded.sum() == 2 * 2 * 5  # 5 padded offsets per type, 2 types, batch 2
@@ -194,7 +195,8 @@ def test_class_caps_shared_mode_adds_coordinates_to_shared_votes():
     layer = ClassCaps(2, 3, routing="dynamic", pose_dim=16, in_hw=(3, 2), mode="shared", coordinate_scale=2.0)
     assert layer.votes.weight.shape[0] == 2  # one weight per child type, shared over the 6 positions
     c = caps(t=2, h=3, w=2)
-    votes, act, pose, _ = layer._children(*c)
+    lazy, act, _ = layer._children(*c)
+    votes, pose = lazy.materialize(), lazy.pose
     assert votes.shape == (2, 1, 12, 3, 16) and act.shape == (2, 1, 12) and pose.shape == (2, 1, 12, 16)
     offsets = coordinate_offsets((3, 2), 16, 2.0)
     for h, w, t in itertools.product(range(3), range(2), range(2)):

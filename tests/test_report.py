@@ -49,6 +49,7 @@ def test_every_figure_renders_from_a_saved_run(sweep, tmp_path, capsys):
         "quickstart-v1/digits-gradients.png",
         f"runs/{run.name}/activations.png",
         f"runs/{run.name}/gradients.png",
+        f"runs/{run.name}/mechanism.png",  # the run recorded the mechanism telemetry (on by default)
     ]
     for name in figures:
         height, width, _ = png_shape(out / name)

@@ -8,9 +8,9 @@ import pytest
 
 from capsbench.errors import UserError
 from capsbench.results.entry import method_of, record_path, to_entry
-from capsbench.results.schema import check_leaderboard_record, read_leaderboard_record, read_run_record
+from capsbench.results.run_record import read_run_record, seal
+from capsbench.results.schema import check_leaderboard_record, read_leaderboard_record
 from capsbench.results.testing import fake_run_record, write_fake_run
-from capsbench.train.record import seal
 
 
 def _write(tmp_path, record, name="record.json"):

@@ -9,6 +9,9 @@ Permutation of children: a routing may have parameters indexed by child (self-ro
 those together with the votes, activations and child poses. Every parameter is perturbed
 with N(0, 0.3^2) noise first: training moves parameters anywhere, and zero-initialised
 per-child parameters would hide a missing declaration.
+
+Routings with a fused path (``forward_lazy``) run every property on it too (``impl="fused"``):
+arbitrary votes reach it as lazy votes through identity weights (``lazy_identity``).
 """
 
 from __future__ import annotations
@@ -17,23 +20,54 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import nn
 from torch.func import functional_call
 
 from capsbench.capsules.layers import ConvCaps
+from capsbench.capsules.routing.base import IDENTITY_GEOMETRY
+from capsbench.capsules.routing.votes import LazyVotes
 from capsbench.capsules.types import Capsules
 from capsbench.registry import ROUTINGS
 
 NAMES = ROUTINGS.names()
 
 
-def make_routing(name, children, parents, pose_dim, iterations=3, seed=0, dtype=torch.float32):
+def _has_fused(name: str) -> bool:
+    return ROUTINGS.get(name)(children=2, parents=2, pose_dim=4).fused_unavailable() is None
+
+
+# every routing on its reference path, and the routings that have one on their fused path
+PATHS = [(name, "reference") for name in NAMES] + [(name, "fused") for name in NAMES if _has_fused(name)]
+
+
+def lazy_identity(votes: torch.Tensor) -> LazyVotes:
+    """Any votes ``[N, L, I, J, D]`` as lazy votes: poses = the flattened votes, identity linear weights."""
+    i, j, d = votes.shape[2:]
+    eye = torch.eye(j * d, dtype=votes.dtype).expand(i, j * d, j * d)
+    return LazyVotes(votes.flatten(-2), eye, "linear", parents=j, pose_dim=d)
+
+
+class Path(nn.Module):
+    """A routing called on one path: ``forward(votes, act, pose)`` for both (so functional_call works)."""
+
+    def __init__(self, routing, impl):
+        super().__init__()
+        self.routing, self.impl = routing, impl
+
+    def forward(self, votes, act, pose):
+        if self.impl == "fused":
+            return self.routing.forward_lazy(lazy_identity(votes), act, IDENTITY_GEOMETRY, need_coefficients=True)
+        return self.routing(votes, act, pose)
+
+
+def make_routing(name, children, parents, pose_dim, iterations=3, seed=0, dtype=torch.float32, impl="reference"):
     torch.manual_seed(seed)
     routing = ROUTINGS.get(name)(children=children, parents=parents, pose_dim=pose_dim, iterations=iterations)
     routing = routing.to(dtype)
     with torch.no_grad():  # learned values, not the (often zero) initial ones
         for param in routing.parameters():
             param.add_(0.3 * torch.randn_like(param))
-    return routing
+    return Path(routing, impl)
 
 
 @st.composite
@@ -80,15 +114,15 @@ def check_output(routing, out, votes):
     torch.testing.assert_close(out.coefficients.sum(-1), torch.ones(n, length, i), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,impl", PATHS)
 @given(data=routing_inputs())
-def test_outputs_and_gradients_are_finite_and_in_range(name, data):
+def test_outputs_and_gradients_are_finite_and_in_range(name, impl, data):
     votes, act, pose, train, seed = data
     n, length, i, j, d = votes.shape
-    routing = make_routing(name, i, j, d, seed=seed).train(train)
+    routing = make_routing(name, i, j, d, seed=seed, impl=impl).train(train)
     votes, act, pose = votes.requires_grad_(), act.requires_grad_(), pose.requires_grad_()
     out = routing(votes, act, pose)
-    check_output(routing, out, votes)
+    check_output(routing.routing, out, votes)
     g = torch.Generator().manual_seed(seed + 1)
     weights = torch.randn(out.pose.shape, generator=g), torch.rand(out.activation.shape, generator=g)
     ((out.pose * weights[0]).sum() + (out.activation * weights[1]).sum()).backward()
@@ -96,16 +130,16 @@ def test_outputs_and_gradients_are_finite_and_in_range(name, data):
         assert tensor.grad is None or torch.isfinite(tensor.grad).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,impl", PATHS)
 @given(data=routing_inputs())
-def test_permuting_children_changes_nothing(name, data):
+def test_permuting_children_changes_nothing(name, impl, data):
     votes, act, pose, train, seed = data
     n, length, i, j, d = votes.shape
     votes, act, pose = votes.double(), act.double(), pose.double()  # no rounding: permutation is exact maths
-    routing = make_routing(name, i, j, d, seed=seed, dtype=torch.float64).train(train)
+    routing = make_routing(name, i, j, d, seed=seed, dtype=torch.float64, impl=impl).train(train)
     perm = torch.randperm(i, generator=torch.Generator().manual_seed(seed))
     params = dict(routing.named_parameters())
-    moved = {p: params[p][perm] for p in getattr(routing, "per_child_parameters", ())}
+    moved = {p: params[p][perm] for p in (f"routing.{q}" for q in getattr(routing.routing, "per_child_parameters", ()))}
     a = functional_call(routing, params, (votes, act, pose))
     b = functional_call(routing, {**params, **moved}, (votes[:, :, perm], act[:, :, perm], pose[:, :, perm]))
     scale = 1.0 + votes.abs().max().item()
@@ -114,10 +148,10 @@ def test_permuting_children_changes_nothing(name, data):
     torch.testing.assert_close(b.coefficients, a.coefficients[:, :, perm], rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_float64_gradcheck(name):
+@pytest.mark.parametrize("name,impl", PATHS)
+def test_float64_gradcheck(name, impl):
     n, length, i, j, d = 1, 2, 3, 2, 4
-    routing = make_routing(name, i, j, d, iterations=2, seed=3, dtype=torch.float64).train()
+    routing = make_routing(name, i, j, d, iterations=2, seed=3, dtype=torch.float64, impl=impl).train()
     g = torch.Generator().manual_seed(0)
     votes = torch.randn(n, length, i, j, d, generator=g, dtype=torch.float64, requires_grad=True)
     act = (0.2 + 0.7 * torch.rand(n, length, i, generator=g, dtype=torch.float64)).requires_grad_()
@@ -159,7 +193,7 @@ def test_coefficients_are_normalised_over_the_declared_axis_with_overlapping_win
     layer(c)
     coef = layer.last_coefficients  # [N, L, I, J]
     assert (coef >= 0).all()
-    geometry = layer._children(*c)[3]
+    geometry = layer._children(*c)[2]
     real = geometry.child_sum(torch.ones(coef.shape[:3])) > 0  # padded slots are not children
     if layer.routing.normalised_over == "parents":
         total = coef.sum(-1)

@@ -124,7 +124,7 @@ def test_lock_kind_from_the_file_system_or_the_environment(tmp_path):
         "40 22 0:50 / /shared rw - nfs4 server:/export rw\n"
         "41 22 0:51 / /shared/scratch\\040space rw - lustre mds@tcp:/fs rw\n"
     )
-    assert runlock.fs_type(Path("/home/me/runs"), mountinfo) == "ext4"
+    assert runlock.fs_type(Path("/data/me/runs"), mountinfo) == "ext4"
     assert runlock.fs_type(Path("/shared/runs"), mountinfo) == "nfs4"
     assert runlock.fs_type(Path("/shared/scratch space/runs"), mountinfo) == "lustre"
     assert runlock.fs_type(Path("/sharedx/runs"), mountinfo) == "ext4"

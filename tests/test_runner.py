@@ -26,8 +26,8 @@ from capsbench.capsules.types import Capsules
 from capsbench.config import RunConfig
 from capsbench.errors import UserError
 from capsbench.registry import MODELS
+from capsbench.results.run_record import checksum, verify
 from capsbench.train import runner
-from capsbench.train.record import checksum, verify
 
 HASH = "0123abcd"
 EPOCHS = 3
@@ -307,8 +307,6 @@ def test_bad_input_propagates_as_user_error(fakes, tmp_path):
         runner.run(tiny_config(**{"model.options": {"bad": True}}), tmp_path / "a", spec_hash=HASH)
     with pytest.raises(UserError, match=r"train\.loss_options\.m_maxx"):
         runner.run(tiny_config(**{"train.loss_options": {"m_maxx": 1}}), tmp_path / "b", spec_hash=HASH)
-    with pytest.raises(UserError, match=r"train\.amp"):
-        runner.run(tiny_config(**{"train.amp": "fp8"}), tmp_path / "c", spec_hash=HASH)
     with pytest.raises(UserError, match=r"device"):
         runner.run(tiny_config(device="tpu"), tmp_path / "d", spec_hash=HASH)
     assert not (tmp_path / "a" / "record.json").exists()

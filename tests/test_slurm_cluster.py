@@ -26,7 +26,7 @@ from slurm_cluster import ClusterUnavailable, LocalSlurm
 from capsbench import spec
 from capsbench.executors.local import LocalExecutor
 from capsbench.executors.plan import run_dir_for
-from capsbench.train.record import read_record
+from capsbench.results.run_record import read_record
 
 pytestmark = pytest.mark.cluster
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -166,12 +169,13 @@ def test_missing_spec_file(tmp_path):
 
 @pytest.fixture
 def strict_routing():
-    """A routing with explicit options (no **kwargs), registered for one test."""
+    """A routing declaring its options as a plugin would, registered for one test."""
+    from capsbench.capsules.routing.base import Routing
+    from capsbench.options import Option
     from capsbench.registry import ROUTINGS
 
-    class Strict:
-        def __init__(self, children, parents, pose_dim, iterations=3, in_pose_dim=None, eps=1e-6, temperature=1.0):
-            pass
+    class Strict(Routing):
+        OPTIONS = {"eps": Option(float, 1e-6, gt=0), "temperature": Option(float, 1.0, gt=0)}
 
     ROUTINGS.register("strict_test", Strict)
     yield "strict_test"
@@ -180,12 +184,98 @@ def strict_routing():
 
 def test_routing_options_checked_against_the_routing(tmp_path, strict_routing):
     good = write(tmp_path, "g.yaml", "model: {routing: strict_test, routing_options: {eps: 0.1}}\n")
-    spec.check_routing_options(spec.load(good)[0].config)
+    assert spec.load(good)[0].config.model.routing_options.eps == 0.1
     bad = write(tmp_path, "b.yaml", "model: {routing: strict_test, routing_options: {epsilon: 0.1}}\n")
     with pytest.raises(SpecError, match=r"model\.routing_options\.epsilon: unknown option .*did you mean 'eps'"):
-        spec.check_routing_options(spec.load(bad)[0].config)
+        spec.load(bad)
+    with pytest.raises(SpecError, match=r"^model\.routing_options\.eps: expected a number > 0, got -1"):
+        spec.load(good, ["model.routing_options.eps=-1"])
+
+
+@pytest.mark.parametrize(
+    ("routing", "override", "message"),
+    [
+        ("em", "final_lamda=1.0", r"model\.routing_options\.final_lamda: unknown option of routing 'em' "
+                                  r"\(did you mean 'final_lambda'\?\)"),
+        ("vb", "final_lamda=1.0", r"model\.routing_options\.final_lamda: unknown option of routing 'vb'"),
+        ("em", "cost=median", r"model\.routing_options\.cost: expected one of sum, mean, standardise, got 'median'"),
+        ("vb", "bn_momentum=2", r"model\.routing_options\.bn_momentum: expected a number in \[0, 1\], got 2"),
+        ("vb", "pose_bn=1", r"model\.routing_options\.pose_bn: expected true or false, got 1"),
+        ("dynamic", "detach_agreemnt=true", r"did you mean 'detach_agreement'"),
+        ("self", "eps=0", r"model\.routing_options\.eps: expected a number > 0, got 0"),
+        ("self", "iterations=2", r"model\.routing_options\.iterations: not a routing option \(set model\.iterations"),
+    ],
+)
+def test_every_routing_option_is_checked_at_load(tmp_path, routing, override, message):
+    """Typos, types and ranges of routing options fail `validate`, not the run after data loads (issue 12.8)."""
+    path = write(tmp_path, "s.yaml", f"model: {{routing: {routing}}}\n")
+    with pytest.raises(SpecError, match=message):
+        spec.load(path, [f"model.routing_options.{override}"])
+
+
+def test_routing_options_are_checked_without_importing_torch(tmp_path):
+    path = write(tmp_path, "s.yaml", "model: {routing: em}\n")
+    code = (
+        "import sys\nfrom capsbench import spec\nfrom capsbench.errors import SpecError\n"
+        f"spec.load({str(path)!r}, ['model.routing_options.final_lambda=0.5'])\n"
+        f"try:\n    spec.load({str(path)!r}, ['model.routing_options.final_lamda=0.5'])\n"
+        "except SpecError as exc:\n    print(exc)\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    error, torch_line = out.stdout.splitlines()
+    assert error.startswith(
+        "model.routing_options.final_lamda: unknown option of routing 'em' (did you mean 'final_lambda'?); "
+        "expected one of: coefficients, cost, final_lambda, initial_coefficients, lambda_schedule, min_var, "
+        "normalise, renormalise"
+    ), out.stderr
+    assert torch_line == "no torch"
+
+
+def test_routing_declarations_are_the_ones_the_routings_use():
+    """The table validate reads without torch is the table each routing's constructor resolves with."""
+    import inspect
+
+    from capsbench.registry import ROUTINGS
+
+    for name in ROUTINGS.names():
+        declared, cls = ROUTINGS.declared_options(name), ROUTINGS.get(name)
+        assert declared is cls.OPTIONS, name
+        keywords = [p for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY
+                    or (p.default is not p.empty and p.name not in ("iterations", "in_pose_dim"))]
+        for param in keywords:  # explicit keyword options: same names and defaults as declared
+            assert declared[param.name].default == param.default, (name, param.name)
 
 
 def test_int_accepted_for_float(tmp_path):
     (run,) = spec.load(write(tmp_path, "s.yaml", "train: {optimizer: {lr: 1}}\n"))
     assert isinstance(run.config.train.optimizer.lr, float)
+
+
+def _bad_value(option):
+    """A value just outside what ``option`` declares."""
+    if option.choices is not None or option.pattern is not None:
+        return "nope"
+    for bound, step in ((option.ge, -1), (option.gt, 0), (option.le, 1), (option.lt, 0)):
+        if bound is not None:
+            return type(bound)(bound + step) if option.type is float else int(bound + step)
+    raise AssertionError(f"{option} declares no range")
+
+
+@pytest.mark.parametrize(("key", "option"), spec._declared_ranges(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_declared_range_is_checked_at_load_naming_the_key(tmp_path, key, option):
+    """Ranges are declared once (config.py) and checked once, when the spec loads (issue 12, Structure)."""
+    path = write(tmp_path, "s.yaml", "name: ranges\n")
+    value = _bad_value(option)
+    with pytest.raises(SpecError, match=rf"^{re.escape(key)}: expected .*, got {re.escape(repr(value))}"):
+        spec.load(path, [f"{key}={value}"])
+
+
+def test_ranges_once_include_what_the_runner_and_slurm_used_to_check_late(tmp_path):
+    """These were accepted at load and failed only in the scheduler, the SLURM submission or not at all."""
+    path = write(tmp_path, "s.yaml", "name: ranges\n")
+    for override in ("executor.cpus=0", "executor.time_min=0", "executor.gpus=-1", "train.scheduler.gamma=0",
+                     "train.scheduler.step_size=0", "train.optimizer.momentum=-0.5", "data.num_workers=-1"):
+        key = override.split("=")[0]
+        with pytest.raises(SpecError, match=rf"^{re.escape(key)}: expected"):
+            spec.load(path, [override])

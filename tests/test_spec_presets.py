@@ -78,7 +78,8 @@ def test_preset_errors_name_the_file(presets, extra_file, sweep_line, overrides,
 
 
 def test_same_run_from_two_presets_is_an_error(presets):
-    write(presets, "m/em2.yaml", "model: {routing: em, iterations: 2}\ntrain: {batch_size: 128, optimizer: {name: adam, lr: 3e-3}}\n")
+    write(presets, "m/em2.yaml",
+          "model: {routing: em, iterations: 2}\ntrain: {batch_size: 128, optimizer: {name: adam, lr: 3e-3}}\n")
     path = write(presets, "s.yaml", "extends: base.yaml\nsweep:\n  extends: [m/em.yaml, m/em2.yaml]\n")
     with pytest.raises(SpecError, match="give the same run"):
         spec.load(path)

@@ -6,9 +6,13 @@ to every ``CapsuleLayer`` and reads ``output.activation``; ``kind`` is ``"primar
 ``"conv"`` or ``"class"`` and ``name`` is set by the model builder ("primary",
 "conv1".."convN", "class").
 
-Routed layers (``ConvCaps``, ``ClassCaps``) compute votes ``[N, L, I, J, D]`` with one
-batched matmul from shared transformation weights, hand them to a routing method
-from ``capsbench.registry.ROUTINGS``, and keep the last routing coefficients in
+Routed layers (``ConvCaps``, ``ClassCaps``) describe the votes ``[N, L, I, J, D]`` of their
+children by shared transformation weights (``LazyVotes``) and hand them to a routing method
+from ``capsbench.registry.ROUTINGS``: materialised (one batched matmul) to its ``forward``
+(``routing_impl="reference"``), or lazily to its ``forward_lazy`` (``"fused"``: the votes of
+the whole layer are never stored); ``"auto"`` (default) takes the fused path only where the
+routing has one for its configuration and it is measured faster on the device.
+``layer.last_impl`` says which path ran last. The last routing coefficients are kept in
 ``layer.last_coefficients`` (detached; ``None`` with ``keep_coefficients=False``).
 
 AMP: votes and routing always run in (at least) fp32 with autocast off; outputs are cast
@@ -37,9 +41,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from capsbench.capsules.geometry import coordinate_offsets, unfold_capsules, window_geometry, window_hw
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing
-from capsbench.capsules.routing.dynamic import capsule_length, squash
+from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, ROUTING_IMPLS, Geometry, Routing
+from capsbench.capsules.routing.ops import capsule_length, squash
+from capsbench.capsules.routing.votes import LazyVotes, linear_weight, project, tiled_index
 from capsbench.capsules.types import Capsules
+from capsbench.errors import UserError
 
 
 class CapsuleLayer(nn.Module):
@@ -143,12 +149,11 @@ class VoteTransform(nn.Module):
 
     def linear_weight(self) -> torch.Tensor:
         """The weight as a ``[I, D_in, J*D]`` linear map (``"matrix"``: ``U @ W = (1 kron W) vec(U)``)."""
-        if self.transform == "linear":
-            return self.weight
-        eye = torch.eye(self.side, device=self.weight.device, dtype=self.weight.dtype)
-        i, j = self.weight.shape[:2]
-        # entry [i, (r, k), (j, r', c)] = delta(r, r') W[i, j, k, c]
-        return torch.einsum("rR,ijkc->irkjRc", eye, self.weight).reshape(i, self.pose_dim, j * self.pose_dim)
+        return linear_weight(self.weight, self.transform)
+
+    def lazy(self, pose: torch.Tensor, **kwargs) -> LazyVotes:
+        """The votes of ``pose [N, L, I, D_in]``, described but not computed."""
+        return LazyVotes(pose, self.weight, self.transform, parents=self.parents, pose_dim=self.pose_dim, **kwargs)
 
     def forward(self, pose: torch.Tensor) -> torch.Tensor:
         """``pose [..., I, D_in] -> votes [..., I, J, D]``.
@@ -159,8 +164,7 @@ class VoteTransform(nn.Module):
         are memory-bound on GPU anyway). The result is laid out children-outermost (a
         permuted view of the GEMM output); routings consume it with einsum/reductions.
         """
-        votes = torch.einsum("...ik,ikq->...iq", pose, self.linear_weight())
-        return votes.unflatten(-1, (self.parents, self.pose_dim))
+        return project(pose, self.weight, self.transform, self.parents, self.pose_dim)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,12 +205,14 @@ class _RoutedCaps(CapsuleLayer):
         weight_std: float | None,
         checkpointing: bool,
         keep_coefficients: bool,
+        routing_impl: str,
         routing_options: dict[str, Any],
     ) -> type[Routing]:
         cls = routing_class(routing)
         self.parents, self.pose_dim = parents, pose_dim
         self.checkpointing, self.keep_coefficients = checkpointing, keep_coefficients
         self.last_coefficients: torch.Tensor | None = None
+        self.last_impl: str | None = None  # "reference" or "fused": the path the last forward took
         transform = vote_transform or getattr(cls, "vote_transform", "matrix")
         self.votes = VoteTransform(weight_children, parents, in_pose_dim, pose_dim, transform, weight_std)
         self.routing = cls(
@@ -217,13 +223,21 @@ class _RoutedCaps(CapsuleLayer):
             in_pose_dim=in_pose_dim,
             **routing_options,
         )
+        self.routing_impl = check_routing_impl(self.routing, routing_impl)
         return cls
 
     def _children(self, pose: torch.Tensor, act: torch.Tensor):
-        """-> votes [N, L, I, J, D], child activations [N, L, I], child poses [N, L, I, D_in], Geometry."""
+        """-> lazy votes (``LazyVotes``), child activations [N, L, I], Geometry."""
         raise NotImplementedError
 
-    def _route(self, pose: torch.Tensor, act: torch.Tensor):
+    def implementation(self, device: torch.device) -> str:
+        """The path a forward on ``device`` takes: ``"reference"`` or ``"fused"``."""
+        if self.routing_impl == "auto":
+            fused = self.routing.fused_unavailable() is None and self.routing.fused_faster(device)
+            return "fused" if fused else "reference"
+        return self.routing_impl
+
+    def _route(self, pose: torch.Tensor, act: torch.Tensor, impl: str):
         """-> pose, activation (in the input dtype), detached coefficients (or None).
 
         No attribute is set in here: a side effect inside a checkpointed region would be
@@ -232,29 +246,35 @@ class _RoutedCaps(CapsuleLayer):
         dtype = pose.dtype
         work = torch.promote_types(dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays fp64
         with _no_autocast(pose.device.type):
-            votes, child_act, child_pose, geometry = self._children(pose.to(work), act.to(work))
-            out = self.routing(votes, child_act, child_pose, geometry)
+            votes, child_act, geometry = self._children(pose.to(work), act.to(work))
+            if impl == "fused":
+                out = self.routing.forward_lazy(votes, child_act, geometry, need_coefficients=self.keep_coefficients)
+            else:
+                out = self.routing(votes.materialize(), child_act, votes.pose, geometry)
         n, (h, w) = pose.shape[0], geometry.out_hw
         new_pose = out.pose.permute(0, 2, 3, 1).reshape(n, self.parents, self.pose_dim, h, w)
         new_act = out.activation.permute(0, 2, 1).reshape(n, self.parents, h, w)
         coefficients = out.coefficients.detach() if self.keep_coefficients else None
         return new_pose.to(dtype), new_act.to(dtype), coefficients
 
-    def _checkpointed_route(self, pose: torch.Tensor, act: torch.Tensor):
+    def _checkpointed_route(self, pose: torch.Tensor, act: torch.Tensor, impl: str):
         if torch.compiler.is_compiling():
             # dynamo traces checkpoint as one region and rejects a custom context_fn; BatchNorm
             # statistics inside the routing then follow whatever the compiled recompute does
-            return checkpoint(self._route, pose, act, use_reentrant=False)
+            return checkpoint(self._route, pose, act, impl, use_reentrant=False)
         # eager: the recomputation in backward must not move BatchNorm statistics in the routing again
         contexts = lambda: (contextlib.nullcontext(), frozen_buffers(self))  # noqa: E731
-        return checkpoint(self._route, pose, act, use_reentrant=False, context_fn=contexts)
+        return checkpoint(self._route, pose, act, impl, use_reentrant=False, context_fn=contexts)
 
     def forward(self, caps: Capsules) -> Capsules:
         pose, act = caps
-        if self.checkpointing and torch.is_grad_enabled():
-            pose, act, self.last_coefficients = self._checkpointed_route(pose, act)
+        impl = self.last_impl = self.implementation(pose.device)
+        # the fused path stores nothing votes-sized and recomputes in its own backward: checkpointing it
+        # again would only add a third forward
+        if self.checkpointing and impl != "fused" and torch.is_grad_enabled():
+            pose, act, self.last_coefficients = self._checkpointed_route(pose, act, impl)
         else:
-            pose, act, self.last_coefficients = self._route(pose, act)
+            pose, act, self.last_coefficients = self._route(pose, act, impl)
         if getattr(self, "pose_norm", None) is not None:
             # outside the checkpointed region: its running statistics move once per step
             pose = self.pose_norm(pose.flatten(1, 2)).view_as(pose)
@@ -298,6 +318,7 @@ class ConvCaps(_RoutedCaps):
         weight_std: float | None = None,
         checkpointing: bool = False,
         keep_coefficients: bool = True,
+        routing_impl: str = "auto",
         **routing_options,
     ):
         super().__init__()
@@ -305,7 +326,7 @@ class ConvCaps(_RoutedCaps):
         children = kernel_size * kernel_size * in_types
         cls = self._build(
             routing, children, children, out_types, in_pose_dim or pose_dim, pose_dim, iterations,
-            vote_transform, weight_std, checkpointing, keep_coefficients, routing_options,
+            vote_transform, weight_std, checkpointing, keep_coefficients, routing_impl, routing_options,
         )  # fmt: skip
         if pose_norm is None:
             pose_norm = getattr(cls, "pose_norm", False)
@@ -318,7 +339,7 @@ class ConvCaps(_RoutedCaps):
         k, s, p = self.kernel_size, self.stride, self.padding
         child_pose, child_act, _ = unfold_capsules(Capsules(pose, act), k, s, p)
         geometry = window_geometry(pose.shape[-2:], k, s, p)
-        return self.votes(child_pose), child_act, child_pose, geometry
+        return self.votes.lazy(child_pose), child_act, geometry
 
 
 class ClassCaps(_RoutedCaps):
@@ -352,6 +373,7 @@ class ClassCaps(_RoutedCaps):
         weight_std: float | None = None,
         checkpointing: bool = False,
         keep_coefficients: bool = True,
+        routing_impl: str = "auto",
         **routing_options,
     ):
         super().__init__()
@@ -365,7 +387,8 @@ class ClassCaps(_RoutedCaps):
         children = positions * in_types
         self._build(
             cls, children, children if mode == "conv" else in_types, num_classes, in_pose_dim or pose_dim,
-            pose_dim, iterations, vote_transform, weight_std, checkpointing, keep_coefficients, routing_options,
+            pose_dim, iterations, vote_transform, weight_std, checkpointing, keep_coefficients, routing_impl,
+            routing_options,
         )  # fmt: skip
 
     def _children(self, pose, act):
@@ -376,17 +399,29 @@ class ClassCaps(_RoutedCaps):
             # children i = t*H*W + position: the order unfold would give for a whole-map kernel
             child_pose = pose.reshape(n, 1, t, d, h * w).transpose(-1, -2).reshape(n, 1, t * h * w, d)
             child_act = act.reshape(n, 1, t * h * w)
-            votes = self.votes(child_pose)
+            votes = self.votes.lazy(child_pose)
         else:
-            # children i = position*T + t; weights indexed by t, shared over positions
+            # children i = position*T + t; weights indexed by t (i % T), shared over positions
             per_position = pose.permute(0, 3, 4, 1, 2).reshape(n, h * w, t, d)
-            votes = self.votes(per_position)  # [N, HW, T, J, D]
             offsets = coordinate_offsets((h, w), self.pose_dim, self.coordinate_scale, pose.device, pose.dtype)
-            votes = votes + offsets[:, None, None, :]
-            votes = votes.reshape(n, 1, h * w * t, self.parents, self.pose_dim)
-            child_pose = per_position.reshape(n, 1, h * w * t, d)
+            votes = self.votes.lazy(
+                per_position.reshape(n, 1, h * w * t, d),
+                weight_index=tiled_index(h * w * t, t, pose.device),
+                offsets=offsets.repeat_interleave(t, dim=0),  # [HW, D] -> one row per child
+                pose_by_row=per_position,
+            )
             child_act = act.permute(0, 2, 3, 1).reshape(n, 1, h * w * t)
-        return votes, child_act, child_pose, Geometry(child_sum=IDENTITY_GEOMETRY.child_sum, out_hw=(1, 1))
+        return votes, child_act, Geometry(child_sum=IDENTITY_GEOMETRY.child_sum, out_hw=(1, 1))
+
+
+def check_routing_impl(routing: Routing, impl: str) -> str:
+    """``impl`` when it is a known path the routing can take; UserError naming ``model.routing_impl`` otherwise."""
+    if impl not in ROUTING_IMPLS:
+        raise UserError(f"model.routing_impl must be one of {', '.join(ROUTING_IMPLS)}, got {impl!r}")
+    reason = routing.fused_unavailable() if impl == "fused" else None
+    if reason:
+        raise UserError(f"model.routing_impl=fused: {reason}; use auto or reference")
+    return impl
 
 
 __all__ = ["CapsuleLayer", "PrimaryCaps", "ConvCaps", "ClassCaps", "VoteTransform", "routing_class"]

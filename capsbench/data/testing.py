@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 SHARED_LAYOUT = {
@@ -25,14 +26,18 @@ SHARED_LAYOUT = {
 }
 
 
-def shared_data_dir() -> Path | None:
-    """``$CAPSBENCH_SHARED_DATA``, else ``../shared/data`` beside the checkout, else ``/work/shared/data``."""
-    env = os.environ.get("CAPSBENCH_SHARED_DATA")
-    repo = Path(__file__).resolve().parents[2]
-    for path in [Path(env)] if env else [repo.parent / "shared" / "data", Path("/work/shared/data")]:
-        if path.is_dir():
-            return path
-    return None
+CHECKOUT = Path(__file__).resolve().parents[2]  # the source tree this package was imported from
+
+
+def shared_data_dir(environ: Mapping[str, str] = os.environ, checkout: Path = CHECKOUT) -> Path | None:
+    """``$CAPSBENCH_SHARED_DATA``, else ``../shared/data`` beside the checkout, else None.
+
+    Nothing else: a folder of one particular machine would make tests pass there and skip
+    (or fail) everywhere else.
+    """
+    env = environ.get("CAPSBENCH_SHARED_DATA")
+    path = Path(env) if env else checkout.parent / "shared" / "data"
+    return path if path.is_dir() else None
 
 
 def shared_root(dataset: str, base: Path | None = None) -> Path | None:

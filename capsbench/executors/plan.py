@@ -45,7 +45,7 @@ def sweep_dir_for(out: Path, run: RunSpec) -> Path:
 
 def read_own_record(directory: Path, spec_hash: str, seed: int) -> dict | None:
     """The valid record of this run in ``directory`` (checksum ok, same spec hash and seed), else None."""
-    from capsbench.train.record import read_record
+    from capsbench.results.run_record import read_record
 
     path = Path(directory) / "record.json"
     if not path.exists():

@@ -100,10 +100,7 @@ class Settings:
             if not ok:
                 raise UserError(f"{key}: expected {expected}, got {value!r}")
 
-        need(ex.time_min >= 1, "executor.time_min", "minutes >= 1", ex.time_min)
-        need(ex.cpus >= 1, "executor.cpus", "an integer >= 1", ex.cpus)
-        need(ex.gpus >= 0, "executor.gpus", "an integer >= 0", ex.gpus)
-        need(ex.mem_gb >= 0, "executor.mem_gb", "an integer >= 0 (0: the partition's default)", ex.mem_gb)
+        # executor.time_min, cpus, gpus and mem_gb were checked against config.py when the spec loaded
         params: dict[str, Any] = {
             "name": f"capsbench-{runs[0].config.name}",
             "timeout_min": int(ex.time_min),

@@ -65,7 +65,7 @@ def sweep_dirs(path: Path) -> list[Path]:
 
 def collect(sweep_dir: Path) -> tuple[list[RunStatus], bool]:
     """The status of every run in ``sweep_dir``, and whether squeue could be asked."""
-    from capsbench.train.record import read_record
+    from capsbench.results.run_record import read_record
 
     manifest = Manifest.load(sweep_dir)
     labels = list(manifest.runs)

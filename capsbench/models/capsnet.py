@@ -45,7 +45,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -79,7 +78,6 @@ REFERENCE_HEADS: dict[str, tuple[tuple[int, int, int], ...]] = {
 }
 # Backbones after which SR-CapsNet gives its first stacked capsule layer stride 2.
 REFERENCE_FIRST_STRIDE_2 = ("resnet20",)
-_ROUTING_BASE_ARGS = ("self", "children", "parents", "pose_dim", "iterations", "in_pose_dim")
 
 
 class CapsNet(nn.Module):
@@ -164,23 +162,6 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> Any:
     return value
 
 
-def _check_routing_options(routing: str, cls: type, options: dict[str, Any]) -> None:
-    params = inspect.signature(cls.__init__).parameters
-    for key in options:
-        if key in _ROUTING_BASE_ARGS:
-            hint = f"set model.{key} instead" if key in ("pose_dim", "iterations") else "the builder sets it"
-            raise UserError(f"model.routing_options.{key}: not a routing option ({hint})")
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = sorted(k for k in params if k not in _ROUTING_BASE_ARGS)
-    for key in options:
-        if key not in params:
-            raise UserError(
-                f"model.routing_options.{key}: unknown option of routing '{routing}'; "
-                f"expected one of: {', '.join(accepted) or '(none)'}"
-            )
-
-
 def image_hw(image_size: Any) -> tuple[int, int]:
     """``32`` or ``(32, 32)`` -> ``(32, 32)``; a UserError naming data.image_size otherwise."""
     if isinstance(image_size, int):
@@ -198,25 +179,21 @@ def image_hw(image_size: Any) -> tuple[int, int]:
 def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any) -> CapsNet:
     """Build the capsule network of ``cfg`` (a ``ModelConfig`` or a DictConfig with its fields).
 
-    Raises ``UserError`` naming the key for any bad value.
+    Raises ``UserError`` naming the key for a bad ``model.options`` value (the config fields were
+    checked when the spec loaded).
     """
-    depth = _int("model.depth", cfg.depth, 0)
-    types = _int("model.capsule_types", cfg.capsule_types, 1)
-    primary_types = _int("model.primary_types", cfg.primary_types, 1)
-    pose_dim = _int("model.pose_dim", cfg.pose_dim, 1)
-    iterations = _int("model.iterations", cfg.iterations, 1)
-    residual = _bool("model.residual", cfg.residual)
-    checkpointing = _bool("model.checkpointing", cfg.checkpointing)
-    pose_norm = _bool("model.pose_norm", cfg.pose_norm, allow_none=True)
+    # the ModelConfig fields (depth, types, pose_dim, ..., routing and backbone names, routing
+    # options) were checked against config.py when the spec loaded; model.options are the
+    # builder's own and are checked here
+    depth, types, primary_types = int(cfg.depth), int(cfg.capsule_types), int(cfg.primary_types)
+    pose_dim, iterations = int(cfg.pose_dim), int(cfg.iterations)
+    residual, checkpointing, pose_norm = bool(cfg.residual), bool(cfg.checkpointing), cfg.pose_norm
     num_classes = _int("num_classes", num_classes, 1)
     in_channels = _int("in_channels", in_channels, 1)
     hw = image_hw(image_size)
 
-    ROUTINGS.check(cfg.routing, "model.routing")
-    BACKBONES.check(cfg.backbone, "model.backbone")
     routing_cls = ROUTINGS.get(cfg.routing)
-    routing_options = plain(cfg.routing_options)
-    _check_routing_options(cfg.routing, routing_cls, routing_options)
+    routing_options = plain(cfg.routing_options)  # checked against the routing's declaration at spec load
 
     options = plain(cfg.options)
     for key in options:
@@ -256,6 +233,7 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
         weight_std=weight_std,
         checkpointing=checkpointing,
         keep_coefficients=keep,
+        routing_impl=cfg.routing_impl,
         **routing_options,
     )
     layers: dict[str, CapsuleLayer] = {}

@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 
 from capsbench.errors import UserError
-from capsbench.results.schema import read_run_record
+from capsbench.results.run_record import read_run_record
 
 _KEY = re.compile(r"^(?P<split>[a-z]+)/epoch(?P<epoch>\d+)/(?P<layer>.+)$")
 _KIND_ORDER = {"primary": 0, "conv": 1, "class": 2}

@@ -7,6 +7,9 @@ Writes, under ``out`` (default ``<first path>/report``)::
     <protocol>-v<version>/<dataset>-gradients.png weight-gradient norms of the first layers vs depth
     runs/<run>/activations[-N].png               Figures 6-7: activation grid of the chosen epochs
     runs/<run>/gradients.png                     per-layer gradient norms of the chosen epochs
+    runs/<run>/mechanism.png                     per-layer activation percentiles, dead units, coupling
+                                                 entropy and input dependence, pose norms over the epochs
+    runs/<run>/terms.png                         EM/VB: the activation's terms per layer over the epochs
 
 Example::
 
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from capsbench.errors import UserError
 from capsbench.io import write_text
-from capsbench.report import activations, depth, gradients
+from capsbench.report import activations, depth, gradients, mechanism
 from capsbench.report.html import esc, image, page, table
 from capsbench.report.rundir import RunDir, parse_epochs
 from capsbench.report.style import figure_style, save_png
@@ -114,6 +117,18 @@ def write_report(paths: list[Path], out: Path | None = None, epochs: str = "firs
             save_png(gradients.layer_figure(gradients.layer_data(run, chosen)), path)
             written.append(path)
             body.append(image(path.relative_to(out).as_posix(), "per-layer gradient norms"))
+            if any(line.get("mechanism") for line in run.history):
+                path = folder / "mechanism.png"
+                threshold = (run.config().get("metrics") or {}).get("dead_threshold", 0.01)
+                save_png(mechanism.mechanism_figure(mechanism.mechanism_data(run, threshold)), path)
+                written.append(path)
+                body.append(image(path.relative_to(out).as_posix(), "mechanism per layer over the epochs"))
+                terms = mechanism.terms_data(run)
+                if terms["terms"]:
+                    path = folder / "terms.png"
+                    save_png(mechanism.terms_figure(terms), path)
+                    written.append(path)
+                    body.append(image(path.relative_to(out).as_posix(), "activation terms per layer over the epochs"))
     index = out / "index.html"
     write_text(index, page("capsbench report", body))
     written.append(index)

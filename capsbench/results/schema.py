@@ -1,16 +1,15 @@
-"""JSON Schemas of run records and leaderboard records, checked on every write and read.
+"""JSON documents checked against the schemas shipped beside this module, and the leaderboard record.
 
-Two schemas live beside this module (and ship in the package):
-
-- ``record.schema.json``: ``record.json`` of a run directory (see ``capsbench.train.runner``);
-- ``leaderboard-record.schema.json``: the small record committed under ``leaderboard/records/``.
+- ``validate``: any document against a schema file at a schema version (the run record's
+  module, ``run_record.py``, owns ``record.schema.json`` and its version and calls it);
+- ``leaderboard-record.schema.json``: the small record committed under ``leaderboard/records/``,
+  checked by ``check_leaderboard_record`` at ``LEADERBOARD_RECORD_VERSION``.
 
 Every problem becomes one ``UserError`` line naming the file, the key and what was expected.
 
 Example::
 
-    record = read_run_record("runs/quickstart/depth1-seed0-cedb70a6/record.json")
-    check_run_record(record, "record.json")          # raises UserError when it does not fit
+    entry = read_leaderboard_record("leaderboard/records/paper-mini/v1/mnist/capsnet-em/10d1858d6f19-s0.json")
 """
 
 from __future__ import annotations
@@ -22,18 +21,16 @@ from typing import Any
 
 from capsbench.errors import UserError
 
-RUN_RECORD_VERSION = 1  # schema_version of run records this capsbench reads and writes
 LEADERBOARD_RECORD_VERSION = 1  # schema_version of leaderboard records
 _HERE = Path(__file__).resolve().parent
-SCHEMAS = {"run record": "record.schema.json", "leaderboard record": "leaderboard-record.schema.json"}
-VERSIONS = {"run record": RUN_RECORD_VERSION, "leaderboard record": LEADERBOARD_RECORD_VERSION}
+LEADERBOARD_SCHEMA = "leaderboard-record.schema.json"
 
 
 @cache
-def _validator(kind: str):
+def _validator(schema_file: str):
     import jsonschema
 
-    schema = json.loads((_HERE / SCHEMAS[kind]).read_text())
+    schema = json.loads((_HERE / schema_file).read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
@@ -44,40 +41,27 @@ def _where(error) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
-def check(obj: Any, kind: str, source: str | Path) -> dict:
-    """Raise ``UserError`` unless ``obj`` is a valid ``kind`` ('run record' or 'leaderboard record')."""
+def validate(obj: Any, schema_file: str, version: int, kind: str, source: str | Path) -> dict:
+    """Raise ``UserError`` unless ``obj`` is a ``kind`` document at ``version`` that fits ``schema_file``."""
     if not isinstance(obj, dict):
         raise UserError(f"{source}: expected a JSON object ({kind}), got {type(obj).__name__}")
-    version = obj.get("schema_version")
-    if version != VERSIONS[kind]:
+    found = obj.get("schema_version")
+    if found != version:
         raise UserError(
-            f"{source}: schema_version: expected {VERSIONS[kind]} ({kind}), got {version!r}; "
+            f"{source}: schema_version: expected {version} ({kind}), got {found!r}; "
             "it was written by another capsbench version: use that version, or re-run to get a current record"
         )
     import jsonschema
 
-    error = jsonschema.exceptions.best_match(_validator(kind).iter_errors(obj))
+    error = jsonschema.exceptions.best_match(_validator(schema_file).iter_errors(obj))
     if error is not None:
         message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
-        raise UserError(f"{source}: {_where(error)}: {message} ({kind} schema {SCHEMAS[kind]})")
+        raise UserError(f"{source}: {_where(error)}: {message} ({kind} schema {schema_file})")
     return obj
 
 
-def check_run_record(record: Any, source: str | Path = "record") -> dict:
-    """Validate a run record against ``record.schema.json`` (and its checksum when it has one)."""
-    from capsbench.train.record import verify
-
-    check(record, "run record", source)
-    if not verify(record):
-        raise UserError(
-            f"{source}: checksum mismatch: the record was edited or corrupted after it was written; "
-            "re-run the run (capsbench run starts it again) instead of editing record.json"
-        )
-    return record
-
-
 def check_leaderboard_record(entry: Any, source: str | Path = "leaderboard record") -> dict:
-    return check(entry, "leaderboard record", source)
+    return validate(entry, LEADERBOARD_SCHEMA, LEADERBOARD_RECORD_VERSION, "leaderboard record", source)
 
 
 def read_json(path: str | Path) -> Any:
@@ -93,11 +77,6 @@ def read_json(path: str | Path) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise UserError(f"{path}: malformed JSON ({exc})") from None
-
-
-def read_run_record(path: str | Path) -> dict:
-    """Read and validate ``record.json`` of a run directory."""
-    return check_run_record(read_json(path), path)
 
 
 def read_leaderboard_record(path: str | Path) -> dict:

@@ -26,7 +26,8 @@ from capsbench.errors import UserError
 from capsbench.io import write_json
 from capsbench.results import ledger as ledger_mod
 from capsbench.results.entry import first_difference, record_path, result_of, to_entry
-from capsbench.results.schema import read_leaderboard_record, read_run_record
+from capsbench.results.run_record import read_run_record
+from capsbench.results.schema import read_leaderboard_record
 
 RECORDS = "records"
 # Keys of the resolved config that a protocol version fixes, checked across all its records ...

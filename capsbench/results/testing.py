@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from capsbench.train.record import seal, write_record
+from capsbench.results.run_record import seal, write_record
 
 
 def fake_run_record(

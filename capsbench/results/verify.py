@@ -4,9 +4,10 @@ Which records: by default every record of the ``ci`` protocol (its whole sweep, 
 ``--protocol P --sample N`` re-runs N records of a heavier protocol, chosen deterministically
 (the N smallest sha256 of their paths, so a nightly job re-runs the same N until records change).
 
-How a record is re-run: its committed config (seed included) is validated into a run config
-again, which must hash to the record's spec hash (else the config schema changed under it and
-the record says so), and trained in a scratch folder under the record's ``numerics`` mode.
+How a record is re-run (``capsbench.rerun.rerun``): its committed config (seed included) is
+validated into a run config again (``run_config``), which must hash to the record's spec hash
+(else the config schema changed under it and the record says so), and trained in a scratch
+folder under the record's ``numerics`` mode.
 
 How results are compared (``compare``), by the numerics of the record and of the re-run:
 
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from pathlib import Path
 
 from capsbench.errors import UserError
 from capsbench.results.entry import result_of
@@ -125,16 +125,6 @@ def run_config(entry: dict, source: str):
         raise UserError(f"{source}: its config hashes to {digest[:12]}, not to its spec hash {entry['spec_hash'][:12]} "
                         "(a config key's meaning or default changed); re-record it (CONTRIBUTING.md, 'Re-record')")
     return spec.RunSpec(config=cfg, spec_hash=digest, point={})
-
-
-def rerun(records: dict[str, dict], chosen: list[str], out: Path, jobs: int) -> dict[str, dict]:
-    """Train the chosen records again under ``out``; their new leaderboard entries by record path."""
-    from capsbench.executors import get_executor
-    from capsbench.results.entry import make_entry
-
-    runs = [run_config(records[rel], rel) for rel in chosen]
-    results = get_executor("local", quiet=True, jobs=jobs, retry_failed=False).run_all(runs, out)
-    return {rel: make_entry(record) for rel, record in zip(chosen, results)}
 
 
 def coverage(records: dict[str, dict], protocol: str, routings: list[str]) -> list[str]:

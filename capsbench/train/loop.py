@@ -26,6 +26,7 @@ from torch import nn
 from capsbench.metrics.accuracy import Accuracy
 from capsbench.metrics.activations import CapsuleActivations
 from capsbench.metrics.grad_norms import GradNorms
+from capsbench.metrics.mechanism import MechanismTelemetry
 from capsbench.metrics.system import synchronize
 from capsbench.train.signals import StopFlag
 
@@ -62,6 +63,7 @@ class EpochResult:
     diverged: bool = False
     means: dict[str, np.ndarray] = field(default_factory=dict)  # eval only: eq. 12 per layer
     summary: dict = field(default_factory=dict)  # eval only: eq. 13, see metrics.activations.dead_summary
+    mechanism: dict = field(default_factory=dict)  # eval with mechanism=True: see metrics.mechanism
 
 
 def train_epoch(
@@ -123,12 +125,18 @@ def _step(t: Trainer, x: torch.Tensor, y: torch.Tensor, progress: float) -> tupl
 
 
 @torch.no_grad()
-def evaluate(t: Trainer, loader, *, progress: float, threshold: float = 0.01) -> EpochResult:
-    """Loss, accuracy and the eq. 12 mean activations over the whole loader (eager model, eval mode)."""
+def evaluate(
+    t: Trainer, loader, *, progress: float, threshold: float = 0.01, mechanism: bool = False
+) -> EpochResult:
+    """Loss, accuracy and the eq. 12 mean activations over the whole loader (eager model, eval mode).
+
+    ``mechanism``: also collect the mechanism telemetry (``capsbench.metrics.mechanism``).
+    """
     t.model.eval()
     acc = Accuracy(t.device)
     start = time.perf_counter()
-    with CapsuleActivations(t.model, threshold) as acts:
+    mech = MechanismTelemetry(t.model, threshold) if mechanism else None
+    with CapsuleActivations(t.model, threshold) as acts, mech or nullcontext():
         for x, y in loader:
             x = x.to(t.device, non_blocking=True)
             y = y.to(t.device, non_blocking=True)
@@ -138,6 +146,7 @@ def evaluate(t: Trainer, loader, *, progress: float, threshold: float = 0.01) ->
             t.stop.check()
     m = acc.compute()
     means, summary = acts.means(), acts.summary()
+    mechanism_summary = mech.summary() if mech is not None else {}
     seconds = time.perf_counter() - start
     diverged = m["loss"] is not None and not np.isfinite(m["loss"])
-    return EpochResult(m["loss"], m["accuracy"], acc.count, seconds, diverged, means, summary)
+    return EpochResult(m["loss"], m["accuracy"], acc.count, seconds, diverged, means, summary, mechanism_summary)

@@ -49,9 +49,7 @@ def constant_schedule(optimizer, cfg, epochs: int) -> LRScheduler:
 
 
 def step_schedule(optimizer, cfg, epochs: int) -> LRScheduler:
-    """Multiply by ``gamma`` every ``step_size`` epochs."""
-    if int(cfg.step_size) < 1:
-        raise UserError(f"train.scheduler.step_size: expected an integer >= 1, got {cfg.step_size!r}")
+    """Multiply by ``gamma`` every ``step_size`` epochs (both checked when the spec loaded)."""
     return StepLR(optimizer, step_size=int(cfg.step_size), gamma=_gamma(cfg))
 
 
@@ -66,8 +64,6 @@ def cosine_schedule(optimizer, cfg, epochs: int) -> LRScheduler:
 
 
 def _gamma(cfg) -> float:
-    if not float(cfg.gamma) > 0:
-        raise UserError(f"train.scheduler.gamma: expected a positive factor, got {cfg.gamma!r}")
     return float(cfg.gamma)
 
 

@@ -40,6 +40,7 @@ from capsbench.metrics.grad_norms import GradNorms
 from capsbench.metrics.layers import capsule_layers
 from capsbench.metrics.system import peak_memory_mb, reset_peak_memory
 from capsbench.registry import MODELS
+from capsbench.results.run_record import RUN_RECORD_VERSION, read_record, write_record
 from capsbench.runlock import run_lock
 from capsbench.train.checkpoint import load_checkpoint, save_checkpoint
 from capsbench.train.display import Display
@@ -47,7 +48,6 @@ from capsbench.train.loop import Trainer, evaluate, train_epoch
 from capsbench.train.losses import build_loss
 from capsbench.train.optim import build_optimizer, build_scheduler
 from capsbench.train.precise_bn import recompute_bn_statistics
-from capsbench.train.record import SCHEMA_VERSION, read_record, write_record
 from capsbench.train.rng import epoch_generator, rng_state, seed_everything, set_rng_state
 from capsbench.train.signals import StopFlag, sigterm_as_interrupt
 from capsbench.train.state import RunState
@@ -187,15 +187,8 @@ class _Run:
         loss_fn = build_loss(loss_name, options)
         optimizer = build_optimizer(model.parameters(), cfg.train.optimizer)
         scheduler = build_scheduler(optimizer, cfg.train.scheduler, cfg.train.epochs)
-        if cfg.train.amp not in AMP_DTYPES:
-            raise UserError(f"train.amp: expected one of {', '.join(AMP_DTYPES)}, got {cfg.train.amp!r}")
+        # train.amp, max_steps_per_epoch and grad_clip were checked against config.py when the spec loaded
         scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
-        if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch < 1:
-            raise UserError(
-                f"train.max_steps_per_epoch: expected an integer >= 1 or null, got {cfg.train.max_steps_per_epoch!r}"
-            )
-        if cfg.train.grad_clip is not None and not cfg.train.grad_clip > 0:
-            raise UserError(f"train.grad_clip: expected a positive norm or null, got {cfg.train.grad_clip!r}")
         return _Parts(model, loss_fn, loss_name, optimizer, scheduler, scaler)
 
     def _resume(self, data) -> None:
@@ -342,7 +335,9 @@ class _Run:
                 p.model, data.train, images=cfg.train.precise_bn, batch_size=cfg.train.batch_size,
                 device=self.device, autocast=t.autocast,
             )
-            val = evaluate(t, val_loader, progress=epoch / epochs, threshold=threshold)
+            val = evaluate(
+                t, val_loader, progress=epoch / epochs, threshold=threshold, mechanism=cfg.metrics.mechanism
+            )
             if val.diverged:
                 return epoch
             test = self._test(data, t, epoch) if cfg.train.test_every_epoch else None
@@ -374,6 +369,7 @@ class _Run:
             "avg_dead_conv": val_summary["avg_dead_conv"],
             "layers": {n: {k: v for k, v in s.items() if k != "types"} for n, s in val_summary["layers"].items()},
             "grad_norms": grad_mean,  # mean over this epoch's samples
+            "mechanism": val.mechanism,  # validation epoch, capsbench.metrics.mechanism ({} when off)
             "images_per_s": tr.images / tr.seconds if tr.seconds > 0 else None,
             "train_s": tr.seconds,
             "eval_s": val.seconds + (test.seconds if test else 0.0),
@@ -481,10 +477,11 @@ def build_record(
         # forward order of the capsule layers: JSON objects are written with sorted keys
         "layer_order": [layer.name for layer in capsule_layers(model)] if model is not None else [],
         "grad_norms": state.grad_norms,
+        "mechanism": last.get("mechanism") or {},  # the last validation epoch's (every epoch: metrics.jsonl)
     }
     epochs_run = len(state.history)
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": RUN_RECORD_VERSION,
         "spec": cfg.name,
         "spec_hash": spec_hash,
         "run_id": run_id,
@@ -506,8 +503,20 @@ def build_record(
         "num_params": sum(p.numel() for p in model.parameters()) if model is not None else None,
         "num_classes": num_classes,
         "resumes": list(state.resumes),
-        "environment": environment(str(device)),
+        "environment": {**environment(str(device)), "routing_impl": routing_implementations(model)},
     }
+
+
+def routing_implementations(model) -> dict[str, str]:
+    """Which routing path (``reference`` or ``fused``) each routed layer last ran, by layer name.
+
+    Recorded like the device: ``model.routing_impl`` is not in the spec hash (both paths compute
+    the same maths), but their rounding differs, so a record says which one produced it.
+    """
+    if model is None:
+        return {}
+    layers = capsule_layers(model)
+    return {info.name: info.module.last_impl for info in layers if getattr(info.module, "last_impl", None)}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from capsbench.io import atomic_write, write_text
-from capsbench.train.record import finite
+from capsbench.results.run_record import finite
 
 
 @dataclass

@@ -6,8 +6,20 @@ imports every method::
 
     from capsbench.registry import ROUTINGS
     SelfRouting = ROUTINGS.get("self")
+
+The interface below is exported lazily: ``declared_options`` (read by ``capsbench validate``)
+sits in this package and must import without torch.
 """
 
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
+from __future__ import annotations
 
-__all__ = ["IDENTITY_GEOMETRY", "Geometry", "Routing", "RoutingOutput"]
+from capsbench._lazy import lazy_exports
+
+EXPORTS = {
+    "IDENTITY_GEOMETRY": "capsbench.capsules.routing.base:IDENTITY_GEOMETRY",
+    "Geometry": "capsbench.capsules.routing.base:Geometry",
+    "Routing": "capsbench.capsules.routing.base:Routing",
+    "RoutingOutput": "capsbench.capsules.routing.base:RoutingOutput",
+}
+__all__ = sorted(EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

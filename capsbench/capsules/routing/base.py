@@ -12,22 +12,39 @@ D pose dim):
 - ``activation``: ``[N, L, I]`` child activations in [0, 1]
 - ``pose``: ``[N, L, I, D_in]`` the child poses themselves (self-routing needs them)
 - returns ``RoutingOutput(pose [N, L, J, D], activation [N, L, J], coefficients [N, L, I, J])``
+
+Two ways to receive the votes (contract v2):
+- ``forward(votes, activation, pose, geometry)``: the votes tensor, materialised. Every
+  routing has it; it is the reference path (the oracle of the equality tests).
+- ``forward_lazy(votes: LazyVotes, activation, geometry, need_coefficients)`` (optional):
+  the child poses, weights and vote transform (``capsbench.capsules.routing.votes``), so a
+  fused implementation can compute the votes of a few windows at a time and never hold
+  those of the whole layer. ``coefficients`` may be None when ``need_coefficients`` is
+  False. A routing that defines it says in ``fused_unavailable`` which of its
+  configurations have no fused implementation, and in ``fused_faster`` on which devices
+  its fused path is measured faster (what ``routing_impl="auto"`` picks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from capsbench.config import ROUTING_IMPLS  # noqa: F401  (re-exported for the layers)
+from capsbench.errors import UserError
+from capsbench.options import Option
+
 
 class RoutingOutput(NamedTuple):
     pose: torch.Tensor  # [N, L, J, D]
     activation: torch.Tensor  # [N, L, J] in [0, 1]
-    coefficients: torch.Tensor  # [N, L, I, J] >= 0, normalised over `Routing.normalised_over`
+    # [N, L, I, J] >= 0, normalised over `Routing.normalised_over`; None only when forward_lazy was
+    # called with need_coefficients=False
+    coefficients: torch.Tensor | None
 
 
 @dataclass
@@ -45,6 +62,39 @@ class Geometry:
 
 
 IDENTITY_GEOMETRY = Geometry(child_sum=lambda x: x)
+
+
+# ``routing_options.coefficients``: "routed" (the method) or "uniform", the control arm that
+# freezes the coefficients at their initial uniform value and keeps everything else (declared once,
+# with the other options, in declared_options; spec loading checks it, this guards direct construction).
+from capsbench.capsules.routing.declared_options import COEFFICIENTS  # noqa: E402
+
+
+def check_coefficients(method: str, value: str) -> None:
+    """UserError naming ``model.routing_options.coefficients`` unless ``value`` is in COEFFICIENTS."""
+    if value not in COEFFICIENTS:
+        raise UserError(
+            f"routing '{method}': option coefficients must be one of {COEFFICIENTS}, got {value!r}; "
+            "fix model.routing_options.coefficients"
+        )
+
+
+def type_means(**terms: torch.Tensor | float) -> dict[str, torch.Tensor]:
+    """Per-parent-type means of activation terms, for ``Routing.last_terms`` (cheap, detached, fp64).
+
+    ``[N, L, J]`` tensors are averaged over images and positions (-> ``[J]``); ``[J]`` tensors and
+    numbers are kept. ``count`` (``N * L``) lets telemetry weight batches of different sizes.
+    """
+    out: dict[str, torch.Tensor] = {}
+    count = 1
+    for name, value in terms.items():
+        t = torch.as_tensor(value).detach().to(torch.float64)
+        if t.dim() == 3:
+            count = t.shape[0] * t.shape[1]
+            t = t.mean(dim=(0, 1))
+        out[name] = t
+    out["count"] = torch.tensor(float(count), dtype=torch.float64)
+    return out
 
 
 class Routing(nn.Module):
@@ -66,6 +116,13 @@ class Routing(nn.Module):
       (squashed poses whose length is the activation);
     - ``per_child_parameters``: names of parameters indexed by child along dim 0
       (permuting the children permutes these; used by the property tests).
+
+    Telemetry (``capsbench.metrics.mechanism``) sets ``diagnostics = True`` on validation
+    batches only. A routing that can say why its activations are what they are then fills
+    ``last_terms`` with :func:`type_means` of its activation's terms; it must not change
+    any output. Any faster path of a routing (a fused kernel) must, while ``diagnostics``
+    is on, either fill the same ``last_terms`` or run the reference path; the rest of the
+    telemetry reads only the layer's output and ``layer.last_coefficients``.
     """
 
     normalised_over: ClassVar[str] = "parents"
@@ -77,6 +134,8 @@ class Routing(nn.Module):
     per_child_parameters: ClassVar[tuple[str, ...]] = ()
     # std of the vote transformation weights when the spec sets none (None = 1/sqrt(fan_in))
     weight_std: ClassVar[float | None] = None
+    # the method's keyword options (``model.routing_options``), declared as data: name -> Option
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}
 
     def __init__(self, children: int, parents: int, pose_dim: int, iterations: int = 3, in_pose_dim: int | None = None):
         super().__init__()
@@ -85,6 +144,8 @@ class Routing(nn.Module):
         self.pose_dim = pose_dim
         self.in_pose_dim = in_pose_dim or pose_dim
         self.iterations = iterations
+        self.diagnostics = False  # set by telemetry around validation batches
+        self.last_terms: dict[str, torch.Tensor] | None = None
 
     def forward(
         self,
@@ -94,3 +155,17 @@ class Routing(nn.Module):
         geometry: Geometry = IDENTITY_GEOMETRY,
     ) -> RoutingOutput:
         raise NotImplementedError
+
+    def fused_unavailable(self) -> str | None:
+        """Why this routing, as configured, has no fused implementation; None when it has one.
+
+        Routings without ``forward_lazy`` have none. Subclasses that define it override this
+        for the configurations their fused path does not cover.
+        """
+        if not hasattr(self, "forward_lazy"):
+            return f"routing {type(self).__name__} has no fused implementation (it defines no forward_lazy)"
+        return None
+
+    def fused_faster(self, device: torch.device) -> bool:
+        """Whether the fused path is measured faster than the reference on ``device`` (``auto`` picks it then)."""
+        return False

@@ -42,6 +42,18 @@ Choices (each an option, documented because references differ):
   parent types at one position. ``normalise="receiving_parents"`` (Google, IBM, VB):
   ``R`` sums to 1 over every parent in every window that receives the child, through
   ``geometry.child_sum``.
+- Variants and controls (options; the defaults above are capsbench's, hash-neutral):
+
+  - ``coefficients="uniform"``: a control arm (Paik, Kwak and Kim 2019, arXiv 1907.13327).
+    ``R`` stays at its initial uniform value and only the last M-step runs (with the last
+    ``lambda_t``): same votes, statistics, activation rule and loss, no routing.
+  - ``renormalise=True``: yl-1993's M-step, ``R'_ij = R_ij a_i / (sum_j R_ij a_i + eps)``,
+    which cancels ``a_i`` (see the deviation below); the reference's bug, kept as an option.
+  - ``initial_coefficients="one"``: SR-CapsNet's ``EmRouting2d`` first M-step with ``R = 1``
+    (every parent's first mass ``J`` times larger); later E-steps normalise as usual.
+  - ``lambda_schedule="fixed"``: ``lambda_t = final_lambda`` at every iteration (yl-1993 fixes
+    ``lambda = 1e-3``: ``final_lambda=1e-3, lambda_schedule=fixed``); default ``"openreview"``.
+
 - Deviations from the references, all deliberate: activations weight the statistics and
   ``R'`` is NOT renormalised over parents (yl-1993 does, which cancels ``a_i``; here a
   child with ``a_i = 0`` has no influence at all); ``R`` starts at ``1/J`` (SR-CapsNet
@@ -50,9 +62,20 @@ Choices (each an option, documented because references differ):
   floor (Google's ``min_var = 5e-4``, added rather than max-ed so the gradient never
   stops), so identical votes give no NaN.
 
+Fused path (``forward_lazy``, ``model.routing_impl=fused``): with ``normalise="parents"``
+windows are independent, so each block of windows runs every iteration on its own votes,
+computed from the child poses and weights (``routing/fused.py``), and the backward
+recomputes each block; with ``"receiving_parents"`` every contraction over children is
+one pass over the blocks (``fused.LazyCentredVotes``). Either way the layer's votes are
+never stored (about a third of the reference's peak memory) and the iterations are the
+same code as ``forward``'s. On the CPU it is
+measured slower than the reference (``benchmarks/results/fused-*.md``), so ``auto`` keeps
+the reference there; on CUDA the Triton kernel (``routing/kernels/triton_em.py``, when
+present) serves calls that need no coefficients.
+
 All statistics run in float32 (float64 stays float64) with autocast off; outputs come
 back in the input dtype. The votes are read in batched matrix products
-(:func:`prepare_votes`, :func:`moments`, :func:`squared_distance`), shared with VB routing.
+(``prepare_votes``, ``moments``, ``squared_distance`` in ``routing/ops.py``, shared with VB routing).
 
 Example::
 
@@ -67,21 +90,34 @@ Example::
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-from capsbench.errors import UserError, did_you_mean
-
-NORMALISATIONS = ("parents", "receiving_parents")
-COSTS = ("sum", "mean", "standardise")
-EPS = 1e-8  # guards divisions by a parent's mass; far below any real mass in fp32
-LOG_2PI = math.log(2 * math.pi)
+from capsbench.capsules.routing import declared_options, fused
+from capsbench.capsules.routing.base import (
+    IDENTITY_GEOMETRY,
+    Geometry,
+    Routing,
+    RoutingOutput,
+    type_means,
+)
+from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: kept importable from here)
+    EPS,
+    LOG_2PI,
+    Normaliser,
+    check_inputs,
+    child_log_softmax,
+    compute_dtype,
+    moments,
+    prepare_votes,
+    require,
+    resolve_options,
+    squared_distance,
+)
+from capsbench.capsules.routing.votes import LazyVotes
 
 
 def inverse_temperatures(final_lambda: float, iterations: int) -> list[float]:
@@ -94,233 +130,6 @@ def inverse_temperatures(final_lambda: float, iterations: int) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers shared with VB routing: option checks, the votes prepared once per forward, the two
-# batched contractions over children, and the normalisation of the routing coefficients.
-# Internal layout of coefficients: [N, L, J, I] (batch of N*L*J rows over I children).
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_options(method: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with ``options``; UserError naming an unknown option."""
-    for key in options:
-        if key not in defaults:
-            raise UserError(
-                f"routing '{method}': unknown option '{key}'{did_you_mean(key, defaults)}; "
-                f"model.routing_options accepts: {', '.join(sorted(defaults))}"
-            )
-    return {**defaults, **options}
-
-
-def require(ok: bool, method: str, key: str, expected: str, value: Any, where: str | None = None) -> None:
-    """Raise a one-line UserError for a bad option value; ``where`` is its spec key."""
-    if not ok:
-        where = where or f"model.routing_options.{key}"
-        raise UserError(f"routing '{method}': option {key} must be {expected}, got {value!r}; fix {where}")
-
-
-def is_number(value: Any, low: float = -math.inf, high: float = math.inf, strict: bool = True) -> bool:
-    """True for an int or float (not a bool) in ``(low, high)`` (``[low, high]`` with strict=False)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        return False
-    return low < value < high if strict else low <= value <= high
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Routing statistics run in float32 at least (bf16/fp16 -> fp32, fp64 stays fp64)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def prepare_votes(votes: torch.Tensor, activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centred votes and their squares side by side, ``[N*L*J, I, 2D]``, and the centre ``[N, L, J, D]``.
-
-    The centre is the activation-weighted mean vote of each parent, so later variances
-    are computed from sums of squares without catastrophic cancellation when votes are
-    large compared with their spread (coordinate addition, 1e4-sized votes). Every
-    routing output is invariant to the centre, so it is detached (its gradient is
-    exactly zero) and a child with activation 0 does not move it.
-    """
-    n, length, i, j, d = votes.shape
-    with torch.no_grad():
-        mass = activation.sum(-1).reshape(n * length, 1, 1)
-        weighted = torch.bmm(activation.reshape(n * length, 1, i), votes.reshape(n * length, i, j * d))
-        centre = (weighted / (mass + EPS)).view(n, length, j, d)
-    return _CentredVotes.apply(votes, centre), centre
-
-
-class _CentredVotes(torch.autograd.Function):
-    """``[v - c, (v - c)^2]`` in the layout ``[N, L, J, I, 2D]`` (returned flat, ``[N*L*J, I, 2D]``).
-
-    A custom Function so the transpose, the subtraction and the square write the one
-    tensor the contractions read (no intermediate votes-sized copies) and the backward
-    is one fused ``g1 + 2 (v - c) g2``. ``centre`` gets no gradient (see prepare_votes).
-    Returned in the 3-D shape the contractions use, so their gradients reach it without
-    view nodes in between and autograd can sum them in place.
-    """
-
-    @staticmethod
-    def forward(ctx, votes, centre):
-        n, length, i, j, d = votes.shape
-        if torch.compiler.is_compiling():  # dynamo refuses strided out=; inductor fuses this into one pass
-            centred = votes.transpose(2, 3) - centre.unsqueeze(3)
-            x = torch.cat([centred, centred.square()], dim=-1)
-        else:  # eager: write both halves of the one buffer, no temporaries
-            x = votes.new_empty(n, length, j, i, 2 * d)
-            torch.sub(votes.transpose(2, 3), centre.unsqueeze(3), out=x[..., :d])
-            torch.square(x[..., :d], out=x[..., d:])
-        ctx.save_for_backward(x)
-        return x.view(n * length * j, i, 2 * d)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        d = x.shape[-1] // 2
-        grad = grad.view(x.shape)
-        grad_votes = torch.addcmul(grad[..., :d], x[..., :d], grad[..., d:], value=2.0)
-        return grad_votes.transpose(2, 3), None
-
-
-class _SumOverChildren(torch.autograd.Function):
-    """``out[b, k] = sum_i w[b, i] x[b, i, k]``: one batched matrix product.
-
-    A custom backward because autograd's ``bmm`` backward makes the gradient of ``x``
-    with a K=1 matrix product (an outer product), about 10x slower on CPU than the
-    broadcast multiply used here. The backward is built from differentiable ops.
-    """
-
-    @staticmethod
-    def forward(ctx, w, x):
-        ctx.save_for_backward(w, x)
-        return torch.bmm(w.unsqueeze(1), x).squeeze(1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        w, x = ctx.saved_tensors
-        grad_w = torch.bmm(grad.unsqueeze(1), x.transpose(1, 2)).squeeze(1) if ctx.needs_input_grad[0] else None
-        grad_x = w.unsqueeze(2) * grad.unsqueeze(1) if ctx.needs_input_grad[1] else None
-        return grad_w, grad_x
-
-
-class _DotPerChild(torch.autograd.Function):
-    """``out[b, i] = sum_k c[b, k] x[b, i, k]``: one batched matrix product (backward as above)."""
-
-    @staticmethod
-    def forward(ctx, c, x):
-        ctx.save_for_backward(c, x)
-        return torch.bmm(c.unsqueeze(1), x.transpose(1, 2)).squeeze(1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        c, x = ctx.saved_tensors
-        grad_c = torch.bmm(grad.unsqueeze(1), x).squeeze(1) if ctx.needs_input_grad[0] else None
-        grad_x = grad.unsqueeze(2) * c.unsqueeze(1) if ctx.needs_input_grad[1] else None
-        return grad_c, grad_x
-
-
-def moments(weights: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weighted sums over children: ``sum_i w``, ``sum_i w v`` and ``sum_i w v^2``.
-
-    ``weights`` ``[N, L, J, I]``, ``x`` from :func:`prepare_votes`; returns ``[N, L, J]``,
-    ``[N, L, J, D]``, ``[N, L, J, D]``. One batched matrix product reads the votes once.
-    """
-    d2 = x.shape[-1]
-    sums = _SumOverChildren.apply(weights.reshape(x.shape[:2]), x).view(*weights.shape[:3], d2)
-    return weights.sum(-1), sums[..., : d2 // 2], sums[..., d2 // 2 :]
-
-
-def squared_distance(x: torch.Tensor, precision: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """``sum_d precision_d (v_d - mean_d)^2`` for every child and parent, ``[N, L, J, I]``.
-
-    Expanded as ``sum p v^2 - 2 sum p m v + sum p m^2`` so one batched matrix product
-    reads the (centred) votes once and no ``[N, L, I, J, D]`` temporary is made.
-    """
-    coef = torch.cat([-2 * precision * mean, precision], dim=-1)  # pairs with [v, v^2]
-    linear = _DotPerChild.apply(coef.view(-1, x.shape[-1]), x).view(*mean.shape[:3], x.shape[1])
-    const = (precision * mean.square()).sum(-1, keepdim=True)
-    return (linear + const).clamp_min(0)  # rounding can make a zero distance slightly negative
-
-
-_SHIFT_STEPS = 8  # enough to bring logits spread over ~1e13 nats back into fp32 range
-
-
-def child_shift(x: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> torch.Tensor:
-    """A shift ``[N, L, I]`` close above the max of ``x`` over every slot holding the same child.
-
-    ``child_sum`` can only add, so the usual max is out of reach. Instead the shift is
-    tightened in a fixed number of steps (no data-dependent control flow): a
-    temperature-``T`` log-sum-exp is an upper bound on the max within ``T ln(n)``
-    (``n`` = most windows per child), and each step lowers ``T`` so the largest term
-    stays above ``exp(-60)``. Every slot of one child gets the same value; a constant for
-    autograd (results never depend on it).
-    """
-    real = count > 0.5
-    with torch.no_grad():
-        xs = x.detach()
-        hi, lo = xs.amax(), xs.amin()
-        log_n = torch.log(count.amax().clamp_min(1.0))
-        temp = ((hi - lo) / 60).clamp_min(1.0)
-        shift = hi.expand_as(xs)
-        tiny = torch.finfo(xs.dtype).tiny
-        for _ in range(_SHIFT_STEPS):
-            total = child_sum(torch.exp((xs - shift) / temp)).clamp_min(tiny)
-            shift = torch.where(real, shift + temp * torch.log(total), shift)
-            temp = (temp * log_n / 60).clamp_min(1.0)
-    return shift
-
-
-def child_log_softmax(logits: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> torch.Tensor:
-    """``log R`` ``[N, L, J, I]`` with ``R`` normalised over every parent receiving each child.
-
-    Log-space throughout: the logits are first taken relative to their window's max
-    (``y <= 0``), the windows of a child are combined through :func:`child_shift`, and
-    the large parts (window max minus child shift) are subtracted before anything small
-    is added, so a ``ln 2`` survives next to logits of -1e9. Slots ``child_sum`` maps to 0
-    (padding, ``count == 0``) are normalised over their own window.
-    """
-    real = count > 0.5
-    peak = logits.detach().amax(dim=2)  # [N, L, I] window max
-    y = logits - peak.unsqueeze(2)
-    per_window = torch.logsumexp(y, dim=2)  # in [0, ln J]
-    gap = peak - child_shift(peak, child_sum, count)  # <= ~0, same child -> same shift
-    # the clamp only matters past fp32's reach (|logits| > ~1e9, where the shift rounds)
-    total = torch.log(child_sum(torch.exp((gap + per_window).clamp_max(80.0))))
-    log_norm = torch.where(real, total - gap, per_window)  # log sum over receiving parents, minus peak
-    return y - log_norm.unsqueeze(2)
-
-
-class Normaliser:
-    """Initial routing coefficients and the E-step normalisation, over one declared axis."""
-
-    def __init__(self, mode: str, geometry: Geometry, like: torch.Tensor):
-        self.mode = mode
-        self.child_sum = geometry.child_sum
-        # like: [N, L, I]; count = windows receiving each child (0 in padded slots)
-        self.count = self.child_sum(torch.ones_like(like)) if mode == "receiving_parents" else None
-
-    def initial(self, parents: int, like: torch.Tensor) -> torch.Tensor:
-        """Uniform coefficients ``[N, L, J, I]``: ``1/J``, or ``1/(J * windows)`` over receiving parents."""
-        n, length, i = like.shape
-        if self.mode == "parents":
-            return like.new_full((n, length, parents, i), 1.0 / parents)
-        share = 1.0 / (parents * self.count.clamp_min(1.0))  # a padded slot: 1/J in its own window
-        return share.unsqueeze(2).expand(n, length, parents, i)
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """Coefficients from log-weights ``[N, L, J, I]``, normalised over the declared axis."""
-        if self.mode == "parents":
-            return torch.softmax(logits, dim=2)
-        return torch.exp(child_log_softmax(logits, self.child_sum, self.count))
-
-
-def check_inputs(votes: torch.Tensor, activation: torch.Tensor, parents: int, pose_dim: int) -> None:
-    """ValueError when the tensors do not match the routing's shape contract."""
-    if votes.dim() != 5 or activation.shape != votes.shape[:3] or votes.shape[3:] != (parents, pose_dim):
-        raise ValueError(
-            f"routing expects votes [N, L, I, {parents}, {pose_dim}] and activation [N, L, I], "
-            f"got {tuple(votes.shape)} and {tuple(activation.shape)}"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 class EMRouting(Routing):
@@ -328,7 +137,12 @@ class EMRouting(Routing):
 
     Options: ``final_lambda`` (None: 1e-2 for cost "sum" and "standardise", 1.44 for
     "mean"), ``min_var`` (5e-4), ``normalise`` ("parents" or "receiving_parents"),
-    ``cost`` ("sum", "mean" or "standardise").
+    ``cost`` ("sum", "mean" or "standardise"), and the variants and control
+    ``coefficients`` ("routed"/"uniform"), ``renormalise`` (False), ``initial_coefficients``
+    ("uniform"/"one"), ``lambda_schedule`` ("openreview"/"fixed").
+    With ``diagnostics`` on, ``last_terms`` holds per-type means of ``beta_a``, ``cost``,
+    ``mass``, ``margin = logit / lambda_t`` (``beta_a - cost``; with cost "standardise" the
+    standardised margin), ``logit`` and ``lambda_t``, all at the last iteration.
     """
 
     loss = "spread"
@@ -341,7 +155,7 @@ class EMRouting(Routing):
     class_caps = "shared"  # Hinton et al., Google, yl-1993: shared weights + coordinate addition
     primary_activation = "sigmoid"
 
-    DEFAULTS = {"final_lambda": None, "min_var": 5e-4, "normalise": "parents", "cost": "sum"}
+    OPTIONS = declared_options.EM
     FINAL_LAMBDA = {"sum": 1e-2, "mean": 1.44, "standardise": 1e-2}  # final_lambda=None picks by cost
 
     def __init__(
@@ -354,7 +168,7 @@ class EMRouting(Routing):
         **options: Any,
     ):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
-        opts = resolve_options("em", options, self.DEFAULTS)
+        opts = resolve_options("em", options, self.OPTIONS)
         require(
             isinstance(iterations, int) and iterations >= 1,
             "em",
@@ -363,17 +177,20 @@ class EMRouting(Routing):
             iterations,
             "model.iterations",
         )
-        require(opts["cost"] in COSTS, "em", "cost", f"one of {COSTS}", opts["cost"])
         if opts["final_lambda"] is None:
             opts["final_lambda"] = self.FINAL_LAMBDA[opts["cost"]]
-        require(is_number(opts["final_lambda"], 0), "em", "final_lambda", "a number > 0", opts["final_lambda"])
-        require(is_number(opts["min_var"], 0), "em", "min_var", "a number > 0", opts["min_var"])
-        require(opts["normalise"] in NORMALISATIONS, "em", "normalise", f"one of {NORMALISATIONS}", opts["normalise"])
+        self.coefficients, self.renormalise = opts["coefficients"], opts["renormalise"]
+        self.initial_coefficients = opts["initial_coefficients"]
+        schedule = opts["lambda_schedule"]
         self.final_lambda = float(opts["final_lambda"])
         self.min_var = float(opts["min_var"])
         self.cost = opts["cost"]
         self.normalised_over = opts["normalise"]  # instance attribute shadows the class default
-        self.lambdas = inverse_temperatures(self.final_lambda, iterations)
+        self.lambdas = (
+            inverse_temperatures(self.final_lambda, iterations)
+            if schedule == "openreview"
+            else [self.final_lambda] * iterations
+        )
         self.beta_u = nn.Parameter(torch.zeros(parents))
         self.beta_a = nn.Parameter(torch.zeros(parents))
 
@@ -381,7 +198,9 @@ class EMRouting(Routing):
         return (
             f"parents={self.parents}, pose_dim={self.pose_dim}, iterations={self.iterations}, "
             f"final_lambda={self.final_lambda}, min_var={self.min_var}, cost={self.cost!r}, "
-            f"normalise={self.normalised_over!r}"
+            f"normalise={self.normalised_over!r}, coefficients={self.coefficients!r}, "
+            f"renormalise={self.renormalise}, initial_coefficients={self.initial_coefficients!r}, "
+            f"lambdas={[round(x, 6) for x in self.lambdas]}"
         )
 
     def forward(
@@ -394,22 +213,108 @@ class EMRouting(Routing):
         check_inputs(votes, activation, self.parents, self.pose_dim)
         out_dtype, dtype = votes.dtype, compute_dtype(votes.dtype)
         with torch.autocast(device_type=votes.device.type, enabled=False):
-            v, a = votes.to(dtype), activation.to(dtype)
-            x, centre = prepare_votes(v, a)
-            norm = Normaliser(self.normalised_over, geometry, a)
-            r = norm.initial(self.parents, a)  # [N, L, J, I]
-            a_child = a.unsqueeze(2)  # [N, L, 1, I]
             beta_u, beta_a = self.beta_u.to(dtype), self.beta_a.to(dtype)
-            for t, lam in enumerate(self.lambdas):
-                mean, var, logit = self._m_step(r * a_child, x, beta_u, beta_a, lam)
-                if t < self.iterations - 1:
-                    r = norm(self._log_likelihood(x, mean, var) + F.logsigmoid(logit).unsqueeze(-1))
-            new_pose = mean + centre
-            new_act = torch.sigmoid(logit)
+            new_pose, new_act, r = self.route(votes.to(dtype), activation.to(dtype), beta_u, beta_a, geometry)
         return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), r.transpose(2, 3).to(out_dtype))
 
+    def route(self, v, a, beta_u, beta_a, geometry=IDENTITY_GEOMETRY):
+        """All iterations on votes ``v [N, L, I, J, D]`` (compute dtype): pose, activation, ``R [N, L, J, I]``."""
+        x, centre = prepare_votes(v, a)
+        return self._iterate(x, centre, a, beta_u, beta_a, geometry)
+
+    def _iterate(self, x, centre, a, beta_u, beta_a, geometry):
+        """The iterations from the centred votes ``x`` (a tensor, or lazy: ``fused.LazyCentredVotes``)."""
+        norm = Normaliser(self.normalised_over, geometry, a)
+        r = norm.initial(self.parents, a)  # [N, L, J, I]
+        a_child = a.unsqueeze(2)  # [N, L, 1, I]
+        lambdas = self.lambdas if self.coefficients == "routed" else self.lambdas[-1:]  # uniform: last M-step
+        for t, lam in enumerate(lambdas):
+            first_r = t == 0 and self.initial_coefficients == "one"
+            mean, var, logit, terms = self._m_step(
+                self._weights(torch.ones_like(r) if first_r else r, a_child), x, beta_u, beta_a, lam
+            )
+            if t < len(lambdas) - 1:
+                r = norm(self._log_likelihood(x, mean, var) + F.logsigmoid(logit).unsqueeze(-1))
+        if self.diagnostics:  # forward_lazy routes through forward while diagnostics are on: one call, whole layer
+            self.last_terms = type_means(beta_a=beta_a, lambda_t=lam, margin=logit / lam, logit=logit, **terms)
+        return mean + centre, torch.sigmoid(logit), r
+
+    def _weights(self, r, a_child):
+        """``R'_ij = R_ij a_i`` (capsbench), or renormalised over parents (yl-1993's ``renormalise``)."""
+        weights = r * a_child
+        if self.renormalise:
+            weights = weights / (weights.sum(2, keepdim=True) + EPS)
+        return weights
+
+    # ----------------------------------------------------------------------------- fused path
+
+    def options_are_default(self) -> bool:
+        """No control or reference variant is on (what the compiled kernels implement)."""
+        return (self.coefficients, self.renormalise, self.initial_coefficients, self.lambdas) == (
+            "routed", False, "uniform", inverse_temperatures(self.final_lambda, self.iterations)
+        )
+
+    def fused_faster(self, device: torch.device) -> bool:
+        return fused.measured_faster("em", torch.device(device).type)
+
+    def _gpu_kernel(self, votes: LazyVotes, need_coefficients: bool):
+        """The Triton EM kernel when it applies (CUDA, matrix votes, per-child weights, no offsets, no
+        coefficients asked for: it returns none), else None (the blockwise path runs)."""
+        plain = votes.transform == "matrix" and votes.weight_index is None and votes.offsets is None
+        plain = plain and self.options_are_default()  # the kernel implements capsbench's EM, no variant
+        if votes.pose.device.type != "cuda" or need_coefficients or not plain:
+            return None
+        try:
+            from capsbench.capsules.routing.kernels import triton_em
+        except ImportError:  # no kernels package or no Triton: the blockwise path
+            return None
+        return triton_em.em_routing_triton if triton_em.available(votes.pose.device) else None
+
+    def forward_lazy(
+        self, votes: LazyVotes, activation: torch.Tensor, geometry: Geometry, need_coefficients: bool = True
+    ) -> RoutingOutput:
+        """The routing of lazily given votes, a block of windows at a time (see ``routing/fused.py``).
+
+        Windows are independent when ``R`` is normalised over parent types, so each block runs
+        every iteration on its own votes, computed from the child poses and weights; the
+        backward recomputes each block instead of storing its votes. Coefficients come back
+        detached (None unless ``need_coefficients``).
+        """
+        if self.diagnostics:  # telemetry's activation terms are per layer: the reference path fills them
+            return self.forward(votes.materialize(), activation, votes.pose, geometry)
+        out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
+        with torch.autocast(device_type=votes.pose.device.type, enabled=False):
+            beta_u, beta_a = self.beta_u.to(dtype), self.beta_a.to(dtype)
+            if self.normalised_over != "parents":  # windows coupled: one pass over the blocks per contraction
+                a = activation.to(dtype)
+                x = fused.LazyCentredVotes(votes, a, dtype)
+                new_pose, new_act, r = self._iterate(x, x.centre, a, beta_u, beta_a, geometry)
+                coefficients = r.detach().transpose(2, 3).to(out_dtype) if need_coefficients else None
+                return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
+            kernel = self._gpu_kernel(votes, need_coefficients)
+            if kernel is not None:
+                n, length, i, j, d = votes.shape
+                new_pose, new_act = kernel(
+                    votes.pose.to(dtype).reshape(n * length, i, d), activation.to(dtype).reshape(n * length, i),
+                    votes.weight.to(dtype), beta_u, beta_a, lambdas=tuple(self.lambdas), min_var=self.min_var,
+                    cost=self.cost,
+                )  # fmt: skip
+                pose_out, act_out = new_pose.view(n, length, j, d), new_act.view(n, length, j)
+                return RoutingOutput(pose_out.to(out_dtype), act_out.to(out_dtype), None)
+
+            def window_block(v, a, bu, ba):
+                new_pose, new_act, r = self.route(v.unsqueeze(0), a.unsqueeze(0), bu, ba)
+                return new_pose[0], new_act[0], r[0]
+
+            new_pose, new_act, r = fused.route_in_blocks(
+                window_block, votes, activation.to(dtype), (beta_u, beta_a), dtype, need_coefficients
+            )
+        coefficients = r.transpose(-1, -2).to(out_dtype) if r is not None else None
+        return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
+
     def _m_step(self, weights, x, beta_u, beta_a, lam):
-        mass, s1, s2 = moments(weights, x)  # weights = R * a_i, NOT renormalised over parents
+        """-> mean, variance, activation logit, and the activation's terms (mass, cost) ``[N, L, J]``."""
+        mass, s1, s2 = moments(weights, x)  # by default weights = R * a_i, NOT renormalised over parents
         denom = (mass + EPS).unsqueeze(-1)
         mean = s1 / denom  # relative to the centre
         var = (s2 / denom - mean.square()).clamp_min(0) + self.min_var
@@ -419,8 +324,8 @@ class EMRouting(Routing):
         if self.cost == "standardise":
             centred = cost.mean(-1, keepdim=True) - cost
             std = torch.sqrt(centred.square().mean(-1, keepdim=True) + 1e-12)
-            return mean, var, lam * (beta_a + centred / std)
-        return mean, var, lam * (beta_a - cost)
+            return mean, var, lam * (beta_a + centred / std), {"mass": mass, "cost": cost}
+        return mean, var, lam * (beta_a - cost), {"mass": mass, "cost": cost}
 
     def _log_likelihood(self, x, mean, var):
         """``ln N(v_i | mu_j, sigma_j)`` for every child and parent, ``[N, L, J, I]``."""

@@ -15,6 +15,11 @@ activations at one position sum to 1 over the parent types (mean ``1/J``, 0.0625
 activation is scaled by the same ``c > 0``. No iterations: ``iterations`` is accepted
 for the common interface and ignored.
 
+``coefficients="uniform"`` is the control arm (Paik, Kwak and Kim 2019): ``c_ij = 1/J``
+(``W2``, ``b2`` unused), the same activation rule, poses and loss. Then
+``a_j = 1/J`` at every position with an active child: the layer's activations carry no
+information, by construction of the rule.
+
 Example::
 
     >>> import torch
@@ -29,11 +34,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-from capsbench.capsules.routing.dynamic import weighted_votes
+from capsbench.capsules.routing import declared_options
+from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput, check_coefficients
+from capsbench.capsules.routing.ops import weighted_votes
 
 
 class SelfRouting(Routing):
+    OPTIONS = declared_options.SELF  # the keyword options below, declared for validate
     normalised_over = "parents"
     loss = "nll"
     pose_norm = True  # SR-CapsNet puts a BatchNorm on the poses after every stacked layer
@@ -50,9 +57,11 @@ class SelfRouting(Routing):
         iterations: int = 3,
         in_pose_dim: int | None = None,
         eps: float = 1e-12,
+        coefficients: str = "routed",
     ):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
-        self.eps = eps
+        check_coefficients("self", coefficients)
+        self.eps, self.coefficients = eps, coefficients
         self.W2 = nn.Parameter(torch.zeros(children, self.in_pose_dim, parents))
         self.b2 = nn.Parameter(torch.zeros(children, parents))
 
@@ -63,8 +72,11 @@ class SelfRouting(Routing):
         pose: torch.Tensor,
         geometry: Geometry = IDENTITY_GEOMETRY,
     ) -> RoutingOutput:
-        logits = torch.einsum("nlid,idj->nlij", pose, self.W2) + self.b2  # one batched matmul over children
-        coefficients = torch.softmax(logits, dim=-1)  # over parent types
+        if self.coefficients == "uniform":  # the control arm: W2, b2 unused, everything else kept
+            coefficients = votes.new_full(votes.shape[:4], 1.0 / self.parents)
+        else:
+            logits = torch.einsum("nlid,idj->nlij", pose, self.W2) + self.b2  # one batched matmul over children
+            coefficients = torch.softmax(logits, dim=-1)  # over parent types
         ar = activation.unsqueeze(-1) * coefficients  # [N, L, I, J]
         ar_sum = ar.sum(2)  # [N, L, J]
         weights = ar / (ar_sum.unsqueeze(2) + self.eps)

@@ -31,6 +31,13 @@ re-centres every type on every batch, so it can hide dead capsules) and
 ``pose_bn=False``. Because the pose BN lives here, ``pose_norm`` (the layer-level one)
 is False.
 
+Control: ``coefficients="uniform"`` keeps ``R`` at its initial uniform value (one update of
+``q(pi, mu, Lambda)``, the same outputs, priors, BatchNorms and loss; no routing), the like-for-like
+"routing that does nothing" arm (Paik, Kwak and Kim 2019). With ``diagnostics`` on,
+``last_terms`` holds per-type means of ``beta_a``, ``beta_u``, ``entropy`` (``H_j``), ``weight``
+(``exp E[ln pi_j]``), ``mass`` (``N_j``), ``cost`` (``weight * H + beta_u``), ``logit`` (before
+the activation BN) and ``logit_bn`` (after it).
+
 Choices:
 
 - ``normalise="receiving_parents"`` (default, the reference): ``R`` sums to 1 over every
@@ -71,11 +78,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-from capsbench.capsules.routing.em import (
+from capsbench.capsules.routing import declared_options, fused
+from capsbench.capsules.routing.base import (
+    IDENTITY_GEOMETRY,
+    Geometry,
+    Routing,
+    RoutingOutput,
+    type_means,
+)
+from capsbench.capsules.routing.ops import (
     EPS,
     LOG_2PI,
-    NORMALISATIONS,
     Normaliser,
     check_inputs,
     compute_dtype,
@@ -86,8 +99,7 @@ from capsbench.capsules.routing.em import (
     resolve_options,
     squared_distance,
 )
-
-LOG_DETS = ("diagonal", "wishart")
+from capsbench.capsules.routing.votes import LazyVotes
 
 
 class NonAffineBatchNorm(nn.Module):
@@ -126,7 +138,8 @@ class VBRouting(Routing):
 
     Options: ``alpha0`` (1), ``kappa0`` (1), ``nu0`` (None = D + 1), ``psi0`` (1: Psi0 = psi0 * I),
     ``m0`` (0), ``normalise`` ("receiving_parents"), ``activation_bn`` (True), ``pose_bn``
-    (True), ``log_det`` ("diagonal" or "wishart"), ``bn_momentum`` (0.1).
+    (True), ``log_det`` ("diagonal" or "wishart"), ``bn_momentum`` (0.1), ``coefficients``
+    ("routed" or the "uniform" control).
     """
 
     loss = "cross_entropy"
@@ -139,18 +152,7 @@ class VBRouting(Routing):
     class_caps = "shared"  # VB reference: shared class-capsule weights with coordinate addition
     primary_activation = "sigmoid"
 
-    DEFAULTS = {
-        "alpha0": 1.0,
-        "kappa0": 1.0,
-        "nu0": None,
-        "psi0": 1.0,
-        "m0": 0.0,
-        "normalise": "receiving_parents",
-        "activation_bn": True,
-        "pose_bn": True,
-        "log_det": "diagonal",
-        "bn_momentum": 0.1,
-    }
+    OPTIONS = declared_options.VB
 
     def __init__(
         self,
@@ -162,7 +164,7 @@ class VBRouting(Routing):
         **options: Any,
     ):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
-        opts = resolve_options("vb", options, self.DEFAULTS)
+        opts = resolve_options("vb", options, self.OPTIONS)
         if opts["nu0"] is None:
             opts["nu0"] = pose_dim + 1
         require(
@@ -173,17 +175,11 @@ class VBRouting(Routing):
             iterations,
             "model.iterations",
         )
-        for key in ("alpha0", "kappa0", "psi0"):
-            require(is_number(opts[key], 0), "vb", key, "a number > 0", opts[key])
-        require(opts["log_det"] in LOG_DETS, "vb", "log_det", f"one of {LOG_DETS}", opts["log_det"])
+        # the one bound that depends on another value (pose_dim), so no declaration can state it
         least_nu = pose_dim - 1 if opts["log_det"] == "wishart" else 0
         require(is_number(opts["nu0"], least_nu), "vb", "nu0", f"a number > {least_nu}", opts["nu0"])
-        require(opts["normalise"] in NORMALISATIONS, "vb", "normalise", f"one of {NORMALISATIONS}", opts["normalise"])
-        require(is_number(opts["m0"]), "vb", "m0", "a number", opts["m0"])
-        for key in ("activation_bn", "pose_bn"):
-            require(isinstance(opts[key], bool), "vb", key, "true or false", opts[key])
         momentum = opts["bn_momentum"]
-        require(is_number(momentum, 0, 1, strict=False), "vb", "bn_momentum", "a number in [0, 1]", momentum)
+        self.coefficients = opts["coefficients"]
         self.alpha0, self.kappa0 = float(opts["alpha0"]), float(opts["kappa0"])
         self.nu0, self.psi0, self.m0 = float(opts["nu0"]), float(opts["psi0"]), float(opts["m0"])
         self.log_det = opts["log_det"]
@@ -214,17 +210,40 @@ class VBRouting(Routing):
         with torch.autocast(device_type=votes.device.type, enabled=False):
             v, a = votes.to(dtype), activation.to(dtype)
             x, centre = prepare_votes(v, a)
-            m0 = self.m0 - centre  # the prior mean, in the centred coordinates of x
-            norm = Normaliser(self.normalised_over, geometry, a)
-            r = norm.initial(self.parents, a)  # [N, L, J, I]
-            a_child = a.unsqueeze(2)
-            for t in range(self.iterations):
-                post = self._update_parameters(r * a_child, x, m0)
-                if t < self.iterations - 1:
-                    r = norm(self._log_rho(post, x))
-            new_act, new_pose = self._outputs(post, centre, dtype)
-            self.last_posterior = {k: val.detach() for k, val in post.items()} | {"m": (post["m"] + centre).detach()}
+            new_pose, new_act, r = self._route(x, centre, a, geometry, dtype)
         return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), r.transpose(2, 3).to(out_dtype))
+
+    def fused_faster(self, device: torch.device) -> bool:
+        return fused.measured_faster("vb", torch.device(device).type)
+
+    def forward_lazy(
+        self, votes: LazyVotes, activation: torch.Tensor, geometry: Geometry, need_coefficients: bool = True
+    ) -> RoutingOutput:
+        """The same routing on lazily given votes: every contraction over children recomputes the votes
+        a block of windows at a time (``fused.LazyCentredVotes``); only the coefficients ``[N, L, J, I]``
+        cross blocks, so the votes of the layer are never stored. Coefficients come back detached."""
+        out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
+        with torch.autocast(device_type=votes.pose.device.type, enabled=False):
+            a = activation.to(dtype)
+            x = fused.LazyCentredVotes(votes, a, dtype)
+            new_pose, new_act, r = self._route(x, x.centre, a, geometry, dtype)
+        coefficients = r.detach().transpose(2, 3).to(out_dtype) if need_coefficients else None
+        return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
+
+    def _route(self, x, centre, a, geometry, dtype):
+        """All updates from the centred votes ``x`` (a tensor or lazy): pose, activation, ``R [N, L, J, I]``."""
+        m0 = self.m0 - centre  # the prior mean, in the centred coordinates of x
+        norm = Normaliser(self.normalised_over, geometry, a)
+        r = norm.initial(self.parents, a)  # [N, L, J, I]
+        a_child = a.unsqueeze(2)
+        rounds = self.iterations if self.coefficients == "routed" else 1  # uniform: R never changes
+        for t in range(rounds):
+            post = self._update_parameters(r * a_child, x, m0)
+            if t < rounds - 1:
+                r = norm(self._log_rho(post, x))
+        new_act, new_pose = self._outputs(post, centre, dtype)
+        self.last_posterior = {k: val.detach() for k, val in post.items()} | {"m": (post["m"] + centre).detach()}
+        return new_pose, new_act, r
 
     def _update_parameters(self, weights, x, m0):
         """q(pi, mu, Lambda) from the activation-weighted assignments ``weights`` ``[N, L, J, I]``."""
@@ -272,9 +291,16 @@ class VBRouting(Routing):
         d = self.pose_dim
         entropy = 0.5 * d * math.log(2 * math.pi * math.e) - 0.5 * self._expected_log_det(post["nu"], post["W"])
         weight = torch.exp(self._expected_log_pi(post["alpha"]))  # E[ln pi_j] made a weight in (0, 1)
-        logit = self.beta_a.to(dtype) - (weight * entropy + self.beta_u.to(dtype))
+        cost = weight * entropy + self.beta_u.to(dtype)
+        logit = self.beta_a.to(dtype) - cost
+        raw = logit
         if self.activation_bn is not None:
             logit = self.activation_bn(logit, channel_dim=2)  # [N, L, J]: J channels
+        if self.diagnostics:
+            self.last_terms = type_means(
+                beta_a=self.beta_a, beta_u=self.beta_u, entropy=entropy, weight=weight,
+                mass=post["alpha"] - self.alpha0, cost=cost, logit=raw, logit_bn=logit,
+            )  # fmt: skip
         new_pose = post["m"] + centre
         if self.pose_bn is not None:
             new_pose = self.pose_bn(new_pose, channel_dim=2)  # [N, L, J, D]: J channels

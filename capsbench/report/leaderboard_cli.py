@@ -76,7 +76,8 @@ def root_option(parser) -> None:
 def cmd_leaderboard(args) -> int:
     from pathlib import Path
 
-    from capsbench.results import leaderboard, store
+    from capsbench.report import leaderboard
+    from capsbench.results import store
 
     root = Path(args.root)
     if args.action in ACTIONS:
@@ -118,6 +119,7 @@ def cmd_verify(root, args) -> int:
 
     from capsbench.cli import reexec_for_numerics
     from capsbench.registry import ROUTINGS
+    from capsbench.rerun import rerun
     from capsbench.results import store, verify
 
     records = store.read_records(root)
@@ -129,7 +131,7 @@ def cmd_verify(root, args) -> int:
     problems = verify.coverage(records, "ci", ROUTINGS.names()) if args.protocol == "ci" and not args.records else []
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="capsbench-verify-"))
     print(f"re-running {len(chosen)} record(s) in {out}", file=sys.stderr)
-    fresh = verify.rerun(records, chosen, out, args.jobs)
+    fresh = rerun(records, chosen, out, args.jobs)
     skipped = 0
     for rel in chosen:
         lines, n = verify.compare(rel, records[rel], fresh[rel])
@@ -167,8 +169,8 @@ def cmd_rerecord(root, args) -> int:
 
     from capsbench.cli import reexec_for_numerics
     from capsbench.errors import UserError
-    from capsbench.results import leaderboard
-    from capsbench.results.rerecord import PROTOCOL_SPECS, rerecord, sweep_runs
+    from capsbench.report import leaderboard
+    from capsbench.rerun import PROTOCOL_SPECS, rerecord, sweep_runs
 
     if args.specs is None and args.protocol not in PROTOCOL_SPECS:
         raise UserError(f"--specs: protocol {args.protocol} has no default sweep specs; name them")
@@ -182,7 +184,7 @@ def cmd_rerecord(root, args) -> int:
 
 
 def cmd_diff(root, args) -> int:
-    from capsbench.results.diff import diff_against
+    from capsbench.report.leaderboard_diff import diff_against
 
     for line in diff_against(root, args.base):
         print(line)

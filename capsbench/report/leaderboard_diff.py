@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from capsbench.errors import UserError
+from capsbench.report.leaderboard_tables import rank_text
 from capsbench.results.scores import aggregate
 from capsbench.results.store import RECORDS, read_records
-from capsbench.results.tables import rank_text
 
 SHOWN = (("deepest_accuracy", "deepest accuracy", "pct"), ("best_accuracy", "best accuracy", "pct"),
          ("retention", "retention", "num"), ("collapse_depth", "collapse depth", "depth"),

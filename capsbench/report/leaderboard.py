@@ -34,8 +34,10 @@ from pathlib import Path
 
 from capsbench.errors import UserError
 from capsbench.io import write_bytes
+from capsbench.report import leaderboard_page
+from capsbench.report import leaderboard_tables as tables
 from capsbench.results import ledger as ledger_mod
-from capsbench.results import provenance, tables, webpage
+from capsbench.results import provenance
 from capsbench.results.scores import aggregate
 from capsbench.results.store import RECORDS, check_protocol, read_records
 
@@ -123,7 +125,7 @@ def render(root: Path) -> Rendered:
         out.manifests[f"{folder}/{MANIFEST}"] = sorted(pngs)
     out.readme_section = tables.markdown(sections)
     out.texts[CHANGELOG] = changelog(ledger)
-    out.texts[INDEX] = webpage.index_html(sections, CHANGELOG, README)
+    out.texts[INDEX] = leaderboard_page.index_html(sections, CHANGELOG, README)
     return out
 
 

@@ -2,7 +2,7 @@
 
 Browsers refuse ``fetch`` on ``file://``, so the data is inlined as JSON (``<script
 type="application/json" id="leaderboard-data">``) next to the page's own script and style
-(``webpage.js``, ``webpage.css``, inlined too: no CDN, nothing fetched). The script builds one
+(``leaderboard_page.js``, ``leaderboard_page.css``, inlined too: no CDN, nothing fetched). The script builds one
 table per (protocol version, data set) with the depth figure beside it, filters by protocol,
 data set and method, sorts by any column, and opens a panel per method with its per-depth numbers,
 its activation grid (mean activation of every capsule type of every layer, test set, mean over
@@ -19,7 +19,8 @@ from collections import defaultdict
 from html import escape
 from pathlib import Path
 
-from capsbench.results import provenance, tables
+from capsbench.report import leaderboard_tables as tables
+from capsbench.results import provenance
 
 _HERE = Path(__file__).resolve().parent
 
@@ -98,7 +99,7 @@ def index_html(sections: list[dict], changelog: str, readme: str) -> str:
 <meta charset="utf-8">
 <title>capsbench leaderboard</title>
 <style>
-{(_HERE / "webpage.css").read_text()}</style>
+{(_HERE / "leaderboard_page.css").read_text()}</style>
 </head>
 <body>
 <h1>capsbench depth-scalability leaderboard</h1>
@@ -113,7 +114,7 @@ version. Click a column to sort, a method for its per-depth numbers, activation 
 </dl>
 <script type="application/json" id="leaderboard-data">{data}</script>
 <script>
-{(_HERE / "webpage.js").read_text()}</script>
+{(_HERE / "leaderboard_page.js").read_text()}</script>
 </body>
 </html>
 """

@@ -1,4 +1,8 @@
-"""``capsbench leaderboard rerecord``: the one documented path that replaces committed records.
+"""Re-running committed records: ``leaderboard verify`` (``rerun``) and ``leaderboard rerecord`` (``rerecord``).
+
+``rerun`` trains the chosen records again from their committed configs (see
+``capsbench.results.verify`` for how they are compared). ``rerecord`` is the one documented path
+that replaces committed records.
 
 When a change of numerics is intended (``leaderboard verify`` fails for it), the protocol's sweep
 specs are run again in a FRESH folder (finished runs in an old folder would be reused and give
@@ -23,10 +27,21 @@ from pathlib import Path
 from capsbench.errors import UserError
 from capsbench.results import store
 from capsbench.results.entry import record_path, result_of, to_entry
-from capsbench.results.schema import read_run_record
+from capsbench.results.run_record import read_run_record
 
 # Where each re-recordable protocol's sweep specs live (every *.yaml below is run).
 PROTOCOL_SPECS = {"ci": "specs/ci"}
+
+
+def rerun(records: dict[str, dict], chosen: list[str], out: Path, jobs: int) -> dict[str, dict]:
+    """Train the chosen records again under ``out``; their new leaderboard entries by record path."""
+    from capsbench.executors import get_executor
+    from capsbench.results.entry import make_entry
+    from capsbench.results.verify import run_config
+
+    runs = [run_config(records[rel], rel) for rel in chosen]
+    results = get_executor("local", quiet=True, jobs=jobs, retry_failed=False).run_all(runs, out)
+    return {rel: make_entry(record) for rel, record in zip(chosen, results)}
 
 
 @dataclass
