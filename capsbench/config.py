@@ -34,6 +34,12 @@ def plain(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+# Coordinate addition in shared class capsules (``model.coord_add``): the position of each child
+# added to its votes. "hinton": ((row + 0.5) / H, (col + 0.5) / W), the centre of the position, on the
+# first two entries of the right-hand column of a 4x4 pose (entries 3 and 7; Hinton et al. 2018);
+# "yl1993": (row / H, col / W) on entries 0 and 1 (the yl-1993 EM port); "none": nothing added.
+COORD_ADD_STYLES = ("hinton", "yl1993", "none")
+
 # How routed layers hand votes to the routing (model.routing_impl): "reference" materialises them for
 # ``Routing.forward`` (the oracle), "fused" calls ``Routing.forward_lazy``, "auto" takes fused where
 # the routing has it and it is measured faster on the device.
@@ -53,6 +59,7 @@ class ModelConfig:
     pose_norm: bool | None = None  # BatchNorm on poses after stacked layers; None = per-method reference
     residual: bool = False  # skip from the layer two back when shapes match
     checkpointing: bool = False  # activation checkpointing per capsule layer
+    coord_add: str = ranged("hinton", choices=COORD_ADD_STYLES)  # coordinate addition of shared class capsules
     # how routed layers hand votes to the routing: auto | reference (materialised, the oracle) | fused
     # (computed per block of windows, never stored); not in the spec hash, recorded like the device
     routing_impl: str = ranged("auto", choices=ROUTING_IMPLS)
@@ -150,6 +157,7 @@ class RunConfig:
     seed: int = 0
     device: str = ranged("auto", pattern=r"auto|cpu|cuda|cuda:\d+|mps", describe="auto, cpu, cuda, cuda:N or mps")
     deterministic: bool = True
+    numerics: str = ranged("native", choices=("native", "portable"))  # portable: same bits on any x86 CPU
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -162,7 +170,25 @@ class RunConfig:
 # value they are left out of the spec hash, so adding a feature never re-keys the leaderboard.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "train.precise_bn": 0,
+    "model.coord_add": "hinton",
+    "numerics": "native",
 }
+
+
+def drop_hash_neutral_defaults(data: dict) -> dict:
+    """Remove, in place, every ``HASH_NEUTRAL_DEFAULTS`` key of a plain config mapping that holds its neutral value.
+
+    The spec hash and a leaderboard record's variant both use it, so a config written before a
+    key existed and one that spells out its neutral value name the same experiment.
+    """
+    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and last in node and node[last] == neutral:
+            del node[last]
+    return data
 
 # Keys (dotted) that do not change results: left out of the spec hash.
 NON_RESULT_KEYS = (

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from capsbench.config import HASH_NEUTRAL_DEFAULTS, NON_RESULT_KEYS, RANGE, RunConfig, plain
+from capsbench.config import NON_RESULT_KEYS, RANGE, RunConfig, drop_hash_neutral_defaults, plain
 from capsbench.errors import SpecError, UserError, did_you_mean
 from capsbench.options import Option, check_options
 
@@ -410,11 +410,7 @@ def canonical(cfg: DictConfig) -> dict:
     for dotted in NON_RESULT_KEYS:
         node, last = parent(dotted)
         node.pop(last, None)
-    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
-        node, last = parent(dotted)
-        if last in node and node[last] == neutral:
-            del node[last]
-    return data
+    return drop_hash_neutral_defaults(data)
 
 
 def spec_hash(cfg: DictConfig) -> str:

@@ -2,7 +2,10 @@
 
 Parametrised over ``ROUTINGS.names()``, so a new routing is covered the moment it registers.
 Inputs are drawn by hypothesis: small shapes, random votes and activations including all-zero
-activations, identical votes, and huge (1e4) and tiny (1e-6) magnitudes.
+activations, identical votes, and huge (1e4) and tiny (1e-6) magnitudes. Through the layers
+(``ConvCaps`` with overlapping windows, ``ClassCaps``) every routing also meets child poses from
+1e-6 to 1e6 and activations exactly 0 and exactly 1 (issue 12: dynamic routing's length rounded to
+1.0000001 and VB returned NaN at pose scale 1e6, where the routings alone looked fine).
 
 Permutation of children: a routing may have parameters indexed by child (self-routing's
 ``W2``, ``b2``). It names them in ``per_child_parameters`` (dim 0 = child); the test permutes
@@ -23,7 +26,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-from capsbench.capsules.layers import ConvCaps
+from capsbench.capsules.layers import ClassCaps, ConvCaps
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY
 from capsbench.capsules.routing.votes import LazyVotes
 from capsbench.capsules.types import Capsules
@@ -201,3 +204,49 @@ def test_coefficients_are_normalised_over_the_declared_axis_with_overlapping_win
         assert layer.routing.normalised_over == "receiving_parents"
         total = geometry.child_sum(coef.sum(-1))
     torch.testing.assert_close(total[real], torch.ones(int(real.sum())), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ extreme inputs, through layers
+
+POSE_SCALES = [1e-6, 1e-3, 1.0, 1e3, 1e6]
+ACTIVATIONS = {
+    "zeros": lambda shape, g: torch.zeros(shape),
+    "ones": lambda shape, g: torch.ones(shape),
+    "random": lambda shape, g: torch.rand(shape, generator=g),
+}
+
+
+def routed_layer(name, kind, impl):
+    torch.manual_seed(0)
+    if kind == "conv":
+        return ConvCaps(2, 3, kernel_size=3, stride=1, padding=1, routing=name, pose_dim=16, routing_impl=impl)
+    return ClassCaps(2, 4, routing=name, pose_dim=16, in_hw=(3, 3), routing_impl=impl)
+
+
+@pytest.mark.parametrize("name,impl", PATHS)
+@pytest.mark.parametrize("kind", ["conv", "class"])
+@pytest.mark.parametrize("scale", POSE_SCALES)
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("training", [True, False])
+def test_layers_keep_activations_in_range_and_everything_finite_at_extreme_inputs(
+    name, impl, kind, scale, activation, training, request
+):
+    if (name, impl, kind, scale, activation) == ("vb", "fused", "class", 1e6, "zeros"):
+        # Known (issue 12 follow-up): at |E-step logits| ~5e14 the fp32 grid spacing (~7e7 nats) is far
+        # coarser than the ~60 nats child_shift must land within; the reference path's rounding lands
+        # on the max here, the fused path's does not (NaN). Needs an exact per-child max.
+        reason = "child_shift cannot land within exp range of the max at |logits| ~ 5e14 in fp32"
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    layer = routed_layer(name, kind, impl).train(training)
+    g = torch.Generator().manual_seed(0)
+    pose = (torch.randn(2, 2, 16, 3, 3, generator=g) * scale).requires_grad_()
+    act = ACTIVATIONS[activation]((2, 2, 3, 3), g).requires_grad_()
+    out = layer(Capsules(pose, act))
+    assert torch.isfinite(out.pose).all(), "non-finite output poses"
+    assert torch.isfinite(out.activation).all(), "non-finite output activations"
+    low, high = out.activation.min().item(), out.activation.max().item()
+    assert 0 <= low and high <= 1, f"activations outside [0, 1]: [{low!r}, {high!r}]"
+    weights = torch.randn(out.pose.shape, generator=g), torch.rand(out.activation.shape, generator=g)
+    ((out.pose * weights[0]).sum() + (out.activation * weights[1]).sum()).backward()
+    for what, tensor in [("poses", pose), ("activations", act), *layer.named_parameters()]:
+        assert tensor.grad is None or torch.isfinite(tensor.grad).all(), f"non-finite gradient of {what}"

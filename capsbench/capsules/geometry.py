@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from capsbench.capsules.routing.base import Geometry
 from capsbench.capsules.types import Capsules
+from capsbench.config import COORD_ADD_STYLES
 
 
 def _pair(x) -> tuple[int, int]:
@@ -89,23 +90,28 @@ def window_geometry(in_hw, kernel, stride=1, padding=0) -> Geometry:
     return Geometry(child_sum=child_sum, out_hw=out_hw)
 
 
-def coordinate_offsets(hw, pose_dim: int, scale: float = 1.0, device=None, dtype=None) -> torch.Tensor:
-    """Coordinate addition (Hinton et al. 2018): ``[H*W, pose_dim]`` offsets for shared-weight votes.
+def coordinate_offsets(hw, pose_dim: int, scale: float = 1.0, device=None, dtype=None, style: str = "hinton"):
+    """Coordinate addition: ``[H*W, pose_dim]`` offsets for shared-weight votes (styles: ``COORD_ADD_STYLES``).
 
-    The scaled centre ``((row + 0.5) / H, (col + 0.5) / W) * scale`` of every position goes
-    into the first two entries of the right-hand column of a square pose matrix (the
-    translation part; VB's reference uses the same entries), or into entries 0 and 1 of
-    a pose that is not a square.
+    ``"hinton"`` (Hinton et al. 2018): the scaled centre ``((row + 0.5) / H, (col + 0.5) / W) * scale``
+    of every position goes into the first two entries of the right-hand column of a square
+    pose matrix (the translation part: entries 3 and 7 of a 4x4 pose), or into entries 0 and
+    1 of a pose that is not a square. ``"yl1993"`` (the EM port the paper follows):
+    ``(row / H, col / W) * scale`` into entries 0 and 1. ``"none"``: zeros.
     """
+    if style not in COORD_ADD_STYLES:
+        raise ValueError(f"coordinate addition must be one of {COORD_ADD_STYLES}, got {style!r}")
     h, w = _pair(hw)
     side = int(round(pose_dim**0.5))
-    if side * side == pose_dim and side >= 2:
+    if style == "hinton" and side * side == pose_dim and side >= 2:
         row_entry, col_entry = side - 1, 2 * side - 1
     else:
         row_entry, col_entry = 0, min(1, pose_dim - 1)
-    rows = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h * scale
-    cols = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w * scale
+    centre = 0.5 if style == "hinton" else 0.0
+    rows = (torch.arange(h, device=device, dtype=dtype) + centre) / h * scale
+    cols = (torch.arange(w, device=device, dtype=dtype) + centre) / w * scale
     offsets = torch.zeros(h, w, pose_dim, device=device, dtype=dtype)
-    offsets[..., row_entry] += rows[:, None]
-    offsets[..., col_entry] += cols[None, :]
+    if style != "none":
+        offsets[..., row_entry] += rows[:, None]
+        offsets[..., col_entry] += cols[None, :]
     return offsets.reshape(h * w, pose_dim)

@@ -42,9 +42,10 @@ from torch.utils.checkpoint import checkpoint
 
 from capsbench.capsules.geometry import coordinate_offsets, unfold_capsules, window_geometry, window_hw
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, ROUTING_IMPLS, Geometry, Routing
-from capsbench.capsules.routing.ops import capsule_length, squash
+from capsbench.capsules.routing.ops import squash_with_length
 from capsbench.capsules.routing.votes import LazyVotes, linear_weight, project, tiled_index
 from capsbench.capsules.types import Capsules
+from capsbench.config import COORD_ADD_STYLES
 from capsbench.errors import UserError
 
 
@@ -109,8 +110,7 @@ class PrimaryCaps(CapsuleLayer):
     def forward(self, x: torch.Tensor) -> Capsules:
         pose = self.pose_bn(self.pose_conv(x)).unflatten(1, (self.types, self.pose_dim))
         if self.activation == "length":
-            pose = squash(pose, dim=2)
-            return Capsules(pose, capsule_length(pose, dim=2))
+            return Capsules(*squash_with_length(pose, dim=2))
         return Capsules(pose, torch.sigmoid(self.act_bn(self.act_conv(x))))
 
 
@@ -349,8 +349,11 @@ class ClassCaps(_RoutedCaps):
     - ``"conv"`` (SR-CapsNet, dynamic): a window the size of the whole ``in_hw`` map, no
       padding: ``H*W*in_types`` children with their own weights;
     - ``"shared"`` (EM, VB): weights shared over positions (one per child type) plus
-      coordinate addition: the scaled centre of each child's position is added to the
-      first two entries of the right-hand column of its votes (Hinton et al. 2018).
+      coordinate addition, ``coord_add`` (``capsbench.config.COORD_ADD_STYLES``): ``"hinton"``
+      adds the scaled centre of each child's position to the first two entries of the
+      right-hand column of its votes (Hinton et al. 2018), ``"yl1993"`` the position's
+      top-left corner ``(row / H, col / W)`` to entries 0 and 1 (the EM port), ``"none"``
+      nothing. ``coordinate_scale`` multiplies the offsets.
     Both have ``H*W*in_types`` children and one output position (``H = W = 1``). The builder
     passes ``in_hw``, the grid the backbone leaves for the spec's image size.
     """
@@ -369,6 +372,7 @@ class ClassCaps(_RoutedCaps):
         *,
         in_pose_dim: int | None = None,
         coordinate_scale: float = 1.0,
+        coord_add: str = "hinton",
         vote_transform: str | None = None,
         weight_std: float | None = None,
         checkpointing: bool = False,
@@ -381,7 +385,10 @@ class ClassCaps(_RoutedCaps):
         mode = mode or getattr(cls, "class_caps", "shared")
         if mode not in ("conv", "shared"):
             raise ValueError(f"ClassCaps mode must be 'conv' or 'shared', got {mode!r}")
+        if coord_add not in COORD_ADD_STYLES:
+            raise ValueError(f"ClassCaps coord_add must be one of {COORD_ADD_STYLES}, got {coord_add!r}")
         self.mode, self.in_types, self.coordinate_scale = mode, in_types, coordinate_scale
+        self.coord_add = coord_add
         self.in_hw = (int(in_hw[0]), int(in_hw[1]))
         positions = self.in_hw[0] * self.in_hw[1]
         children = positions * in_types
@@ -403,11 +410,15 @@ class ClassCaps(_RoutedCaps):
         else:
             # children i = position*T + t; weights indexed by t (i % T), shared over positions
             per_position = pose.permute(0, 3, 4, 1, 2).reshape(n, h * w, t, d)
-            offsets = coordinate_offsets((h, w), self.pose_dim, self.coordinate_scale, pose.device, pose.dtype)
+            offsets = None  # coord_add "none": no offsets at all
+            if self.coord_add != "none":
+                offsets = coordinate_offsets(
+                    (h, w), self.pose_dim, self.coordinate_scale, pose.device, pose.dtype, self.coord_add
+                ).repeat_interleave(t, dim=0)  # [HW, D] -> one row per child
             votes = self.votes.lazy(
                 per_position.reshape(n, 1, h * w * t, d),
                 weight_index=tiled_index(h * w * t, t, pose.device),
-                offsets=offsets.repeat_interleave(t, dim=0),  # [HW, D] -> one row per child
+                offsets=offsets,
                 pose_by_row=per_position,
             )
             child_act = act.permute(0, 2, 3, 1).reshape(n, 1, h * w * t)

@@ -258,7 +258,7 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
     try:
         layers["class"] = ClassCaps(
             in_types, num_classes, in_hw=grid, mode=class_mode, coordinate_scale=options.get("coordinate_scale", 1.0),
-            **routed,
+            coord_add=cfg.coord_add, **routed,
         )  # fmt: skip
     except ValueError as exc:
         raise UserError(f"model: cannot build the class capsules: {exc}") from None

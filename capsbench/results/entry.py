@@ -70,9 +70,10 @@ def _drop(config: dict, dotted_keys) -> dict:
 
 
 def variant_of(config: dict) -> str:
-    from capsbench.config import NON_RESULT_KEYS
+    from capsbench.config import NON_RESULT_KEYS, drop_hash_neutral_defaults
 
-    kept = _drop(config, (*NON_RESULT_KEYS, *_NOT_VARIANT))
+    # keys added later, at the value that reproduces earlier records, are no variant of their own
+    kept = drop_hash_neutral_defaults(_drop(config, (*NON_RESULT_KEYS, *_NOT_VARIANT)))
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

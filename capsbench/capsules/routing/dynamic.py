@@ -17,7 +17,9 @@ Choices (documented deviations and decisions):
 - ``coefficients="uniform"`` is the control arm (Paik, Kwak and Kim 2019): the logits stay 0,
   so ``c_ij = 1/J`` and ``v_j = squash(mean_i u_hat_ij)`` (one pass, no agreement updates).
 - ``squash`` has an epsilon: ``|s|^2/(1+|s|^2) * s/sqrt(|s|^2+eps)``; a zero vector gives 0,
-  never NaN. In fp32 the length rounds to exactly 1.0 once ``|s|^2`` passes ~1e8.
+  never NaN. The activation is that vector's length in closed form
+  (``ops.squash_with_length``), so it never leaves [0, 1]: measured with a norm it rounded to
+  1.0000001 at large poses. In fp32 it is exactly 1.0 once ``|s|^2`` passes ~1.7e7.
 
 Example::
 
@@ -34,7 +36,12 @@ import torch
 
 from capsbench.capsules.routing import declared_options
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput, check_coefficients
-from capsbench.capsules.routing.ops import agreement, capsule_length, squash, weighted_votes
+from capsbench.capsules.routing.ops import (  # noqa: F401  (squash: kept importable from here)
+    agreement,
+    squash,
+    squash_with_length,
+    weighted_votes,
+)
 
 
 class DynamicRouting(Routing):
@@ -80,8 +87,8 @@ class DynamicRouting(Routing):
                 s = votes.sum(2) / j
             else:
                 s = weighted_votes(coefficients, votes)
-            v = squash(s, eps=self.eps)
+            v, length = squash_with_length(s, eps=self.eps)
             if t < rounds - 1:
                 u, w = (votes.detach(), v.detach()) if self.detach_agreement else (votes, v)
                 logits = logits + agreement(u, w)
-        return RoutingOutput(v, capsule_length(v), coefficients)
+        return RoutingOutput(v, length, coefficients)

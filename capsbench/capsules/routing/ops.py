@@ -8,8 +8,8 @@
   coefficients over parent types or over every receiving parent (:class:`Normaliser`,
   :func:`child_log_softmax`).
 - Vector-capsule helpers shared by dynamic and self-routing (and the primary capsules):
-  :func:`squash`, :func:`capsule_length`, and the two contractions :func:`weighted_votes`,
-  :func:`agreement`.
+  :func:`squash`, :func:`squash_with_length` (the length in closed form), and the two
+  contractions :func:`weighted_votes`, :func:`agreement`.
 """
 
 from __future__ import annotations
@@ -177,7 +177,14 @@ def squared_distance(x: torch.Tensor, precision: torch.Tensor, mean: torch.Tenso
     return (linear + const).clamp_min(0)  # rounding can make a zero distance slightly negative
 
 
-_SHIFT_STEPS = 8  # enough to bring logits spread over ~1e13 nats back into fp32 range
+_SHIFT_STEPS = 8  # brings logits spread over up to ~1e13 nats (with 9 windows per child) within ~1 nat
+# Wider spreads happen: in VB a parent with no mass keeps its prior (mean m0, precision psi0), and
+# at pose scale 1e6 its E-step logits sit ~1e14 nats below the others. These extra steps run first
+# and only where the temperature is still above what the 8 steps can bring down, so every result
+# at ordinary magnitudes is bitwise unchanged; 24 cover any finite float32 spread (1e38) for up
+# to 49 windows per child.
+_WIDE_STEPS = 24
+_EXP_RANGE = 60.0  # nats below the largest term that exp may reach in one step (fp32 underflows at ~-87)
 
 
 def child_shift(x: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> torch.Tensor:
@@ -195,13 +202,24 @@ def child_shift(x: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> to
         xs = x.detach()
         hi, lo = xs.amax(), xs.amin()
         log_n = torch.log(count.amax().clamp_min(1.0))
-        temp = ((hi - lo) / 60).clamp_min(1.0)
+        ratio = log_n / _EXP_RANGE  # temperature factor per step
+        temp = ((hi - lo) / _EXP_RANGE).clamp_min(1.0)
         shift = hi.expand_as(xs)
         tiny = torch.finfo(xs.dtype).tiny
-        for _ in range(_SHIFT_STEPS):
+
+        def tighten(shift, temp):
             total = child_sum(torch.exp((xs - shift) / temp)).clamp_min(tiny)
-            shift = torch.where(real, shift + temp * torch.log(total), shift)
-            temp = (temp * log_n / 60).clamp_min(1.0)
+            return torch.where(real, shift + temp * torch.log(total), shift)
+
+        # the 8 steps below end at temperature 1 from any start up to `reach`
+        reach = ratio.clamp_min(1e-30).pow(-(_SHIFT_STEPS - 2)).clamp_max(torch.finfo(xs.dtype).max)
+        for _ in range(_WIDE_STEPS):
+            wide = temp > reach  # a scalar: a no-op step (same shift, same temperature) when False
+            shift = torch.where(wide, tighten(shift, temp), shift)
+            temp = torch.where(wide, temp * ratio, temp)
+        for _ in range(_SHIFT_STEPS):
+            shift = tighten(shift, temp)
+            temp = (temp * ratio).clamp_min(1.0)
     return shift
 
 
@@ -264,13 +282,24 @@ def check_inputs(votes: torch.Tensor, activation: torch.Tensor, parents: int, po
 
 def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """Sabour's squash with an epsilon: length ``|s|^2/(1+|s|^2)`` (< 1), direction of ``s``."""
+    return squash_with_length(s, dim, eps)[0]
+
+
+def squash_with_length(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The squashed vector and its length (the capsule's activation), the length in closed form.
+
+    ``|v| = |s|^2/(1+|s|^2) * sqrt(|s|^2/(|s|^2+eps))``: two factors that are each <= 1 after
+    rounding, so the length is in [0, 1] at any magnitude. Measuring ``|v|`` instead rounds to
+    1.0000001 once ``|s|^2/(1+|s|^2)`` is 1 in fp32. At ``s = 0`` the length and its gradient
+    are 0 (the second factor's square root is kept away from 0, where its slope is infinite).
+    """
     sq = (s * s).sum(dim, keepdim=True)
-    return s * (sq / (1.0 + sq) / torch.sqrt(sq + eps))
-
-
-def capsule_length(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Euclidean length; its gradient at the zero vector is 0 (not NaN)."""
-    return torch.linalg.vector_norm(v, dim=dim)
+    scale = sq / (1.0 + sq)
+    v = s * (scale / torch.sqrt(sq + eps))
+    nonzero = sq > 0
+    ratio = torch.where(nonzero, sq / (sq + eps), 1.0)
+    length = torch.where(nonzero, scale * torch.sqrt(ratio), 0.0)
+    return v, length.squeeze(dim)
 
 
 # Two contractions over the votes, shared with self-routing. Each is one einsum forward; the

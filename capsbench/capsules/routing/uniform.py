@@ -34,7 +34,7 @@ import torch
 
 from capsbench.capsules.routing import declared_options
 from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
-from capsbench.capsules.routing.ops import capsule_length, squash, weighted_votes
+from capsbench.capsules.routing.ops import squash_with_length, weighted_votes
 
 
 class UniformRouting(Routing):
@@ -68,5 +68,5 @@ class UniformRouting(Routing):
         n, length, i, j, _ = votes.shape
         weights = activation / (activation.sum(2, keepdim=True) + self.eps)  # [N, L, I]
         s = weighted_votes(weights.unsqueeze(-1).expand(n, length, i, j), votes)  # [N, L, J, D]
-        v = squash(s)
-        return RoutingOutput(v, capsule_length(v), votes.new_full((n, length, i, j), 1.0 / j))
+        v, activation = squash_with_length(s)  # the length in closed form: never above 1
+        return RoutingOutput(v, activation, votes.new_full((n, length, i, j), 1.0 / j))

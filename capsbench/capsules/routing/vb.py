@@ -54,6 +54,18 @@ Choices:
   keeps for its diagonal covariance.
 - The reference E-step exponentiates without a shift and divides by a clamped sum; here
   it is a log-sum-exp, and a parent with no mass gives the prior (no division by 0).
+  That prior sits at ``m0`` with precision ``psi0`` whatever the scale of the votes: at
+  pose scale 1e6 its logits are ~1e14 nats below the others, which the receiving-parents
+  log-sum-exp (``ops.child_log_softmax``) handles over the whole fp32 range.
+- Coordinate addition in the class capsules (``ClassCaps``, ``model.coord_add``): the
+  reference adds a constant 0.1 to pose entries 3 and 7 of every vote at every position
+  (its class-capsule code reads the kernel size where the position was meant), so its
+  class capsules see no position at all. That is a bug, not a design choice: capsbench
+  adds the centre of each position, ``((row + 0.5) / H, (col + 0.5) / W)``, to the same
+  entries (``coord_add: hinton``, the default and the VB preset). Against the constant
+  offset, everything else equal, the class activations of the paper-mini VB network at
+  initialisation move by 0.09 on average and up to 0.57 (128 MNIST test images, batch
+  statistics), so class-layer numbers are not comparable with the reference's.
 
 Statistics run in float32 (float64 stays float64) with autocast off; outputs come back
 in the input dtype. After every forward ``last_posterior`` holds the detached posterior
