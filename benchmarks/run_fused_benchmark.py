@@ -1,6 +1,7 @@
 """Reference vs fused routing, side by side in one run, with a bytes-and-flops model of each path.
 
-    OMP_NUM_THREADS=1 python benchmarks/run_fused_benchmark.py [--steps 2] [--quick]
+    OMP_NUM_THREADS=1 python benchmarks/run_fused_benchmark.py [--steps 2] [--quick] [--only EM]
+        [--depths 4,5,10] [--variants reference,fused-torch,fused-compiled]
 
 Configurations (one training step each, every variant in its own process, one thread):
 - paper-mini EM (``specs/mini/depth_sweep.yaml``: 12x12 input, 6x6 capsule grid, batch 32, 2
@@ -9,7 +10,11 @@ Configurations (one training step each, every variant in its own process, one th
 - the 32x32 routing benchmark (``benchmarks/routing.yaml``: batch 64, 3 iterations) EM at depths 5 and 10.
 Variants: ``reference`` (today's path: votes materialised, checkpointing as the spec sets it),
 ``reference-nockpt`` (the same without checkpointing: faster, more memory) and ``fused``
-(``model.routing_impl=fused``; the fused path never checkpoints, it recomputes by itself).
+(``model.routing_impl=fused``; the fused path never checkpoints, it recomputes by itself), on the CPU
+either as ``fused-torch`` (the PyTorch blockwise path) or ``fused-compiled`` (the compiled per-window
+kernel, ``routing/native``; VB has none, so there both fused variants are the same path). Variants
+run interleaved: every variant of one depth before the next depth, so a change in the machine's
+load hits all paths alike.
 
 The model: per routed window (I children, J parents, D = 16, T iterations, S = I*J*D*4 bytes of
 votes) it counts the floating-point work each path must do and the bytes it must move to and from
@@ -34,21 +39,34 @@ ROOT = HERE.parent
 CONFIGS = {
     "paper-mini EM": (
         ROOT / "specs/mini/depth_sweep.yaml",
-        ["sweep.extends=[../protocols/methods/em.yaml]", "sweep.data.name=[digits]", "sweep.model.depth=[4,10]",
-         "data.subset=null", "data.test_subset=null"],
+        [
+            "sweep.extends=[../protocols/methods/em.yaml]",
+            "sweep.data.name=[digits]",
+            "sweep.model.depth=[4,10]",
+            "data.subset=null",
+            "data.test_subset=null",
+        ],
     ),
     "32x32 routing EM": (HERE / "routing.yaml", ["sweep.model.routing=[em]", "sweep.model.depth=[5,10]"]),
     "paper-mini VB": (
         ROOT / "specs/mini/depth_sweep.yaml",
-        ["sweep.extends=[../protocols/methods/vb.yaml]", "sweep.data.name=[digits]", "sweep.model.depth=[4]",
-         "data.subset=null", "data.test_subset=null"],
+        [
+            "sweep.extends=[../protocols/methods/vb.yaml]",
+            "sweep.data.name=[digits]",
+            "sweep.model.depth=[4]",
+            "data.subset=null",
+            "data.test_subset=null",
+        ],
     ),
 }
-VARIANTS = {
-    "reference": ["model.routing_impl=reference"],
-    "reference-nockpt": ["model.routing_impl=reference", "model.checkpointing=false"],
-    "fused": ["model.routing_impl=fused"],
+VARIANTS = {  # variant -> (overrides, environment)
+    "reference": (["model.routing_impl=reference"], {}),
+    "reference-nockpt": (["model.routing_impl=reference", "model.checkpointing=false"], {}),
+    # the PyTorch blockwise fused path (routing/fused.py) and the compiled per-window kernel (routing/native)
+    "fused-torch": (["model.routing_impl=fused"], {"CAPSBENCH_CPU_EM_KERNEL": "0"}),
+    "fused-compiled": (["model.routing_impl=fused"], {"CAPSBENCH_CPU_EM_KERNEL": "1"}),
 }
+DEFAULT_VARIANTS = "reference,fused-torch,fused-compiled"
 
 
 def probe_machine() -> dict:
@@ -146,15 +164,43 @@ def per_window_line(label: str, windows, coupled: bool) -> str:
     )
 
 
+def config_depths(spec: Path, base: list[str], keep: str | None) -> list[tuple[int, list]]:
+    """(depth, routed windows of each layer) of every run of the spec, those in ``keep`` only when given."""
+    from capsbench import spec as spec_mod
+
+    depths = [int(run.config.model.depth) for run in spec_mod.load(str(spec), base)]
+    wanted = {int(d) for d in keep.split(",")} if keep else set(depths)
+    return [(d, w) for d, w in zip(depths, routed_windows(spec, base)) if d in wanted]
+
+
+def run_variant(spec: Path, overrides: list[str], variant: str, steps: int) -> dict:
+    """One variant's measured step (its own process, ``bench_spec``), under the variant's environment."""
+    extra, env = VARIANTS[variant]
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        (r,) = bench_spec(str(spec), [*overrides, *extra], steps=steps, warmup=1)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return r
+
+
 def table_row(label: str, depth, variant: str, r: dict, ref: dict, machine: dict) -> str:
     """One Markdown row: measured step and memory, both relative to the reference, and the model's floor."""
     model, ms = r["model"], r.get("train_step_ms")
     if not ms or not ref.get("train_step_ms"):
-        return f"| {label} | {depth} | {variant} | {r.get('error') or ref.get('error')} | | | | | | | |"
+        return f"| {label} | {depth} | {variant} | {r.get('error') or ref.get('error')} | | | | | | | | | |"
     floor_s = max(model["gflop"] / machine["gemm_gflops_1thread"], model["gbyte"] / machine["copy_gbs_1thread"])
     model["floor_s"] = floor_s
+    cpu, ref_cpu = r.get("train_step_cpu_ms"), ref.get("train_step_cpu_ms")
+    cpu_cells = f"{cpu:.0f} | {ref_cpu / cpu:.2f}x" if cpu and ref_cpu else "n/a | n/a"
     return (
-        f"| {label} | {depth} | {variant} | {ms:.0f} | {ref['train_step_ms'] / ms:.2f}x | {r['peak_memory_mb']:.0f} | "
+        f"| {label} | {depth} | {variant} | {ms:.0f} | {ref['train_step_ms'] / ms:.2f}x | {cpu_cells} | "
+        f"{r['peak_memory_mb']:.0f} | "
         f"{r['peak_memory_mb'] / ref['peak_memory_mb']:.2f} | {model['gflop']:.1f} | {model['gbyte']:.1f} | "
         f"{floor_s * 1e3:.0f} | {ms / 1e3 / floor_s:.1f}x |"
     )
@@ -166,33 +212,37 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="paper-mini depth 4 only")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--only", default=None, help="run only the configurations whose label contains this")
+    parser.add_argument("--depths", default=None, help="comma-separated depths to keep (default: each config's)")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, of {', '.join(VARIANTS)}")
     args = parser.parse_args()
+    variants = args.variants.split(",")
     if os.environ.get("OMP_NUM_THREADS") != "1":
         raise SystemExit("run with OMP_NUM_THREADS=1: the targets are one-thread numbers")
     # the load average says what else the machine was doing (a shared 2-core machine: other processes)
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), **probe_machine(),
-               "load_average_at_start": [round(x, 1) for x in os.getloadavg()]}
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        **probe_machine(),
+        "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+    }
     print(f"machine: {machine}", flush=True)
     rows, results = [], []
     for label, (spec, base) in CONFIGS.items():
         if (args.quick and label != "paper-mini EM") or (args.only and args.only not in label):
             continue
         base = [*base, "sweep.model.depth=[4]"] if args.quick else base
-        shapes = routed_windows(spec, base)
-        measured = {}
-        for variant, extra in VARIANTS.items():
-            for k, r in enumerate(bench_spec(str(spec), [*base, *extra], steps=args.steps, warmup=1)):
-                r.update(label=label, variant=variant)
-                results.append(r)
-                measured[(k, variant)] = r
-        for k, windows in enumerate(shapes):
-            depth = measured[(k, "reference")]["point"].get("model.depth")
+        for depth, windows in config_depths(spec, base, args.depths):
+            one = [*base, f"sweep.model.depth=[{depth}]"]
             print(per_window_line(label, windows, "VB" in label), flush=True)
-            for variant in VARIANTS:
-                r = measured[(k, variant)]
-                path = "fused" if variant == "fused" else "reference"
+            measured = {}
+            for variant in variants:  # interleaved: all paths of this depth, one after the other
+                r = run_variant(spec, one, variant, args.steps)
+                r.update(label=label, variant=variant)
+                path = "reference" if variant.startswith("reference") else "fused"
                 r["model"] = path_model(windows, path, variant == "reference", coupled="VB" in label)
-                rows.append(table_row(label, depth, variant, r, measured[(k, "reference")], machine))
+                results.append(r)
+                measured[variant] = r
+                rows.append(table_row(label, depth, variant, r, measured[variants[0]], machine))
                 print(rows[-1], flush=True)
     machine["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     tag = args.tag or f"cpu{os.cpu_count()}-1thread"
@@ -200,9 +250,10 @@ def main() -> None:
     header = [
         f"Machine: {machine}",
         "",
-        "| config | depth | path | step ms (median) | speed-up vs reference | peak MB | memory vs reference | "
-        "model GFLOP (routing) | model GB moved (routing) | routing floor ms | step / floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | depth | path | step ms (median, wall) | speed-up vs reference | step CPU ms (median) | "
+        "speed-up by CPU time | peak MB | memory vs reference | model GFLOP (routing) | model GB moved (routing) | "
+        "routing floor ms | step / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     write_text(HERE / "results" / f"fused-{tag}.md", "\n".join(header + rows) + "\n")
 

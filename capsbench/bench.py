@@ -61,20 +61,23 @@ def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
         optimizer.step()
         return float(loss.detach())
 
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         losses.append(step())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
     return {
         "train_step_ms": round(statistics.median(times) * 1000, 2),
         "train_step_ms_min": round(min(times) * 1000, 2),
+        # CPU time of this process (all its threads): on a shared machine, what the step cost whatever the load
+        "train_step_cpu_ms": round(statistics.median(cpu_times) * 1000, 2),
         "steps": steps,
         "peak_memory_mb": round(peak, 1),
         "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_peak_rss",
@@ -98,7 +101,10 @@ def bench_spec(path: str, overrides: list[str], steps: int = 5, warmup: int = 1)
     for run in spec.load(path, overrides):
         payload = json.dumps({"config": OmegaConf.to_container(run.config), "steps": steps, "warmup": warmup})
         child = subprocess.run(
-            [sys.executable, "-m", "capsbench.bench"], input=payload, capture_output=True, text=True,
+            [sys.executable, "-m", "capsbench.bench"],
+            input=payload,
+            capture_output=True,
+            text=True,
             env={**tuned_env(), "PYTHONUNBUFFERED": "1"},
         )
         if child.returncode != 0:

@@ -19,6 +19,7 @@ from capsbench.errors import UserError, did_you_mean
 from capsbench.runlock import BUSY, EXIT_BUSY
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+_AS_CONSOLE_COMMAND = False  # set by main(): True when started as `capsbench`, so re-executing is safe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
 # Modules with ``add_commands(subparsers) -> {name: func(args) -> exit code}``; kept free of
 # heavy imports at module level so `capsbench --help` stays fast.
-COMMAND_MODULES: list[str] = ["capsbench.executors.status", "capsbench.report.leaderboard_cli", "capsbench.report.cli"]
+COMMAND_MODULES: list[str] = [
+    "capsbench.executors.status", "capsbench.report.leaderboard_cli", "capsbench.report.cli",
+    "capsbench.fingerprints_cli",
+]
 
 
 def debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +93,7 @@ def cmd_run(args) -> int:
     from capsbench import api
 
     runs, out = api.plan(args.spec, args.overrides, args.out, out_key="--out")
+    reexec_for_numerics({str(run.config.numerics) for run in runs})
     records = api.execute(
         runs, out, executor=args.executor, quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed
     )
@@ -105,6 +110,23 @@ def run_exit_code(statuses: list[str]) -> int:
     if any(s not in ("ok", BUSY) for s in statuses):
         return EXIT_RUN_FAILED
     return EXIT_BUSY if BUSY in statuses else EXIT_OK
+
+
+def reexec_for_numerics(modes: set[str]) -> None:
+    """Start again with the variables the ``numerics`` modes need (ATen and MKL read them at process start).
+
+    Only as the console command: a call of ``main`` from Python (tests) is never replaced; its
+    runs then stop with a message naming the variables.
+    """
+    from capsbench import numerics
+
+    missing: dict[str, str] = {}
+    for mode in sorted(modes):
+        missing.update(numerics.missing_env(mode))
+    if missing and _AS_CONSOLE_COMMAND:
+        from capsbench.malloc import reexec
+
+        reexec(sys.argv[1:], missing)
 
 
 def is_override(text: str) -> bool:
@@ -181,6 +203,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _AS_CONSOLE_COMMAND
+    _AS_CONSOLE_COMMAND = argv is None
     if argv is None:  # the console command, not a call from Python: safe to re-execute
         from capsbench.malloc import reexec_if_untuned
 

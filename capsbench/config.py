@@ -157,6 +157,7 @@ class RunConfig:
     seed: int = 0
     device: str = ranged("auto", pattern=r"auto|cpu|cuda|cuda:\d+|mps", describe="auto, cpu, cuda, cuda:N or mps")
     deterministic: bool = True
+    numerics: str = ranged("native", choices=("native", "portable"))  # portable: same bits on any x86 CPU
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -170,6 +171,7 @@ class RunConfig:
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "train.precise_bn": 0,
     "model.coord_add": "hinton",
+    "numerics": "native",
 }
 
 

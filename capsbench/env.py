@@ -32,6 +32,8 @@ def environment(device: str | None = None) -> dict:
     """Versions and hardware, recorded in every run record."""
     import torch
 
+    from capsbench import numerics
+
     info = {
         "capsbench": capsbench.__version__,
         "git_commit": git_commit(),
@@ -43,6 +45,8 @@ def environment(device: str | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
+        "cpu_model": numerics.cpu_model(),
+        "numerics": numerics.describe(),
     }
     if device and str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -34,6 +34,11 @@ def reexec_if_untuned(argv: list[str]) -> None:
         return
     env = tuned_env()
     env["CAPSBENCH_MALLOC_TUNING"] = env.get("CAPSBENCH_MALLOC_TUNING", "1")
+    reexec(argv, env)
+
+
+def reexec(argv: list[str], env: dict) -> None:
+    """Replace this process by ``python -m capsbench argv`` with ``env`` added to its environment."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "capsbench", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", "capsbench", *argv], {**os.environ, **env})

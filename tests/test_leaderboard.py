@@ -63,7 +63,7 @@ def test_add_then_build_then_check(tmp_path):
     assert data["leaderboard_version"] == "1.0.0" and data["datasets"][0]["rows"][0]["runs"] == 6
     assert "## test 1.0.0 (2023-11-14)" in (root / "CHANGELOG.md").read_text()
     html = (root / "index.html").read_text()
-    assert 'src="test/v1/digits.png"' in html and "capsnet-em" in html
+    assert '"figure":"test/v1/digits.png"' in html and "capsnet-em" in html  # the page script shows it
 
 
 def test_adding_the_same_runs_again_is_a_no_op(tmp_path):

@@ -2,7 +2,8 @@
 
 ``capsbench report RUN_OR_SWEEP_DIR`` (see ``write.py``) draws them from run directories;
 ``leaderboard.py`` builds and checks the leaderboard's tables (``leaderboard_tables.py``) and
-figures (``depth.py``) from the records ``capsbench.results`` stores; ``leaderboard_cli.py`` is
-the ``capsbench leaderboard`` command. Plotting
+figures (``depth.py``) from the records ``capsbench.results`` stores, with the web page
+(``leaderboard_page.py``) and what a pending change does to the tables (``leaderboard_diff.py``);
+``leaderboard_cli.py`` is the ``capsbench leaderboard`` command. Plotting
 uses matplotlib's Agg canvas directly and is deterministic (see ``style.py``).
 """

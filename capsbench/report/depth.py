@@ -1,9 +1,10 @@
 """The paper's Figures 1-5: test accuracy and dead capsules against depth, one line per method.
 
-Left panel: mean test accuracy over seeds with the seed standard deviation as error bars,
+Left panel: mean test accuracy over seeds with its 95% t-interval as error bars
+(``capsbench.intervals``; none for a single seed),
 chance (1/classes) as a dotted line, and a red ``x`` under each depth where runs failed
 (diverged, out of memory, crashed) with how many. Right panel: the paper's "average number
-of dead capsules": dead capsule types per stacked ConvCaps layer, mean over seeds. Baselines
+of dead capsules": dead capsule types per stacked ConvCaps layer, mean over seeds (95% interval). Baselines
 (models without capsules) are dashed, hollow and labelled "(baseline)".
 
 Example::
@@ -25,6 +26,10 @@ def _r(x):
     return None if x is None else round(float(x), 6)
 
 
+def _interval(stat: dict):
+    return None if not stat.get("ci95") else [_r(v) for v in stat["ci95"]]
+
+
 def depth_data(table: dict, title: str) -> dict:
     """Plain, rounded plot data of one data set's rows (what the figure shows, and what its hash covers)."""
     lines = []
@@ -35,9 +40,9 @@ def depth_data(table: dict, title: str) -> dict:
             "baseline": row["baseline"],
             "depth": [x["depth"] for x in d],
             "accuracy": [_r(x["accuracy"]["mean"]) for x in d],
-            "accuracy_std": [_r(x["accuracy"]["std"]) for x in d],
+            "accuracy_ci95": [_interval(x["accuracy"]) for x in d],
             "dead": [_r(x["avg_dead_conv"]["mean"]) for x in d],
-            "dead_std": [_r(x["avg_dead_conv"]["std"]) for x in d],
+            "dead_ci95": [_interval(x["avg_dead_conv"]) for x in d],
             "seeds": [x["ok"] for x in d],
             "failed": [x["runs"] - x["ok"] for x in d],
         })
@@ -58,12 +63,13 @@ def _label(line: dict) -> str:
 
 
 def _plot(ax, line: dict, style: tuple[str, str], dodge: float, key: str, scale: float) -> None:
-    points = [(d, v, s) for d, v, s in zip(line["depth"], line[key], line[key + "_std"]) if v is not None]
+    points = [(d, v, ci) for d, v, ci in zip(line["depth"], line[key], line[key + "_ci95"]) if v is not None]
     if not points:
         return
     xs = [p[0] + dodge for p in points]  # a small sideways shift keeps equal values of several methods visible
     ys = [p[1] * scale for p in points]
-    err = [(p[2] or 0.0) * scale for p in points]
+    err = [[(p[1] - p[2][0]) * scale if p[2] else 0.0 for p in points],
+           [(p[2][1] - p[1]) * scale if p[2] else 0.0 for p in points]]
     color, marker = style
     ax.errorbar(
         xs, ys, yerr=err, color=color, marker=marker, markersize=5, capsize=3, linewidth=1.6,
@@ -101,7 +107,7 @@ def depth_figure(data: dict):
                             fontsize=8)
             shown = True
     acc_ax.set_ylim(0, 100)
-    acc_ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    acc_ax.set_ylabel("test accuracy (%), mean and 95% CI over seeds")
     acc_ax.set_title("Test accuracy")
     dead_ax.set_ylabel("dead capsule types per ConvCaps layer, mean")
     threshold = data.get("dead_threshold")

@@ -34,8 +34,10 @@ from pathlib import Path
 
 from capsbench.errors import UserError
 from capsbench.io import write_bytes
+from capsbench.report import leaderboard_page
 from capsbench.report import leaderboard_tables as tables
 from capsbench.results import ledger as ledger_mod
+from capsbench.results import provenance
 from capsbench.results.scores import aggregate
 from capsbench.results.store import RECORDS, check_protocol, read_records
 
@@ -45,6 +47,7 @@ README = "README.md"
 CHANGELOG = "CHANGELOG.md"
 INDEX = "index.html"
 MANIFEST = "figures.json"
+FINGERPRINTS = "fingerprints"  # routing fingerprints (capsbench/fingerprints.py), not a protocol folder
 README_TEMPLATE = f"""# Leaderboard
 
 Built by `capsbench leaderboard build` from the records under `records/`.
@@ -105,10 +108,11 @@ def render(root: Path) -> Rendered:
         protocol, pv = key
         folder = f"{protocol}/v{pv}"
         tabs = aggregate(by_version[key])
+        prov = provenance.summary(by_version[key])
         sec = {"protocol": protocol, "protocol_version": pv, "version": versions[key], "folder": folder,
-               "tables": tabs}
+               "tables": tabs, "provenance": prov, "entries": by_version[key]}
         sections.append(sec)
-        out.texts[f"{folder}/leaderboard.json"] = tables.to_json(protocol, pv, versions[key], tabs)
+        out.texts[f"{folder}/leaderboard.json"] = tables.to_json(protocol, pv, versions[key], tabs, prov)
         out.texts[f"{folder}/leaderboard.csv"] = tables.scores_csv(tabs)
         out.texts[f"{folder}/depths.csv"] = tables.depths_csv(tabs)
         pngs = []
@@ -121,7 +125,7 @@ def render(root: Path) -> Rendered:
         out.manifests[f"{folder}/{MANIFEST}"] = sorted(pngs)
     out.readme_section = tables.markdown(sections)
     out.texts[CHANGELOG] = changelog(ledger)
-    out.texts[INDEX] = index_html(sections)
+    out.texts[INDEX] = leaderboard_page.index_html(sections, CHANGELOG, README)
     return out
 
 
@@ -159,25 +163,6 @@ def _summary(paths: list[str]) -> str:
         _, _, dataset, method = ledger_mod.pair_of(path)
         counts[f"{dataset}/{method}"] = counts.get(f"{dataset}/{method}", 0) + 1
     return ", ".join(f"{k} ({n})" for k, n in sorted(counts.items()))
-
-
-def index_html(sections: list[dict]) -> str:
-    from capsbench.report.html import esc, page
-
-    body = ["<h1>capsbench depth-scalability leaderboard</h1>",
-            "<p>How capsule networks scale with depth: test accuracy and dead capsules for 0..N stacked ConvCaps "
-            "layers, per routing method and data set, mean over seeds. Ranked only within one protocol version. "
-            f"See the <a href=\"{CHANGELOG}\">changelog</a> and <a href=\"{README}\">README</a>.</p>"]
-    if not sections:
-        body.append("<p>No records yet: add finished runs with <code>capsbench leaderboard add RUN_DIR</code>, then "
-                    "<code>capsbench leaderboard build</code>.</p>")
-    for sec in sections:
-        body.extend(tables.html_section(sec))
-    body.append("<h2>Definitions</h2>\n<dl>")
-    for key, text in tables.DEFINITIONS.items():
-        body.append(f"<dt><code>{esc(key)}</code></dt><dd>{esc(text)}</dd>")
-    body.append("</dl>")
-    return page("capsbench leaderboard", body)
 
 
 # ----------------------------------------------------------------------------- README markers
@@ -277,7 +262,8 @@ def build(root: str | Path, log=None) -> list[Path]:
 
 
 def _protocol_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name != RECORDS and not p.name.startswith("."))
+    skip = (RECORDS, FINGERPRINTS)
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in skip and not p.name.startswith("."))
 
 
 def _prune_empty(root: Path) -> None:

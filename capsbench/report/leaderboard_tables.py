@@ -11,10 +11,11 @@ import csv
 import io
 import json
 
-from capsbench.report.html import esc, image, table
+from capsbench.results import provenance
 from capsbench.results.entry import FAILURES
 from capsbench.results.scores import CHANCE_MARGIN, HALF_DEAD
 
+INTERVAL_KEYS = ("deepest_accuracy", "retention", "collapse_depth", "half_dead_depth")
 SCORE_KEYS = ("best_accuracy", "best_depth", "deepest_depth", "deepest_accuracy", "retention", "collapse_depth",
               "mean_dead_fraction", "half_dead_depth")
 DEFINITIONS = {
@@ -27,7 +28,13 @@ DEFINITIONS = {
     "mean_dead_fraction": "mean over depths of the mean fraction of dead capsule types per ConvCaps layer "
                           "(test set, mean activation <= metrics.dead_threshold)",
     "half_dead_depth": f"shallowest depth whose mean dead fraction >= {HALF_DEAD}; null: never",
-    "rank": "capsule methods only, per data set: deepest_accuracy (higher first), then best_accuracy, then name",
+    "rank": "capsule methods only, per data set, in tie groups: ordered by deepest_accuracy (higher first), then "
+            "best_accuracy, then name; the first row not yet grouped leads a group and every later row whose 95% "
+            "interval of deepest_accuracy overlaps the leader's joins it; rows with one seed (no interval) form one "
+            "last group; a group's rows share its rank (1, 1, 3); '=' marks a tie",
+    "interval": "95% Student-t interval of the mean over seeds, mean +- t(0.975, n-1) s / sqrt(n) "
+                "(capsbench/intervals.py); none below two seeds. Depth scores (collapse, half-dead) show the range "
+                "over seeds instead",
     "failures": "runs that diverged, ran out of memory or crashed; counted, never averaged in",
 }
 
@@ -42,8 +49,9 @@ def rounded(obj):
     return obj
 
 
-def to_json(protocol: str, version: str, leaderboard_version: str, tables: dict) -> str:
+def to_json(protocol: str, version: str, leaderboard_version: str, tables: dict, prov: dict) -> str:
     doc = {
+        "provenance": prov,
         "protocol": protocol,
         "protocol_version": version,
         "leaderboard_version": leaderboard_version,
@@ -68,12 +76,15 @@ def _csv(header: list[str], rows: list[list]) -> str:
 
 def scores_csv(tables: dict) -> str:
     """One row per (data set, method): rank, scores, runs and failures."""
-    header = ["dataset", "rank", "method", "variant", "baseline", *SCORE_KEYS, "runs", "ok", *FAILURES, "seeds"]
+    header = ["dataset", "rank", "group", "tied", "single_seed", "method", "variant", "baseline", *SCORE_KEYS,
+              *(f"{k}_{end}" for k in INTERVAL_KEYS for end in ("low", "high")), "runs", "ok", *FAILURES, "seeds"]
     rows = []
     for dataset, tab in sorted(tables.items()):
         for row in tab["rows"]:
-            rows.append([dataset, row["rank"], row["name"], row["variant"], str(row["baseline"]).lower(),
-                         *(row["scores"][k] for k in SCORE_KEYS), row["runs"], row["ok"],
+            bounds = [(row["score_intervals"][k] or [None, None])[end] for k in INTERVAL_KEYS for end in (0, 1)]
+            rows.append([dataset, row["rank"], row["group"], str(row["tied"]).lower(), str(row["single_seed"]).lower(),
+                         row["name"], row["variant"], str(row["baseline"]).lower(),
+                         *(row["scores"][k] for k in SCORE_KEYS), *bounds, row["runs"], row["ok"],
                          *(row["failures"][f] for f in FAILURES), " ".join(map(str, row["seeds"]))])
     return _csv(header, rows)
 
@@ -81,7 +92,8 @@ def scores_csv(tables: dict) -> str:
 def depths_csv(tables: dict) -> str:
     """One row per (data set, method, depth): mean, std and count over seeds, and failures."""
     header = ["dataset", "method", "variant", "baseline", "depth", "runs", "ok", *FAILURES,
-              "accuracy_mean", "accuracy_std", "accuracy_count", "avg_dead_conv_mean", "avg_dead_conv_std",
+              "accuracy_mean", "accuracy_std", "accuracy_count", "accuracy_ci95_low", "accuracy_ci95_high",
+              "avg_dead_conv_mean", "avg_dead_conv_std",
               "dead_fraction_mean", "dead_fraction_std"]
     rows = []
     for dataset, tab in sorted(tables.items()):
@@ -89,15 +101,17 @@ def depths_csv(tables: dict) -> str:
             for d in row["depths"]:
                 rows.append([dataset, row["name"], row["variant"], str(row["baseline"]).lower(), d["depth"], d["runs"],
                              d["ok"], *(d["failures"][f] for f in FAILURES), d["accuracy"]["mean"],
-                             d["accuracy"]["std"], d["accuracy"]["count"], d["avg_dead_conv"]["mean"],
+                             d["accuracy"]["std"], d["accuracy"]["count"],
+                             *(d["accuracy"]["ci95"] or [None, None]), d["avg_dead_conv"]["mean"],
                              d["avg_dead_conv"]["std"], d["dead_fraction"]["mean"], d["dead_fraction"]["std"]])
     return _csv(header, rows)
 
 
 # ----------------------------------------------------------------------------- human tables
 
-HEADERS = ["rank", "method", "best accuracy (depth)", "deepest accuracy (depth)", "retention", "collapse depth",
-           "dead fraction", "half-dead depth", "runs (seeds)", "failed"]
+HEADERS = ["rank", "method", "best accuracy [95% CI] (depth)", "deepest accuracy [95% CI] (depth)",
+           "retention [95% CI]", "collapse depth (seed range)",
+           "dead fraction", "half-dead depth (seed range)", "runs (seeds)", "failed"]
 
 
 def _pct(x) -> str:
@@ -108,28 +122,46 @@ def _depth_stat(row: dict, depth) -> dict | None:
     return next((d for d in row["depths"] if d["depth"] == depth), None)
 
 
+def _interval_pct(ci) -> str:
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _depth_text(value, span) -> str:
+    def one(v):
+        return "never" if v is None else str(v)
+
+    return one(value) + ("" if not span or span[0] == span[1] else f" ({one(span[0])}–{one(span[1])})")
+
+
+def rank_text(row: dict) -> str:
+    if row["baseline"]:
+        return "baseline"
+    return ("=" if row["tied"] else "") + str(row["rank"]) + (" (1 seed)" if row["single_seed"] else "")
+
+
 def human_rows(tab: dict) -> list[list[str]]:
     out = []
     for row in tab["rows"]:
-        s = row["scores"]
+        s, ci = row["scores"], row["score_intervals"]
         best = _depth_stat(row, s["best_depth"])
-        std = best["accuracy"]["std"] if best else None
         best_text = "–" if s["best_accuracy"] is None else (
-            f"{100 * s['best_accuracy']:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "") + "%"
+            f"{100 * s['best_accuracy']:.1f}%" + _interval_pct(best and best["accuracy"]["ci95"]) +
             f" (d{s['best_depth']})")
-        deepest_text = f"{_pct(s['deepest_accuracy'])} (d{s['deepest_depth']})"
+        deepest_text = f"{_pct(s['deepest_accuracy'])}{_interval_pct(ci['deepest_accuracy'])} (d{s['deepest_depth']})"
         failed = sum(row["failures"].values())
         failed_text = "0" if not failed else f"{failed} (" + ", ".join(
             f"{n} {k}" for k, n in row["failures"].items() if n) + ")"
+        retention = "–" if s["retention"] is None else f"{s['retention']:.2f}" + (
+            "" if not ci["retention"] else f" [{ci['retention'][0]:.2f}, {ci['retention'][1]:.2f}]")
         out.append([
-            "baseline" if row["baseline"] else str(row["rank"]),
+            rank_text(row),
             row["name"] + (" (baseline)" if row["baseline"] else ""),
             best_text,
             deepest_text,
-            "–" if s["retention"] is None else f"{s['retention']:.2f}",
-            "never" if s["collapse_depth"] is None else str(s["collapse_depth"]),
+            retention,
+            _depth_text(s["collapse_depth"], ci["collapse_depth"]),
             _pct(s["mean_dead_fraction"]),
-            "never" if s["half_dead_depth"] is None else str(s["half_dead_depth"]),
+            _depth_text(s["half_dead_depth"], ci["half_dead_depth"]),
             f"{row['runs']} ({len(row['seeds'])})",
             failed_text,
         ])
@@ -151,6 +183,7 @@ def markdown(sections: list[dict]) -> str:
         folder = sec["folder"]
         out.append(f"Files: [`leaderboard.csv`]({folder}/leaderboard.csv) · [`depths.csv`]({folder}/depths.csv) · "
                    f"[`leaderboard.json`]({folder}/leaderboard.json) · [figures](index.html)\n")
+        out.append(f"Ran on: {provenance.text(sec['provenance'])}\n")
         for dataset, tab in sorted(sec["tables"].items()):
             chance = "" if tab["chance"] is None else f", chance {_pct(tab['chance'])}"
             out.append(f"#### {dataset} ({tab['num_classes'] or '?'} classes{chance})\n")
@@ -162,19 +195,3 @@ def markdown(sections: list[dict]) -> str:
             # the figure inline: a forge renders the README, not index.html
             out.append(f"![accuracy and dead capsules against depth on {dataset}]({folder}/{dataset}.png)\n")
     return "\n".join(out).rstrip("\n") + "\n"
-
-
-def html_section(sec: dict) -> list[str]:
-    body = [f"<h2 id=\"{esc(sec['folder'])}\">{esc(sec['protocol'])} v{esc(sec['protocol_version'])} "
-            f"<small>(leaderboard {esc(sec['version'])})</small></h2>",
-            f"<p class=\"note\">Files: <a href=\"{esc(sec['folder'])}/leaderboard.csv\">leaderboard.csv</a> · "
-            f"<a href=\"{esc(sec['folder'])}/depths.csv\">depths.csv</a> · "
-            f"<a href=\"{esc(sec['folder'])}/leaderboard.json\">leaderboard.json</a></p>"]
-    for dataset, tab in sorted(sec["tables"].items()):
-        chance = "" if tab["chance"] is None else f", chance {_pct(tab['chance'])}"
-        body.append(f"<h3>{esc(dataset)} ({esc(tab['num_classes'] or '?')} classes{esc(chance)})</h3>")
-        rows = human_rows(tab)
-        classes = ["baseline" if r["baseline"] else ("failed" if r["ok"] == 0 else None) for r in tab["rows"]]
-        body.append(table(HEADERS, rows, classes))
-        body.append(image(f"{sec['folder']}/{dataset}.png", f"accuracy and dead capsules against depth on {dataset}"))
-    return body

@@ -7,7 +7,9 @@ sorted values, so the result does not depend on the order records were read in.
 Per depth (``ok`` runs only; ``diverged``, ``oom`` and ``failed`` runs are counted as failures):
 ``accuracy``, ``avg_dead_conv`` (dead capsule types per ConvCaps layer, the paper's y axis) and
 ``dead_fraction`` (dead types / types, averaged over ConvCaps layers), each as mean, sample
-standard deviation (null below two seeds) and count.
+standard deviation (null below two seeds), count and ``ci95``: the 95% Student-t interval of the
+mean over seeds (``capsbench.intervals``; null below two seeds), clipped to the values the
+quantity can take (accuracies and fractions in [0, 1], counts and retention >= 0).
 
 Scores per row (definitions, contract; "accuracy at depth d" is the mean test accuracy over the
 ok seeds at d, and only depths with at least one ok run take part):
@@ -24,8 +26,23 @@ ok seeds at d, and only depths with at least one ok run take part):
   without ConvCaps layers, such as depth 0, take no part); null without any;
 - ``half_dead_depth``: the shallowest depth whose mean dead fraction is >= 0.5; null when never.
 
-Rank (within one data set of one protocol version): capsule methods by ``deepest_accuracy``
-(higher first; null last), then ``best_accuracy``, then name. Baselines are not ranked.
+Intervals of the scores (``score_intervals``), from the same scores computed on each seed alone:
+``retention`` and ``deepest_accuracy`` get the 95% t-interval over seeds; the depth scores
+(``collapse_depth``, ``half_dead_depth``) the range over seeds, ``[shallowest, deepest]``, with
+null for "never" (a mean of depths and "never" means nothing). Null below two seeds.
+
+Rank (within one data set of one protocol version), in tie groups (``rank_groups``):
+
+1. order: capsule methods by ``deepest_accuracy`` (higher first; null last), then
+   ``best_accuracy``, then name. Baselines are not ranked;
+2. rows with a 95% interval of ``deepest_accuracy`` (>= 2 ok seeds at the deepest depth) are
+   grouped: the first row not yet in a group leads a new group, and every later row whose
+   interval overlaps the leader's joins it;
+3. rows without one (``single_seed``) join no such group: a single seed cannot show that a row is
+   better than another, so they form one last group together, below every row that has an
+   interval (never ranked above a tie);
+4. every row of a group gets the group's rank, 1 + the number of rows in earlier groups
+   (competition ranking: 1, 1, 3); ``tied`` says whether the group has more than one row.
 
 Example::
 
@@ -40,6 +57,7 @@ import math
 from collections import defaultdict
 
 from capsbench.errors import UserError
+from capsbench.intervals import mean_std, overlap, t_interval
 from capsbench.results.entry import FAILURES
 
 CHANCE_MARGIN = 0.05  # "within 5 points of chance"
@@ -47,15 +65,12 @@ HALF_DEAD = 0.5
 _EPS = 1e-12  # 0.1 + 0.05 is 0.15000000000000002 in floats: an accuracy of exactly 0.15 collapses
 
 
-def stats(values) -> dict:
-    """Mean, sample standard deviation (n-1; null below 2 values) and count of the non-null values."""
-    xs = sorted(float(v) for v in values if v is not None)
-    n = len(xs)
-    if n == 0:
-        return {"mean": None, "std": None, "count": 0}
-    mean = math.fsum(xs) / n
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
-    return {"mean": mean, "std": std, "count": n}
+def stats(values, low: float | None = 0.0, high: float | None = None) -> dict:
+    """Mean, sample standard deviation (n-1), count and 95% t-interval (null below 2; clipped to [low, high])."""
+    values = list(values)
+    mean, std, n = mean_std(values)
+    interval = t_interval(values, low, high)
+    return {"mean": mean, "std": std, "count": n, "ci95": list(interval) if interval else None}
 
 
 def depth_stats(entries: list[dict]) -> list[dict]:
@@ -73,9 +88,9 @@ def depth_stats(entries: list[dict]) -> list[dict]:
             "ok": len(ok),
             "failures": {status: sum(e["status"] == status for e in group) for status in FAILURES},
             "seeds": sorted(e["seed"] for e in group),
-            "accuracy": stats(e["metrics"]["test_accuracy"] for e in ok),
+            "accuracy": stats((e["metrics"]["test_accuracy"] for e in ok), 0.0, 1.0),
             "avg_dead_conv": stats(e["metrics"]["avg_dead_conv"] for e in ok),
-            "dead_fraction": stats(e["metrics"]["dead_fraction_conv"] for e in ok),
+            "dead_fraction": stats((e["metrics"]["dead_fraction_conv"] for e in ok), 0.0, 1.0),
         })
     return out
 
@@ -104,6 +119,51 @@ def scores(depths: list[dict], num_classes: int | None) -> dict:
         "mean_dead_fraction": math.fsum(v for _, v in dead) / len(dead) if dead else None,
         "half_dead_depth": next((depth for depth, value in dead if value >= HALF_DEAD), None),
     }
+
+
+def score_intervals(group: list[dict], num_classes: int | None) -> dict:
+    """Intervals of a row's scores over its seeds (see the module docstring); nulls below two seeds."""
+    per_seed = defaultdict(list)
+    for e in group:
+        per_seed[e["seed"]].append(e)
+    seeds = [scores(depth_stats(es), num_classes) for _, es in sorted(per_seed.items())]
+    out: dict = {}
+    for key, high in (("retention", None), ("deepest_accuracy", 1.0)):
+        interval = t_interval((s[key] for s in seeds), 0.0, high)
+        out[key] = list(interval) if interval else None
+    for key in ("collapse_depth", "half_dead_depth"):
+        values = [s[key] for s in seeds]
+        out[key] = None if len(values) < 2 else [
+            min(values, key=lambda v: math.inf if v is None else v),
+            max(values, key=lambda v: math.inf if v is None else v),
+        ]
+    return out
+
+
+def deepest_interval(row: dict) -> tuple[float, float] | None:
+    deepest = row["depths"][-1]["accuracy"] if row["depths"] else None
+    return tuple(deepest["ci95"]) if deepest and deepest["ci95"] else None
+
+
+def rank_groups(ranked: list[dict]) -> None:
+    """Set ``rank``, ``group``, ``tied`` and ``single_seed`` on rows already in rank order (module docstring)."""
+    with_interval = [r for r in ranked if deepest_interval(r) is not None]
+    single = [r for r in ranked if deepest_interval(r) is None]
+    groups: list[list[dict]] = []
+    remaining = with_interval
+    while remaining:
+        leader = deepest_interval(remaining[0])
+        groups.append([remaining[0]] + [r for r in remaining[1:] if overlap(leader, deepest_interval(r))])
+        remaining = [r for r in remaining[1:] if not any(r is m for m in groups[-1])]
+    if single:
+        groups.append(single)
+    ranked[:] = [row for group in groups for row in group]
+    position = 1
+    for number, group in enumerate(groups, start=1):
+        for row in group:
+            row["rank"], row["group"], row["tied"] = position, number, len(group) > 1
+            row["single_seed"] = deepest_interval(row) is None
+        position += len(group)
 
 
 def _rank_key(row: dict):
@@ -147,14 +207,15 @@ def aggregate(entries: list[dict]) -> dict[str, dict]:
                 "failures": {s: sum(e["status"] == s for e in group) for s in FAILURES},
                 "seeds": sorted({e["seed"] for e in group}),
                 "scores": scores(depths, num_classes),
+                "score_intervals": score_intervals(group, num_classes),
                 "depths": depths,
             })
         ranked = sorted((r for r in rows if not r["baseline"]), key=_rank_key)
         baselines = sorted((r for r in rows if r["baseline"]), key=_rank_key)
-        for i, row in enumerate(ranked, start=1):
-            row["rank"] = i
+        rank_groups(ranked)
         for row in baselines:
-            row["rank"] = None
+            row["rank"], row["group"], row["tied"] = None, None, False
+            row["single_seed"] = deepest_interval(row) is None
         conv_types = [
             len(layer["types"]) for group in rows_by_key.values() for e in group
             for layer in e["metrics"]["layers"].values() if layer["kind"] == "conv"

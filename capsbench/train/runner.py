@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from capsbench import numerics
 from capsbench.errors import OutputError, UserError
 from capsbench.io import write_text
 from capsbench.metrics.grad_norms import GradNorms
@@ -82,7 +83,8 @@ def run(cfg, run_dir: str | Path, *, spec_hash: str, progress: bool = True) -> d
             device = resolve_device(cfg.device)
             if cfg.output.tensorboard:
                 display.open_tensorboard(run_dir / "tensorboard")
-            with _determinism(cfg.deterministic, device), sigterm_as_interrupt() as stop:
+            with numerics.applied(str(cfg.numerics)), _determinism(cfg.deterministic, device), \
+                    sigterm_as_interrupt() as stop:
                 return _Run(cfg, run_dir, spec_hash, device, display, stop).execute()
     finally:
         display.close()

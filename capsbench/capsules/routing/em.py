@@ -68,10 +68,14 @@ computed from the child poses and weights (``routing/fused.py``), and the backwa
 recomputes each block; with ``"receiving_parents"`` every contraction over children is
 one pass over the blocks (``fused.LazyCentredVotes``). Either way the layer's votes are
 never stored (about a third of the reference's peak memory) and the iterations are the
-same code as ``forward``'s. On the CPU it is
-measured slower than the reference (``benchmarks/results/fused-*.md``), so ``auto`` keeps
-the reference there; on CUDA the Triton kernel (``routing/kernels/triton_em.py``, when
-present) serves calls that need no coefficients.
+same code as ``forward``'s. On the CPU, with matrix votes over parent types and cost "sum"
+or "mean", a compiled per-window C kernel (``routing/native``: built at first use with the
+system compiler, forward and a recomputing backward written out by hand) serves the fused
+path instead, coefficients included; without a compiler, or for other options, the
+blockwise PyTorch path runs. ``auto`` takes the fused path on the CPU only where that kernel
+serves it and ``fused.MEASURED_FASTER`` says it was measured faster
+(``benchmarks/results/fused-*.md``). On CUDA the Triton kernel
+(``routing/kernels/triton_em.py``, when present) serves calls that need no coefficients.
 
 All statistics run in float32 (float64 stays float64) with autocast off; outputs come
 back in the input dtype. The votes are read in batched matrix products
@@ -104,6 +108,7 @@ from capsbench.capsules.routing.base import (
     RoutingOutput,
     type_means,
 )
+from capsbench.capsules.routing.native import cpu_em
 from capsbench.capsules.routing.ops import (  # noqa: F401  (child_log_softmax: kept importable from here)
     EPS,
     LOG_2PI,
@@ -251,11 +256,42 @@ class EMRouting(Routing):
     def options_are_default(self) -> bool:
         """No control or reference variant is on (what the compiled kernels implement)."""
         return (self.coefficients, self.renormalise, self.initial_coefficients, self.lambdas) == (
-            "routed", False, "uniform", inverse_temperatures(self.final_lambda, self.iterations)
+            "routed",
+            False,
+            "uniform",
+            inverse_temperatures(self.final_lambda, self.iterations),
         )
 
     def fused_faster(self, device: torch.device) -> bool:
-        return fused.measured_faster("em", torch.device(device).type)
+        kind = torch.device(device).type
+        if kind == "cpu":  # measured for the compiled kernel: faster only where it serves this configuration
+            return fused.measured_faster("em", "cpu") and self._cpu_kernel_covers() and cpu_em.available()
+        return fused.measured_faster("em", kind)
+
+    def _cpu_kernel_covers(self) -> bool:
+        """Options the compiled CPU kernel implements (``routing/native``): capsbench's EM over parent types,
+        cost sum or mean, any lambda schedule (it takes the lambdas), no control or reference variant."""
+        variants = (self.coefficients, self.renormalise, self.initial_coefficients)
+        return (
+            self.normalised_over == "parents" and self.cost in cpu_em.COSTS and variants == ("routed", False, "uniform")
+        )
+
+    def _cpu_kernel(self, votes: LazyVotes, activation, beta_u, beta_a, dtype, need_coefficients):
+        """Pose, activation, coefficients from the compiled CPU kernel, or None where it does not apply."""
+        if votes.pose.device.type != "cpu" or votes.transform != "matrix" or not self._cpu_kernel_covers():
+            return None
+        n, length, i, j, d = votes.shape
+        pose = votes.pose.to(dtype).reshape(n * length, i, -1)
+        weight = votes.per_child_weight().to(dtype)
+        offsets = votes.offsets.to(dtype) if votes.offsets is not None else None
+        if not cpu_em.usable(pose, weight, offsets):
+            return None
+        new_pose, new_act, r = cpu_em.em_routing_cpu(
+            pose, activation.to(dtype).reshape(n * length, i), weight, beta_u, beta_a, offsets,
+            lambdas=self.lambdas, min_var=self.min_var, cost=self.cost, need_coefficients=need_coefficients,
+        )  # fmt: skip
+        r = r.view(n, length, j, i) if r is not None else None
+        return new_pose.view(n, length, j, d), new_act.view(n, length, j), r
 
     def _gpu_kernel(self, votes: LazyVotes, need_coefficients: bool):
         """The Triton EM kernel when it applies (CUDA, matrix votes, per-child weights, no offsets, no
@@ -306,7 +342,8 @@ class EMRouting(Routing):
                 new_pose, new_act, r = self.route(v.unsqueeze(0), a.unsqueeze(0), bu, ba)
                 return new_pose[0], new_act[0], r[0]
 
-            new_pose, new_act, r = fused.route_in_blocks(
+            compiled = self._cpu_kernel(votes, activation, beta_u, beta_a, dtype, need_coefficients)
+            new_pose, new_act, r = compiled or fused.route_in_blocks(
                 window_block, votes, activation.to(dtype), (beta_u, beta_a), dtype, need_coefficients
             )
         coefficients = r.transpose(-1, -2).to(out_dtype) if r is not None else None

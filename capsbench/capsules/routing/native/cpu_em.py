@@ -1,0 +1,141 @@
+"""EM routing on the CPU through the compiled per-window kernel (``em_window.c``), with its backward.
+
+Serves EM's fused path for windows normalised over parent types with 4x4 matrix votes and
+cost "sum" or "mean" (other options take the PyTorch paths). Each window's votes are
+recomputed from the child poses and the weights into a private buffer (147 KB in fp32 for
+a 3x3x16 -> 16 window, L2-resident), all iterations run there, and the backward recomputes
+the window's forward rather than storing anything: what autograd keeps is the inputs.
+
+Parallelism: windows are cut into blocks whose size depends only on the number of windows
+(never on the thread count); blocks run on ``torch.get_num_threads()`` Python threads (ctypes
+releases the GIL during a call). Each block writes its own partial weight and beta
+gradients, summed afterwards in block order, so every result is bit-identical for any
+number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from capsbench.capsules.routing.native import build
+
+COSTS = ("sum", "mean")  # EM cost options the kernel implements
+SWITCH = "CAPSBENCH_CPU_EM_KERNEL"  # "0": EM's fused CPU path takes the PyTorch blockwise path (benchmarks compare)
+MAX_BLOCKS = 64  # partial weight gradients kept: at most 64 x [I, J, 16]
+MIN_BLOCK = 16  # windows per block at least (per-call overhead ~ tens of microseconds)
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def block_size(windows: int) -> int:
+    """Windows per block: a function of the window count only, so partial sums never depend on threads."""
+    return max(MIN_BLOCK, math.ceil(windows / MAX_BLOCKS))
+
+
+def _blocks(windows: int) -> list[tuple[int, int]]:
+    size = block_size(windows)
+    return [(start, min(start + size, windows)) for start in range(0, windows, size)]
+
+
+def _run_blocks(call, blocks: list[tuple[int, int]]) -> None:
+    """``call(k, start, stop)`` for every block, on up to ``torch.get_num_threads()`` threads."""
+    threads = min(torch.get_num_threads(), len(blocks))
+    if threads <= 1:
+        codes = [call(k, *b) for k, b in enumerate(blocks)]
+    else:
+        pool = _pools.get(threads) or _pools.setdefault(threads, ThreadPoolExecutor(threads, "capsbench-em"))
+        codes = list(pool.map(lambda kb: call(kb[0], *kb[1]), enumerate(blocks)))
+    if any(codes):
+        raise MemoryError("capsbench: the CPU EM kernel could not allocate its per-window buffers")
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernel is enabled and built (compiled on the first call) for ``dtype``."""
+    return os.environ.get(SWITCH, "1") != "0" and dtype in build.TYPES and build.load(dtype) is not None
+
+
+def usable(pose: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | None) -> bool:
+    """Whether the kernel covers this call (the caller has checked the options: matrix votes, over parent types)."""
+    return (
+        pose.device.type == "cpu"
+        and weight.shape[-2:] == (4, 4)
+        and pose.shape[-1] == 16
+        and (offsets is None or not offsets.requires_grad)
+        and available(pose.dtype)
+    )
+
+
+class _EMWindows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pose, act, weight, beta_u, beta_a, offsets, lambdas, min_var, cost_div, need_coefficients):
+        fwd, _, _ = build.load(pose.dtype)
+        pose, act, weight = pose.contiguous(), act.contiguous(), weight.contiguous()
+        beta_u, beta_a = beta_u.contiguous(), beta_a.contiguous()
+        offsets = offsets.contiguous() if offsets is not None else None
+        p, i = act.shape
+        j = weight.shape[1]
+        lam = torch.tensor(lambdas, dtype=pose.dtype)
+        out_pose = pose.new_empty(p, j, 16)
+        out_act = pose.new_empty(p, j)
+        coef = pose.new_empty(p, j, i) if need_coefficients else pose.new_empty(0)
+        args = (i, j, len(lambdas), pose.data_ptr(), act.data_ptr(), weight.data_ptr(), _ptr(offsets),
+                beta_u.data_ptr(), beta_a.data_ptr(), lam.data_ptr(), min_var, cost_div,
+                out_pose.data_ptr(), out_act.data_ptr(), coef.data_ptr() if need_coefficients else None)  # fmt: skip
+        _run_blocks(lambda k, start, stop: fwd(start, stop, *args), _blocks(p))
+        ctx.save_for_backward(pose, act, weight, beta_u, beta_a, offsets, lam)
+        ctx.settings = (min_var, cost_div)
+        ctx.mark_non_differentiable(coef)
+        return out_pose, out_act, coef
+
+    @staticmethod
+    def backward(ctx, g_pose, g_act, _g_coef):
+        pose, act, weight, beta_u, beta_a, offsets, lam = ctx.saved_tensors
+        _, bwd, sum_blocks = build.load(pose.dtype)
+        p, i = act.shape
+        j = weight.shape[1]
+        g_pose = torch.zeros(p, j, 16, dtype=pose.dtype) if g_pose is None else g_pose.contiguous()
+        g_act = torch.zeros(p, j, dtype=pose.dtype) if g_act is None else g_act.contiguous()
+        blocks = _blocks(p)
+        want_w = ctx.needs_input_grad[2]
+        grad_pose, grad_act = torch.empty_like(pose), torch.empty_like(act)
+        part_w = pose.new_empty(len(blocks), i * j * 16) if want_w else None
+        part_b = pose.new_empty(len(blocks), 2, j)
+        args = (i, j, lam.numel(), pose.data_ptr(), act.data_ptr(), weight.data_ptr(), _ptr(offsets),
+                beta_u.data_ptr(), beta_a.data_ptr(), lam.data_ptr(), *ctx.settings, g_pose.data_ptr(),
+                g_act.data_ptr(), grad_pose.data_ptr(), grad_act.data_ptr())  # fmt: skip
+
+        def call(k, start, stop):
+            return bwd(start, stop, *args, _ptr(part_w[k]) if want_w else None, part_b[k, 0].data_ptr(),
+                       part_b[k, 1].data_ptr())  # fmt: skip
+
+        _run_blocks(call, blocks)
+
+        def total(parts):  # in block order, whatever the thread count
+            out = parts.new_empty(parts.shape[1:])
+            sum_blocks(parts.shape[0], out.numel(), parts.data_ptr(), out.data_ptr())
+            return out
+
+        grad_w = total(part_w).view(weight.shape) if want_w else None
+        grad_b = total(part_b)
+        return grad_pose, grad_act, grad_w, grad_b[0], grad_b[1], None, None, None, None, None
+
+
+def em_routing_cpu(pose, act, weight, beta_u, beta_a, offsets, *, lambdas, min_var, cost, need_coefficients):
+    """EM over windows ``pose [P, I, 16]``, ``act [P, I]``, per-child ``weight [I, J, 4, 4]``, ``offsets [I, 16]``.
+
+    Returns pose ``[P, J, 16]``, activation ``[P, J]`` and, when ``need_coefficients``, the
+    detached coefficients ``[P, J, I]`` (else None). Call only where :func:`usable` holds.
+    """
+    cost_div = float(act.shape[1]) if cost == "mean" else 1.0
+    out_pose, out_act, coef = _EMWindows.apply(
+        pose, act, weight, beta_u, beta_a, offsets, tuple(lambdas), float(min_var), cost_div, need_coefficients
+    )
+    return out_pose, out_act, (coef if need_coefficients else None)

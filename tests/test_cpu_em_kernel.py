@@ -1,0 +1,156 @@
+"""The compiled CPU EM kernel (``routing/native``) against the reference path, and its build fallback.
+
+Tiny layers (ConvCaps 3 -> 4 types on 4x4 maps, ClassCaps with shared weights and coordinate
+addition): outputs, coefficients and every gradient equal the reference path to 1e-10 relative
+in fp64 and to 1e-5 / 1e-4 in fp32; a silent child changes nothing bit for bit; gradients are
+bit-identical on one and two threads; a failed build warns once and the PyTorch paths run.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from test_fused_routing import assert_paths_agree, inputs, pair, run
+
+from capsbench.capsules.layers import ConvCaps
+from capsbench.capsules.routing import fused
+from capsbench.capsules.routing.native import build, cpu_em
+from capsbench.capsules.types import Capsules
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls that reach the compiled kernel (so a test knows the kernel, not a fallback, ran)."""
+    calls = []
+    real = cpu_em.em_routing_cpu
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["need_coefficients"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cpu_em, "em_routing_cpu", counted)
+    return calls
+
+
+@pytest.fixture
+def broken_compiler(monkeypatch, tmp_path):
+    """An empty cache and a compiler that does not exist; what was loaded is forgotten before and after."""
+    monkeypatch.setenv("CAPSBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("CAPSBENCH_CC", str(tmp_path / "no-such-compiler"))
+    build.forget()
+    yield
+    build.forget()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("layer", ["conv_k3_s1_p1", "conv_k3_s2_p0", "class_shared", "class_conv"])
+@pytest.mark.parametrize(
+    "options,iterations", [({}, 3), ({}, 1), ({"cost": "mean"}, 2)], ids=["sum-3", "sum-1", "mean-2"]
+)
+def test_kernel_equals_the_reference(layer, options, iterations, dtype, kernel_calls):
+    assert_paths_agree(*pair(layer, options, dtype, iterations), dtype)
+    assert kernel_calls == [True]  # the layer keeps its coefficients by default: the kernel returned them
+
+
+def test_kernel_serves_calls_without_coefficients(kernel_calls):
+    ref, fus = pair("conv_k3_s1_p1", {}, torch.float64, keep_coefficients=False)
+    pose, act = inputs(torch.float64)
+    (a, ga), (b, gb) = run(ref, pose, act), run(fus, pose, act)
+    assert kernel_calls == [False] and b["coefficients"] is None
+    torch.testing.assert_close(b["pose"], a["pose"], rtol=1e-10, atol=0)
+    for key in ga:
+        torch.testing.assert_close(gb[key], ga[key], rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_takes_any_lambda_schedule(kernel_calls):
+    options = {"final_lambda": 1e-3, "lambda_schedule": "fixed"}
+    assert_paths_agree(*pair("conv_k3_s1_p1", options, torch.float64, 3), torch.float64)
+    assert kernel_calls == [True]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"cost": "standardise"}, {"normalise": "receiving_parents"}, {"coefficients": "uniform"}, {"renormalise": True},
+     {"initial_coefficients": "one"}],
+)  # fmt: skip
+def test_options_the_kernel_does_not_cover_take_the_pytorch_path(options, kernel_calls):
+    ref, fus = pair("conv_k3_s1_p1", options, torch.float64)
+    pose, act = inputs(torch.float64)
+    run(fus, pose, act)
+    assert fus.last_impl == "fused" and kernel_calls == []
+
+
+def test_a_silent_child_changes_nothing_bit_for_bit(kernel_calls):
+    torch.manual_seed(0)
+    layer = ConvCaps(3, 4, 3, 1, 1, routing="em", routing_impl="fused")
+    pose, act = inputs(torch.float32)
+    act[:, 1] = 0.0
+    moved = pose.clone()
+    moved[:, 1] = 1e3 * torch.randn_like(moved[:, 1])
+    pose.requires_grad_(), moved.requires_grad_()
+    a, b = layer(Capsules(pose, act)), layer(Capsules(moved, act))
+    assert torch.equal(a.pose, b.pose) and torch.equal(a.activation, b.activation)
+    (a.pose.sum() + a.activation.sum()).backward()
+    assert (pose.grad[:, 1] == 0).all()  # a silent child's pose gets no gradient
+    assert len(kernel_calls) == 2
+
+
+def test_gradients_are_bit_identical_on_one_and_two_threads():
+    """Weight and beta gradients are per-block partials summed in block order: no thread-count dependence.
+
+    The kernel itself, called directly: the layer around it (its pose BatchNorm) uses torch reductions
+    whose rounding may follow the thread count.
+    """
+    g = torch.Generator().manual_seed(0)
+    windows, children, parents = 108, 36, 4  # 7 blocks
+    leaves = [torch.randn(windows, children, 16, generator=g), torch.rand(windows, children, generator=g),
+              torch.randn(children, parents, 4, 4, generator=g), torch.randn(parents, generator=g),
+              torch.randn(parents, generator=g)]  # fmt: skip
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)  # the autouse fixture restores the count afterwards
+        inputs_ = [t.clone().requires_grad_() for t in leaves]
+        pose, act, coef = cpu_em.em_routing_cpu(
+            *inputs_, None, lambdas=(5e-3, 1e-2, 2e-2), min_var=5e-4, cost="sum", need_coefficients=True
+        )
+        ((pose * pose.detach()).sum() + act.sum()).backward()
+        results.append([pose, act, coef] + [t.grad for t in inputs_])
+    assert len(cpu_em._blocks(windows)) > 2
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+def test_a_failed_build_warns_once_and_the_pytorch_path_runs(broken_compiler, kernel_calls):
+    ref, fus = pair("conv_k3_s1_p1", {}, torch.float64)
+    with pytest.warns(RuntimeWarning, match="CPU EM kernel could not be built with .*no-such-compiler"):
+        assert_paths_agree(ref, fus, torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: the second forward is silent
+        run(fus, *inputs(torch.float64))
+    assert kernel_calls == [] and fus.last_impl == "fused"  # the blockwise PyTorch path ran
+
+
+def test_auto_takes_the_kernel_only_where_it_builds(broken_compiler, monkeypatch):
+    monkeypatch.setattr(fused, "MEASURED_FASTER", {("em", "cpu"): True})
+    layer = ConvCaps(3, 4, 3, 1, 1, routing="em")
+    with pytest.warns(RuntimeWarning):
+        layer(Capsules(*inputs(torch.float32)))
+    assert layer.last_impl == "reference"  # measured faster is the kernel's claim: without it, the reference
+    monkeypatch.delenv("CAPSBENCH_CC")
+    build.forget()
+    layer(Capsules(*inputs(torch.float32)))
+    assert layer.last_impl == "fused"
+
+
+def test_the_library_is_cached_by_source_and_compiler_and_written_atomically(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAPSBENCH_CACHE", str(tmp_path))
+    first = build._build(torch.float32)
+    stamp = first.stat().st_mtime_ns
+    assert build._build(torch.float32) == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert first.parent == tmp_path / "native" and not list(first.parent.glob("*.tmp"))
+    edited = tmp_path / "edited.c"
+    edited.write_text(build.SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(build, "SOURCE", edited)
+    assert build._build(torch.float32) != first  # another source, another key
