@@ -477,7 +477,9 @@ def _capsnet_with_sigterm(cfg, num_classes, in_channels, image_size):
         if module.training:
             calls[0] += 1
             if calls[0] == KILL_AT:
-                os.kill(os.getpid(), signal.SIGTERM)
+                # raise_signal, not os.kill: the signal goes to this (the main) thread, never to one of
+                # torch's or the run lock's threads, so the handler runs before the step ends
+                signal.raise_signal(signal.SIGTERM)
 
     model.register_forward_pre_hook(hook)
     return model
