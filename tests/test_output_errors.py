@@ -80,8 +80,9 @@ def disk_full(monkeypatch, name: str, after: int = 0) -> list[int]:
 
 @pytest.fixture
 def fakes(monkeypatch):
-    install_fakes()
+    # monkeypatch first, so it keeps the real build_data to restore (install_fakes sets it for good)
     monkeypatch.setattr(runner, "build_data", fake_data)
+    install_fakes()
     yield
     MODELS.unregister("fake_caps")
 
