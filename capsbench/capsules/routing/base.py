@@ -34,6 +34,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from capsbench.capsules.routing.declared_options import COEFFICIENTS
 from capsbench.config import ROUTING_IMPLS  # noqa: F401  (re-exported for the layers)
 from capsbench.errors import UserError
 from capsbench.options import Option
@@ -64,10 +65,9 @@ class Geometry:
 IDENTITY_GEOMETRY = Geometry(child_sum=lambda x: x)
 
 
-# ``routing_options.coefficients``: "routed" (the method) or "uniform", the control arm that
-# freezes the coefficients at their initial uniform value and keeps everything else (declared once,
-# with the other options, in declared_options; spec loading checks it, this guards direct construction).
-from capsbench.capsules.routing.declared_options import COEFFICIENTS  # noqa: E402
+# ``routing_options.coefficients`` ("routed", or "uniform": the control arm that freezes the coefficients at
+# their initial uniform value and keeps everything else) is declared once, in declared_options; spec loading
+# checks it, check_coefficients guards direct construction.
 
 
 def check_coefficients(method: str, value: str) -> None:
