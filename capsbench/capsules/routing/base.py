@@ -34,9 +34,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from capsbench.capsules.routing.declared_options import COEFFICIENTS
 from capsbench.config import ROUTING_IMPLS  # noqa: F401  (re-exported for the layers)
-from capsbench.errors import UserError
 from capsbench.options import Option
 
 
@@ -63,20 +61,6 @@ class Geometry:
 
 
 IDENTITY_GEOMETRY = Geometry(child_sum=lambda x: x)
-
-
-# ``routing_options.coefficients`` ("routed", or "uniform": the control arm that freezes the coefficients at
-# their initial uniform value and keeps everything else) is declared once, in declared_options; spec loading
-# checks it, check_coefficients guards direct construction.
-
-
-def check_coefficients(method: str, value: str) -> None:
-    """UserError naming ``model.routing_options.coefficients`` unless ``value`` is in COEFFICIENTS."""
-    if value not in COEFFICIENTS:
-        raise UserError(
-            f"routing '{method}': option coefficients must be one of {COEFFICIENTS}, got {value!r}; "
-            "fix model.routing_options.coefficients"
-        )
 
 
 def type_means(**terms: torch.Tensor | float) -> dict[str, torch.Tensor]:

@@ -35,9 +35,10 @@ from __future__ import annotations
 import torch
 
 from capsbench.capsules.routing import declared_options
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput, check_coefficients
+from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
 from capsbench.capsules.routing.ops import (  # noqa: F401  (squash: kept importable from here)
     agreement,
+    resolve_options,
     squash,
     squash_with_length,
     weighted_votes,
@@ -67,7 +68,8 @@ class DynamicRouting(Routing):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
         if iterations < 1:
             raise ValueError(f"dynamic routing needs iterations >= 1, got {iterations}")
-        check_coefficients("dynamic", coefficients)
+        options = {"eps": eps, "detach_agreement": detach_agreement, "coefficients": coefficients}
+        resolve_options("dynamic", options, self.OPTIONS)  # the declared types and choices spec loading checks
         self.eps, self.coefficients = eps, coefficients
         self.detach_agreement = detach_agreement
 

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from capsbench.capsules.routing import declared_options
-from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput, check_coefficients
-from capsbench.capsules.routing.ops import weighted_votes
+from capsbench.capsules.routing.base import IDENTITY_GEOMETRY, Geometry, Routing, RoutingOutput
+from capsbench.capsules.routing.ops import resolve_options, weighted_votes
 
 
 class SelfRouting(Routing):
@@ -60,7 +60,8 @@ class SelfRouting(Routing):
         coefficients: str = "routed",
     ):
         super().__init__(children, parents, pose_dim, iterations, in_pose_dim)
-        check_coefficients("self", coefficients)
+        options = {"eps": eps, "coefficients": coefficients}
+        resolve_options("self", options, self.OPTIONS)  # the declared types and choices spec loading checks
         self.eps, self.coefficients = eps, coefficients
         self.W2 = nn.Parameter(torch.zeros(children, self.in_pose_dim, parents))
         self.b2 = nn.Parameter(torch.zeros(children, parents))
