@@ -244,6 +244,10 @@ def test_missing_runs_and_their_commands(tmp_path):
     states = {m["run"]: m["state"] for m in a["missing"]["missing"]}
     assert states == {"self-depth1-seed1-aaaa": f"in progress (epoch 2 of {EPOCHS})",
                       "self-depth1-seed2-aaaa": "not started"}
+    write_long_run(tmp_path, depth=1, seed=2, name="pilot-depth1-seed2")  # not planned: excluded, not a seed
+    a = answers(tmp_path, plan)
+    assert pick(a["runs"], run="pilot-depth1-seed2")["status"] == "excluded: not a planned run (ok)"
+    assert pick(a["q1"], depth=1)["seeds"] == [0]
     assert a["commands"] == ["OMP_NUM_THREADS=1 capsbench run specs/long/confirmation.yaml "
                              "'sweep.extends=[../protocols/methods/self.yaml]' 'sweep.model.depth=[1]' --jobs 2"]
 
@@ -265,11 +269,15 @@ def test_cli_writes_markdown_json_and_figures(tmp_path, capsys):
         for depth in (1, 6):
             write_long_run(runs, routing=routing, depth=depth, seed=0)
     write_long_run(runs, routing="self", depth=6, seed=0, options={"coefficients": "uniform"})
-    out = tmp_path / "answers"
-    assert main(["report", str(runs), "--questions", "long-cpu", "--out", str(out),
+    planned = tmp_path / "planned"
+    assert main(["report", str(runs), "--questions", "long-cpu", "--out", str(planned),
                  "--plan", str(REPO / "specs/long/confirmation_arms.yaml")]) == 0
-    data = json.loads((out / "questions.json").read_text())
+    data = json.loads((planned / "questions.json").read_text())
     assert data["missing"]["planned"] == 24 and data["missing"]["finished"] == 0  # other spec hashes than these
+    assert all(r["status"] == "excluded: not a planned run (ok)" for r in data["runs"]) and data["q1"] == []
+    out = tmp_path / "answers"
+    assert main(["report", str(runs), "--questions", "long-cpu", "--out", str(out), "--plan", "none"]) == 0
+    assert json.loads((out / "questions.json").read_text())["missing"] is None
     md = (out / "questions.md").read_text()
     for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8."):
         assert heading in md

@@ -2,7 +2,7 @@
 
 ``--questions long-cpu`` answers that protocol's pre-registered questions instead
 (``questions_write.py``: questions.md, questions.json and figures); ``--plan SPEC...`` names the
-sweep specs whose planned runs it checks for (default: specs/long/ of this checkout).
+sweep specs whose planned runs it checks for (default: specs/long/ of this checkout; ``none``: no plan).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def add_commands(sub) -> dict:
                              "figures")
     report.add_argument("--plan", nargs="+", default=None, metavar="SPEC",
                         help="with --questions: the sweep specs that plan the runs (default: specs/long/*.yaml of "
-                             "this checkout); lists the planned runs that are missing")
+                             "this checkout); lists the planned runs that are missing and excludes unplanned ones; "
+                             "'none': no plan")
     debug_flag(report)
     return {"report": cmd_report}
 
@@ -59,6 +60,7 @@ def _questions(args) -> int:
     if args.questions not in QUESTION_SETS:
         raise UserError(f"--questions: expected one of {', '.join(QUESTION_SETS)}, got '{args.questions}'")
     plan = [Path(p) for p in args.plan] if args.plan else default_plan()
+    plan = [] if args.plan == ["none"] else plan
     for path in plan:
         if not path.is_file():
             raise UserError(f"--plan: {path} is not a spec file")

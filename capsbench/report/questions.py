@@ -385,6 +385,9 @@ def commands(missing: dict) -> list[str]:
 def answer_questions(paths: list[Path], plan: dict[str, dict] | None = None, log=None) -> dict:
     """Every question's answers as plain data (what ``questions.json`` holds and the markdown shows)."""
     rows = collect(paths, log)
+    for row in rows if plan else []:
+        if row["run"] not in plan:  # e.g. a pilot with other settings: never mixed into an arm's seeds
+            row["status"] = f"excluded: not a planned run ({row['status']})"
     groups = _groups(rows)
     missing = missing_runs(rows, plan) if plan else None
     return {

@@ -35,6 +35,7 @@ from capsbench.report.questions import (
 from capsbench.report.questions_markdown import questions_markdown
 from capsbench.report.rundir import RunDir
 from capsbench.report.style import figure_style, save_png
+from capsbench.results.run_record import finite
 from capsbench.results.scores import stats
 
 QUESTION_SETS = ("long-cpu",)
@@ -118,7 +119,7 @@ def write_questions(paths: list[Path], out: Path, plan_specs: list[Path] | None 
     md = out / "questions.md"
     write_text(md, questions_markdown(answers, figures, run_figures))
     js = out / "questions.json"
-    write_text(js, json.dumps(answers, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    write_text(js, json.dumps(finite(answers), indent=1, sort_keys=True, allow_nan=False) + "\n")
     return written + [js, md]
 
 
