@@ -63,6 +63,10 @@ def test_question1_rule(tmp_path, dying, answer):
         write_long_run(tmp_path, depth=1, seed=seed, acts={"conv1": layer_series(*[dying_series(2)] * n)})
     q = pick(answers(tmp_path)["q1"], routing="self", depth=1)
     assert q["dying"] == dying and q["answer"] == answer
+    # undecided with all three seeds in: the full-scale command that decides it
+    full = ("capsbench run specs/self_depth_sweep.yaml 'sweep.extends=[protocols/methods/self.yaml]' "
+            "'sweep.data.name=[mnist]' 'sweep.model.depth=[1]'")
+    assert (q["full_scale"] == full) == answer.startswith("undecided")
 
 
 def test_question1_needs_three_seeds_and_ignores_unfinished(tmp_path):
@@ -224,6 +228,18 @@ def test_arm_names():
     assert arm_of({"routing_options": {}, "pose_norm": False}) == "pose_norm=False"
     assert arm_of({"routing_options": {"final_lambda": 1e-3, "lambda_schedule": "fixed"}}) == \
         "final_lambda=0.001, lambda_schedule=fixed"
+
+
+def test_full_scale_command_of_an_arm_uses_its_preset(tmp_path):
+    from capsbench.report.questions import _presets, full_scale_command
+
+    plan = plan_runs([REPO / "specs/long/screening.yaml"])
+    command = full_scale_command("em", "renormalise=True", 6, _presets(plan))
+    preset = "sweep.extends=[long/arms/em_yl1993_renormalise.yaml]"
+    assert command == (f"capsbench run specs/self_depth_sweep.yaml '{preset}' "
+                       "'sweep.data.name=[mnist]' 'sweep.model.depth=[6]'")
+    assert main(["validate", str(REPO / "specs/self_depth_sweep.yaml"), preset, "sweep.data.name=[mnist]",
+                 "sweep.model.depth=[6]"]) == 0
 
 
 def test_plan_of_the_shipped_specs_names_every_arm():

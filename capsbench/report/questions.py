@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import posixpath
 import statistics
 import sys
 from collections import defaultdict
@@ -36,6 +37,8 @@ CV_DEPENDS, CV_INDEPENDENT, NEAR_UNIFORM = 0.05, 0.01, 0.99  # question 7
 DEFAULT_ARM = "default"
 CONTROL_ARM = "control (uniform coefficients)"
 FLOOR = "uniform"  # the method-independent floor routing of question 6
+# every pre-registered seed in and still undecided: the full-scale protocol decides
+UNDECIDED_FULL = "undecided (seeds disagree or the interval reaches 0)"
 PLAN_SPECS = ("screening.yaml", "confirmation.yaml", "confirmation_arms.yaml")
 
 INTERPRETATIONS = [
@@ -164,7 +167,22 @@ def _interval(values):
     return None if iv is None else [round(v, 6) for v in iv]
 
 
-def question1(groups) -> list[dict]:
+def full_scale_command(routing: str, arm: str, depth: int, presets: dict) -> str:
+    """The paper protocol (MNIST, 3 seeds) for one method, arm and depth: what decides a question the CPU cannot."""
+    preset = presets.get((routing, arm)) or (f"protocols/methods/{routing}.yaml" if arm == DEFAULT_ARM else None)
+    if preset is None:
+        return f"no preset known for {routing} ({arm}): run the paper protocol with its routing options"
+    return (f"capsbench run specs/self_depth_sweep.yaml 'sweep.extends=[{preset}]' 'sweep.data.name=[mnist]' "
+            f"'sweep.model.depth=[{depth}]'")
+
+
+def _presets(plan: dict | None) -> dict:
+    """(routing, arm) -> its preset file relative to specs/ (the plan's are relative to specs/long/)."""
+    return {(p["routing"], p["arm"]): posixpath.normpath("long/" + p["preset"])
+            for p in (plan or {}).values() if p.get("preset")}
+
+
+def question1(groups, presets: dict | None = None) -> list[dict]:
     out = []
     for (routing, arm, depth), runs in groups.items():
         dying = [r["dying"] for r in runs]
@@ -179,10 +197,12 @@ def question1(groups) -> list[dict]:
         elif with_dying == 0:
             answer = "no"
         else:
-            answer = "undecided (seeds disagree or the interval reaches 0)"
+            answer = UNDECIDED_FULL
+        full = full_scale_command(routing, arm, depth, presets or {}) if answer == UNDECIDED_FULL else None
         out.append({"routing": routing, "arm": arm, "depth": depth, "seeds": [r["seed"] for r in runs],
                     "dying": dying, "born_dead": [r["born_dead"] for r in runs],
-                    "born_weak": [r["born_weak"] for r in runs], "mean": mean, "ci95": interval, "answer": answer})
+                    "born_weak": [r["born_weak"] for r in runs], "mean": mean, "ci95": interval, "answer": answer,
+                    "full_scale": full})
     return out
 
 
@@ -397,7 +417,7 @@ def answer_questions(paths: list[Path], plan: dict[str, dict] | None = None, log
         "runs": [{k: v for k, v in r.items() if k != "facts"} for r in rows],
         "missing": missing,
         "commands": commands(missing) if missing else [],
-        "q1": question1(groups),
+        "q1": question1(groups, _presets(plan)),
         "q2": question2(groups),
         "q3": question3(groups),
         "q4": question4(groups),

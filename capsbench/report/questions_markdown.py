@@ -74,6 +74,12 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
         [[q["routing"], q["arm"], q["depth"], len(q["seeds"]), q["dying"], q["born_dead"], q["born_weak"],
           f"{_num(q['mean'])} {_ci(q['ci95'])}", f"**{q['answer']}**"] for q in answers["q1"]]))
 
+    full = [q for q in answers["q1"] if q.get("full_scale")]
+    if full:
+        out += ["Undecided with every pre-registered seed in: the full-scale protocol (paper, MNIST 28x28, 50 epochs, "
+                "3 seeds; cost: docs/reproduction.md, GPU-hours estimated, not measured) decides it by the same rule "
+                "(yes: dying >= 1 in >= 2 of 3 seeds and the interval above 0; no: 0 in all 3):", ""]
+        out += [f"- {q['routing']} ({q['arm']}), depth {q['depth']}: `{q['full_scale']}`" for q in full]
     out += ["", "## 2. When do they die?", "", "Epochs of death (first epoch from which A stays <= 0.01) of every "
             "dying type, over all seeds.", ""]
     rows = [[q["routing"], q["arm"], q["depth"], len(q["epochs"]), _num(q["median"], ".1f"),
