@@ -139,8 +139,8 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
 
     out += ["", "## 8. Figures", ""]
     for routing, path in sorted(figures.items()):
-        out.append(f"![{routing}: test accuracy and dead capsules against depth, with its control and the uniform "
-                   f"routing]({path})\n")
+        out.append(f"![{routing}: test accuracy and dying types per layer against depth, with its control and the "
+                   f"uniform routing]({path})\n")
     for run, paths in sorted(run_figures.items()):
         out.append(f"### {run}\n")
         out += [f"![{run}: {p.rsplit('/', 1)[-1][:-4]}]({p})\n" for p in paths]

@@ -4,8 +4,9 @@ Writes, under ``out``::
 
     questions.md                             the answers to questions 1-8 (paste into docs/reproduction.md)
     questions.json                           the same as data, with every run's per-type facts
-    questions/<method>-depth.png             test accuracy and dead capsules vs depth: the method, its
-                                             uniform-coefficient control and the uniform routing (mean, 95% CI)
+    questions/<method>-depth.png             test accuracy and dying types per stacked layer vs depth: the
+                                             method, its uniform-coefficient control and the uniform routing
+                                             (mean, 95% CI over seeds)
     questions/runs/<run>/activations.png     Figures 6-7 analogue: activation grid, first and last epoch
     questions/runs/<run>/mechanism.png       mechanism per layer over the epochs (and terms.png for EM/VB)
 
@@ -42,7 +43,8 @@ QUESTION_SETS = ("long-cpu",)
 
 
 def method_depth_data(runs: list[dict], routing: str, num_classes: int, conv_types: int, threshold: float) -> dict:
-    """``depth.depth_figure`` data: the method's default, its control and the uniform routing, over seeds."""
+    """``depth.depth_figure`` data: the method's default, its control and the uniform routing, over seeds;
+    the right panel shows question 1's dying types per stacked layer."""
     arms = [(routing, DEFAULT_ARM, routing), (routing, CONTROL_ARM, f"{routing}, uniform coefficients")]
     arms = arms[:1] if routing == FLOOR else arms + [(FLOOR, DEFAULT_ARM, "uniform routing (floor)")]
     lines = []
@@ -57,7 +59,7 @@ def method_depth_data(runs: list[dict], routing: str, num_classes: int, conv_typ
             at = [x for x in mine if x["depth"] == d]
             ok = [x for x in at if x["status"] == "ok"]
             acc = stats((x["test_accuracy"] for x in ok), 0.0, 1.0)
-            dead = stats(x["avg_dead_conv"] for x in ok)
+            dead = stats(x["dying"] / d for x in ok)  # question 1's count, per stacked layer
             line["accuracy"].append(acc["mean"])
             line["accuracy_ci95"].append(acc["ci95"])
             line["dead"].append(dead["mean"])
@@ -67,7 +69,9 @@ def method_depth_data(runs: list[dict], routing: str, num_classes: int, conv_typ
         lines.append(line)
     return {"title": f"{routing}: method vs doing nothing · protocol long-cpu (mean and 95% CI over seeds)",
             "chance": 1.0 / num_classes, "num_classes": num_classes, "conv_types": conv_types,
-            "dead_threshold": threshold, "lines": lines}
+            "dead_threshold": threshold, "lines": lines,
+            "dead_title": f"Types dying during training (A(1) > 0.05, A(E) ≤ {threshold:g})",
+            "dead_ylabel": "dying types per stacked ConvCaps layer, mean"}
 
 
 def _run_figures(run: RunDir, folder: Path) -> list[Path]:
