@@ -322,3 +322,20 @@ def test_cli_without_long_runs_is_bad_input(tmp_path, capsys):
     write_fake_run(tmp_path / "r", protocol="test")
     assert main(["report", str(tmp_path), "--questions", "long-cpu", "--out", str(tmp_path / "o")]) == 2
     assert "no long-cpu runs found" in capsys.readouterr().err
+
+
+def test_depth_figure_data_method_control_and_floor(tmp_path):
+    from capsbench.report.questions_write import method_depth_data
+
+    for seed in (0, 1, 2):
+        write_long_run(tmp_path, routing="em", depth=2, seed=seed, accuracy=0.5 + 0.1 * seed,
+                       acts={"conv1": layer_series(*[dying_series(2)] * seed)})
+        write_long_run(tmp_path, routing="em", depth=2, seed=seed, options={"coefficients": "uniform"})
+    write_long_run(tmp_path, routing="uniform", depth=2, seed=0)
+    data = method_depth_data(answers(tmp_path)["runs"], "em", 10, TYPES, 0.01)
+    method, control, floor = data["lines"]
+    assert (method["name"], control["name"], floor["name"]) == ("em", "em, uniform coefficients",
+                                                                 "uniform routing (floor)")
+    assert method["dead"] == [pytest.approx(0.5)]  # dying 0, 1, 2 over 2 stacked layers: 0.5 per layer
+    assert method["accuracy"] == [pytest.approx(0.6)] and method["accuracy_ci95"][0] is not None
+    assert floor["seeds"] == [1] and floor["accuracy_ci95"] == [None]  # one seed: no interval
