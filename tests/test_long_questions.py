@@ -72,10 +72,10 @@ def test_question1_rule(tmp_path, dying, answer):
 def test_question1_needs_three_seeds_and_ignores_unfinished(tmp_path):
     write_long_run(tmp_path, depth=1, seed=0)
     write_long_run(tmp_path, depth=1, seed=1)
-    write_long_run(tmp_path, depth=1, seed=2, epochs_done=2)  # in progress: not a seed yet
+    write_long_run(tmp_path, depth=1, seed=2, epochs_done=2)  # unfinished: not a seed yet
     a = answers(tmp_path)
     assert pick(a["q1"], depth=1)["answer"] == "undecided (needs 1 more seed)"
-    assert pick(a["runs"], seed=2)["status"] == "in progress"
+    assert pick(a["runs"], seed=2)["status"] == "unfinished"
 
 
 # --- questions 2 and 3 ----------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_missing_runs_and_their_commands(tmp_path):
                                           "preset": "../protocols/methods/self.yaml"} for s in (0, 1, 2)}
     a = answers(tmp_path, plan)
     states = {m["run"]: m["state"] for m in a["missing"]["missing"]}
-    assert states == {"self-depth1-seed1-aaaa": f"in progress (epoch 2 of {EPOCHS})",
+    assert states == {"self-depth1-seed1-aaaa": f"unfinished: running or interrupted (epoch 2 of {EPOCHS})",
                       "self-depth1-seed2-aaaa": "not started"}
     write_long_run(tmp_path, depth=1, seed=2, name="pilot-depth1-seed2")  # not planned: excluded, not a seed
     a = answers(tmp_path, plan)

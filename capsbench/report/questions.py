@@ -34,6 +34,7 @@ SCREENING_SEED = 0
 CHANGED_DEAD = 2.0  # question 5: final avg_dead_conv differs by >= 2 types
 CHANGED_ACCURACY = 0.10  # question 5: test accuracy differs by >= 10 points
 CV_DEPENDS, CV_INDEPENDENT, NEAR_UNIFORM = 0.05, 0.01, 0.99  # question 7
+UNFINISHED = "unfinished"  # started, no record: running now, or interrupted (capsbench status tells which)
 DEFAULT_ARM = "default"
 CONTROL_ARM = "control (uniform coefficients)"
 FLOOR = "uniform"  # the method-independent floor routing of question 6
@@ -107,7 +108,7 @@ def _run_row(run: RunDir) -> dict | None:
         "run": run.path.name, "routing": str(model.get("routing")), "arm": arm_of(model),
         "depth": int(model.get("depth", 0)), "seed": int(cfg.get("seed", 0)),
         "epochs": int((cfg.get("train") or {}).get("epochs", 0)), "epochs_done": epochs_done,
-        "status": record["status"] if record is not None else "in progress",
+        "status": record["status"] if record is not None else UNFINISHED,
         "test_accuracy": None, "avg_dead_conv": None,
     }
     if record is not None:
@@ -373,7 +374,7 @@ def relative_death(groups) -> list[dict]:
 
 
 def missing_runs(rows, plan: dict[str, dict]) -> dict:
-    """Planned runs with no finished ok record here: not started, in progress, or ended otherwise."""
+    """Planned runs with no finished ok record here: not started, unfinished, or ended otherwise."""
     by_name = {r["run"]: r for r in rows}
     missing = []
     for label, info in sorted(plan.items(), key=lambda kv: (kv[1]["routing"], kv[1]["arm"], kv[1]["depth"],
@@ -381,9 +382,12 @@ def missing_runs(rows, plan: dict[str, dict]) -> dict:
         row = by_name.get(label)
         if row is not None and row["status"] == "ok":
             continue
-        state = "not started" if row is None else (
-            f"in progress (epoch {row['epochs_done']} of {row['epochs']})" if row["status"] == "in progress"
-            else row["status"])
+        if row is None:
+            state = "not started"
+        elif row["status"] == UNFINISHED:
+            state = f"unfinished: running or interrupted (epoch {row['epochs_done']} of {row['epochs']})"
+        else:
+            state = row["status"]
         missing.append({"run": label, "state": state, **info})
     return {"planned": len(plan), "finished": len(plan) - len(missing), "missing": missing}
 

@@ -30,6 +30,7 @@ from capsbench.report.questions import (
     FLOOR,
     SCREENING_DEPTHS,
     SCREENING_SEED,
+    UNFINISHED,
     answer_questions,
     plan_runs,
 )
@@ -49,7 +50,7 @@ def method_depth_data(runs: list[dict], routing: str, num_classes: int, conv_typ
     arms = arms[:1] if routing == FLOOR else arms + [(FLOOR, DEFAULT_ARM, "uniform routing (floor)")]
     lines = []
     for r, arm, name in arms:
-        mine = [x for x in runs if x["routing"] == r and x["arm"] == arm and x["status"] != "in progress"]
+        mine = [x for x in runs if x["routing"] == r and x["arm"] == arm and x["status"] != UNFINISHED]
         depths = sorted({x["depth"] for x in mine})
         if not depths:
             continue
