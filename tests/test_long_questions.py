@@ -202,6 +202,9 @@ def test_welch_interval_matches_hand_computation():
 
 # --- question 7 -----------------------------------------------------------------------------------
 
+NEITHER = "neither (cv between the thresholds, or mixed over seeds or layers)"
+
+
 def layer_mech(cv, entropy, depth=3):
     return {EPOCHS: {f"conv{i}": {"coefficient_cv_images": cv[i - 1], "coefficient_entropy": entropy[i - 1]}
                      for i in range(1, depth + 1)}}
@@ -209,7 +212,8 @@ def layer_mech(cv, entropy, depth=3):
 
 @pytest.mark.parametrize("per_seed, answer", [
     ([([0.06, 0.06, 0.0], [0.5] * 3)] * 3, "depends on the input"),
-    ([([0.06, 0.06, 0.0], [0.5] * 3)] * 2 + [([0.06, 0.0, 0.0], [0.5] * 3)], "neither (mixed over seeds or layers)"),
+    ([([0.06, 0.06, 0.0], [0.5] * 3)] * 2 + [([0.06, 0.0, 0.0], [0.5] * 3)], NEITHER),  # one seed disagrees
+    ([([0.03, 0.03, 0.03], [0.5] * 3)] * 3, NEITHER),  # between the thresholds
     ([([0.005, 0.005, 0.2], [0.995, 0.995, 0.5])] * 3, "input-independent; near-uniform"),
     ([([0.005, 0.005, 0.2], [0.995, 0.98, 0.5])] * 3, "input-independent"),
 ])

@@ -354,7 +354,7 @@ def question7(groups) -> list[dict]:
         elif seeds and all(s["independent"] for s in seeds):
             labels.append("input-independent")
         else:
-            labels.append("neither (mixed over seeds or layers)")
+            labels.append("neither (cv between the thresholds, or mixed over seeds or layers)")
         if seeds and all(s["near_uniform"] for s in seeds):
             labels.append("near-uniform")
         provisional = "; ".join(labels)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+NO_DYING = "No type died during training in any finished run."
 RULE_YES = ("yes: dying >= 1 in at least 2 of 3 seeds and the 95% interval of mean dying above 0; "
             "no: dying = 0 in all 3 seeds")
 
@@ -21,6 +22,16 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def table_or_note(headers: list[str], rows: list[list], note: str) -> str:
+    """The table, or one line when no row has anything to show (a finished sweep with no dying type)."""
+    return md_table(headers, rows) if rows else f"_{note}_\n"
+
+
+def details(summary: str, body: str) -> str:
+    """A folded block: long listings stay out of the way of the answers."""
+    return f"<details><summary>{summary}</summary>\n\n{body}\n</details>\n"
 
 
 def _num(x, fmt=".2f") -> str:
@@ -49,7 +60,8 @@ def _status(answers: dict) -> list[str]:
     if missing["missing"]:
         by_arm = Counter((m["routing"], m["arm"], m["state"].split(" (")[0]) for m in missing["missing"])
         rows = [[r, a, s, n] for (r, a, s), n in sorted(by_arm.items())]
-        out.append("\n" + md_table(["method", "arm", "state", "runs"], rows))
+        listing = md_table(["method", "arm", "state", "runs"], rows)
+        out.append("\n" + details("missing runs per method and arm", listing))
         out.append("Commands that train exactly the missing runs (finished runs are skipped; the sweep resumes):\n")
         out.append("```bash\n" + "\n".join(answers["commands"]) + "\n```")
     return out
@@ -83,24 +95,27 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
     out += ["", "## 2. When do they die?", "", "Epochs of death (first epoch from which A stays <= 0.01) of every "
             "dying type, over all seeds.", ""]
     rows = [[q["routing"], q["arm"], q["depth"], len(q["epochs"]), _num(q["median"], ".1f"),
-             "n/a" if not q["range"] else f"{q['range'][0]}-{q['range'][1]}"] for q in answers["q2"]]
-    out.append(md_table(["method", "arm", "depth", "dying types", "median epoch", "range"], rows))
+             f"{q['range'][0]}-{q['range'][1]}"] for q in answers["q2"] if q["epochs"]]
+    out.append(table_or_note(["method", "arm", "depth", "dying types", "median epoch", "range"], rows,
+                             NO_DYING))
 
     out += ["", "## 3. In which layers?", "", "Dying types / types per stacked layer (summed over seeds), by "
             "relative position l/D.", ""]
     rows = [[q["routing"], q["arm"], q["depth"], q["seeds"],
              "; ".join(f"l/D={x['l_over_D']:.2f}: {x['dying']}/{x['types']}" for x in q["layers"])]
-            for q in answers["q3"]]
-    out.append(md_table(["method", "arm", "depth", "seeds", "dying / types per layer"], rows))
+            for q in answers["q3"] if any(x["dying"] for x in q["layers"])]
+    out.append(table_or_note(["method", "arm", "depth", "seeds", "dying / types per layer"], rows, NO_DYING))
 
     out += ["", "## 4. Through which term?", "", "Per dying type, every category whose rule holds (terms at epoch 1 "
             "and at the epoch of death); the answer is the category met by the most dying types. *Hidden by "
             "BatchNorm* (VB): stacked types at the last epoch that the activation BatchNorm keeps above 0.01.", ""]
     rows = [[q["routing"], q["arm"], q["dying"],
              ", ".join(f"{c}: {k}" for c, k in sorted(q["categories"].items())) or "none",
-             q["unclassified"], q["hidden_by_bn"], f"**{q['answer']}**"] for q in answers["q4"]]
-    out.append(md_table(["method", "arm", "dying types", "categories (types meeting each)", "no category",
-                         "hidden by BatchNorm", "answer"], rows))
+             q["unclassified"], q["hidden_by_bn"], f"**{q['answer']}**"] for q in answers["q4"]
+            if q["dying"] or q["hidden_by_bn"]]
+    out.append(table_or_note(["method", "arm", "dying types", "categories (types meeting each)", "no category",
+                              "hidden by BatchNorm", "answer"], rows,
+                             NO_DYING + " No type hidden by the activation BatchNorm."))
 
     out += ["", "## 5. Does a reference-faithful variant (or control) change the answer?", "",
             "Screening, seed 0, depths 6 and 10, against the method's default: a change is a different "
@@ -134,8 +149,10 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
 
     out += ["", "## Relative death (secondary, reported only)", "",
             "Stacked types with A(E) <= 0.16 x their layer's mean type activation, per seed.", ""]
-    rows = [[q["routing"], q["arm"], q["depth"], q["relative_dead_last"]] for q in answers["relative_death"]]
-    out.append(md_table(["method", "arm", "depth", "relatively dead at the last epoch, per seed"], rows))
+    rows = [[q["routing"], q["arm"], q["depth"], q["relative_dead_last"]] for q in answers["relative_death"]
+            if any(q["relative_dead_last"])]
+    out.append(table_or_note(["method", "arm", "depth", "relatively dead at the last epoch, per seed"], rows,
+                             "No type is relatively dead at the last epoch in any finished run."))
 
     out += ["", "## 8. Figures", ""]
     for routing, path in sorted(figures.items()):
@@ -150,6 +167,6 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
     out += ["", "## Runs", ""]
     rows = [[r["run"], r["routing"], r["arm"], r["depth"], r["seed"], r["status"], f"{r['epochs_done']}/{r['epochs']}",
              _pct(r["test_accuracy"]), r.get("dying", "n/a"), r.get("born_dead", "n/a")] for r in answers["runs"]]
-    out.append(md_table(["run", "method", "arm", "depth", "seed", "status", "epochs", "test accuracy", "dying",
-                         "born dead"], rows))
+    out.append(details(f"{len(rows)} run folders", md_table(
+        ["run", "method", "arm", "depth", "seed", "status", "epochs", "test accuracy", "dying", "born dead"], rows)))
     return "\n".join(out).rstrip("\n") + "\n"
