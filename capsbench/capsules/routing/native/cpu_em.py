@@ -76,7 +76,7 @@ def usable(pose: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | Non
 class _EMWindows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pose, act, weight, beta_u, beta_a, offsets, lambdas, min_var, cost_div, need_coefficients):
-        fwd, _, _ = build.load(pose.dtype)
+        fwd = build.load(pose.dtype).forward
         pose, act, weight = pose.contiguous(), act.contiguous(), weight.contiguous()
         beta_u, beta_a = beta_u.contiguous(), beta_a.contiguous()
         offsets = offsets.contiguous() if offsets is not None else None
@@ -98,7 +98,8 @@ class _EMWindows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_pose, g_act, _g_coef):
         pose, act, weight, beta_u, beta_a, offsets, lam = ctx.saved_tensors
-        _, bwd, sum_blocks = build.load(pose.dtype)
+        kernel = build.load(pose.dtype)
+        bwd, sum_blocks = kernel.backward, kernel.sum_blocks
         p, i = act.shape
         j = weight.shape[1]
         g_pose = torch.zeros(p, j, 16, dtype=pose.dtype) if g_pose is None else g_pose.contiguous()
