@@ -41,15 +41,14 @@ class Clock:
 def main() -> None:
     import torch
     from omegaconf import OmegaConf
+    from run_fused_benchmark import CONFIGS
 
     from capsbench import spec as spec_mod
-    from capsbench.bench import measure  # noqa: F401  (same imports as the benchmark's child)
     from capsbench.capsules.routing.native import build, cpu_em
     from capsbench.data import build_data
     from capsbench.registry import MODELS
     from capsbench.train.losses import build_loss
     from capsbench.train.optim import build_optimizer
-    from run_fused_benchmark import CONFIGS
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="paper-mini", choices=["paper-mini", "32x32"])

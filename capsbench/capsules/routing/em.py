@@ -336,6 +336,7 @@ class EMRouting(Routing):
                     cost=self.cost,
                 )  # fmt: skip
                 pose_out, act_out = new_pose.view(n, length, j, d), new_act.view(n, length, j)
+                self.last_backend = "triton"
                 return RoutingOutput(pose_out.to(out_dtype), act_out.to(out_dtype), None)
 
             def window_block(v, a, bu, ba):
@@ -343,6 +344,7 @@ class EMRouting(Routing):
                 return new_pose[0], new_act[0], r[0]
 
             compiled = self._cpu_kernel(votes, activation, beta_u, beta_a, dtype, need_coefficients)
+            self.last_backend = cpu_em.backend(dtype) if compiled else None
             new_pose, new_act, r = compiled or fused.route_in_blocks(
                 window_block, votes, activation.to(dtype), (beta_u, beta_a), dtype, need_coefficients
             )

@@ -53,8 +53,10 @@ class Kernel(NamedTuple):
     backward: Any
     sum_blocks: Any
     exp_values: Any
+    state_size: Any  # (I, J, T) -> values per window the forward keeps for the backward
     widest_vector_bytes: Any  # what the CPU and OS run: 64, 32 or 16
     isa: str  # "sse2", "avx2", "avx512", or "generic" (16-byte vectors on a machine other than x86)
+
 
 _loaded: dict[torch.dtype, Kernel | None] = {}  # dtype -> the library's functions, or None (build failed)
 _warned = False
@@ -97,15 +99,18 @@ def _bind(path: Path, suffix: str, isa: str) -> Kernel:
     lib = ctypes.CDLL(str(path))
     p, i, r = ctypes.c_void_p, ctypes.c_int, ctypes.c_double if suffix == "f64" else ctypes.c_float
     head = [ctypes.c_long, ctypes.c_long, i, i, i, *[p] * 7, r, r]  # window range, I, J, T, inputs, min_var, cost_div
-    names = ("em_forward", "em_backward", "sum_blocks", "exp_values", "vector_bytes", "widest_vector_bytes")
-    fwd, bwd, total, exp_values, vector_bytes, widest = (getattr(lib, f"{name}_{suffix}") for name in names)
-    fwd.argtypes = [*head, p, p, p]
-    bwd.argtypes = [*head, *[p] * 7]
+    names = ("em_forward", "em_backward", "sum_blocks", "exp_values", "state_size", "vector_bytes",
+             "widest_vector_bytes")  # fmt: skip
+    fwd, bwd, total, exp_values, state_size, vector_bytes, widest = (getattr(lib, f"{n}_{suffix}") for n in names)
+    fwd.argtypes = [*head, *[p] * 4]  # outputs: pose, activation, coefficients, state (the backward's)
+    bwd.argtypes = [*head, *[p] * 8]  # output gradients, input gradients, state
+    state_size.argtypes, state_size.restype = [i, i, i], ctypes.c_long
     total.argtypes, total.restype = [ctypes.c_long, ctypes.c_long, p, p], None
     exp_values.argtypes, exp_values.restype = [ctypes.c_long, p, p], None
     vector_bytes.argtypes = widest.argtypes = []
-    assert vector_bytes() == ISAS[isa][0], f"{path} was built for {vector_bytes()}-byte vectors, not {isa}"
-    return Kernel(fwd, bwd, total, exp_values, widest, isa if X86 else "generic")
+    if vector_bytes() != ISAS[isa][0]:  # a stale or foreign file under the cache key: load() warns, PyTorch runs
+        raise OSError(f"{path} was built for {vector_bytes()}-byte vectors, not {isa}")
+    return Kernel(fwd, bwd, total, exp_values, state_size, widest, isa if X86 else "generic")
 
 
 def widest_isa(baseline: Kernel) -> str:

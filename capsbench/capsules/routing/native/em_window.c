@@ -59,10 +59,17 @@ typedef long long IREAL;
 typedef REAL vec __attribute__((vector_size(VBYTES), may_alias));
 typedef IREAL ivec __attribute__((vector_size(VBYTES), may_alias));
 typedef REAL vec4 __attribute__((vector_size(4 * sizeof(REAL)), may_alias));
+typedef IREAL ivec4 __attribute__((vector_size(4 * sizeof(REAL)), may_alias));
 #define VL ((int)(VBYTES / sizeof(REAL)))
 #define V(p) (*(vec *)(p))
 #define V4(p) (*(vec4 *)(p))
 #define ALIGN 64
+#define PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define UNROLL4 PRAGMA(unroll 4)
+#else
+#define UNROLL4 PRAGMA(GCC unroll 4)
+#endif
 
 /* libm in the working precision (expf/logf for float): the few per-parent scalars */
 #define EXP(x) _Generic((x), float: expf, default: exp)(x)
@@ -117,6 +124,33 @@ static inline REAL fold4(const REAL *v, int groups) {
     return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
+/* out[m] = fold4(rows + m JP, JP / 4) for the 16 rows m of rows [16, JP]: the same order as fold4, with
+ * the four rows of each group of four transposed so that their last step runs as one vector. */
+static inline void fold4_rows(REAL *out, const REAL *rows, int JP) {
+    for (int m0 = 0; m0 < POSE; m0 += 4) {
+        vec4 p[4];
+        UNROLL4 for (int k = 0; k < 4; k++) {
+            p[k] = V4(rows + (m0 + k) * JP);
+            for (int g = 4; g < JP; g += 4) p[k] += V4(rows + (m0 + k) * JP + g);
+        }
+        const vec4 c0 = {p[0][0], p[1][0], p[2][0], p[3][0]}, c1 = {p[0][1], p[1][1], p[2][1], p[3][1]};
+        const vec4 c2 = {p[0][2], p[1][2], p[2][2], p[3][2]}, c3 = {p[0][3], p[1][3], p[2][3], p[3][3]};
+        const vec4 sum = (c0 + c1) + (c2 + c3);
+        memcpy(out + m0, &sum, sizeof sum);
+    }
+}
+
+/* The largest of v[0..n), n a multiple of 4 (a maximum is exact: any order gives the same value). */
+static inline REAL max_lanes(const REAL *v, int n) {
+    vec4 m = V4(v);
+    for (int g = 4; g < n; g += 4) {
+        const vec4 o = V4(v + g);
+        m = (vec4)(((o > m) & (ivec4)o) | (~(o > m) & (ivec4)m));
+    }
+    const REAL a = m[0] > m[1] ? m[0] : m[1], b = m[2] > m[3] ? m[2] : m[3];
+    return a > b ? a : b;
+}
+
 /* Per-window statistics of every iteration and the scratch buffers, allocated once per call;
  * arrays over parent types have JP lanes (see the top of the file). */
 typedef struct {
@@ -137,9 +171,14 @@ typedef struct {
     REAL *base;
 } Work;
 
-static int work_alloc(Work *w, int I, int J, int T, const REAL *weight) {
+/* Lanes per array over parent types: J rounded up to a multiple of 4 (fold4) and of the vector width. */
+static int lanes(int J) {
     const int step = VL > 4 ? VL : 4;
-    const int JP = (J + step - 1) / step * step;
+    return (J + step - 1) / step * step;
+}
+
+static int work_alloc(Work *w, int I, int J, int T, const REAL *weight) {
+    const int JP = lanes(J);
     size_t ijd = (size_t)I * POSE * JP, jd = (size_t)POSE * JP;
     size_t total = 4 * ijd + (size_t)T * I * JP + 3 * T * jd + 3 * (size_t)T * JP + jd + 5 * jd + 8 * (size_t)JP;
     size_t bytes = (total * sizeof(REAL) + ALIGN - 1) / ALIGN * ALIGN;
@@ -161,17 +200,29 @@ static int work_alloc(Work *w, int I, int J, int T, const REAL *weight) {
     w->centre = base, base += jd;
     w->tmp = base;
     for (int i = 0; i < I; i++)
-        for (int j = 0; j < J; j++)
+        for (int j = 0; j < J; j++) {
             for (int kc = 0; kc < POSE; kc++) w->w[((size_t)i * POSE + kc) * JP + j] = weight[((size_t)i * J + j) * POSE + kc];
+            w->r[(size_t)i * JP + j] = (REAL)1 / J; /* iteration 0: uniform over parent types */
+        }
     return 0;
 }
 
-/* Votes of one window into w->x, then centred on the activation-weighted mean vote (em.prepare_votes). */
+/* What a window's backward needs from its forward besides the votes: the coefficients of iterations
+ * 1..T-1, every iteration's statistics and the centre, which lie contiguous in Work from r + I*JP to
+ * the end of centre. The forward saves them, so the backward recomputes only the votes. */
+static size_t state_floats(const Work *w) { return (size_t)(w->centre + POSE * w->JP - (w->r + (size_t)w->I * w->JP)); }
+
+static void save_state(const Work *w, REAL *state) { memcpy(state, w->r + (size_t)w->I * w->JP, sizeof(REAL) * state_floats(w)); }
+
+static void load_state(Work *w, const REAL *state) { memcpy(w->r + (size_t)w->I * w->JP, state, sizeof(REAL) * state_floats(w)); }
+
+/* Votes of one window into w->x, then centred on the activation-weighted mean vote (em.prepare_votes);
+ * with a = NULL the centre is the one in w->centre (the forward's, restored by load_state). */
 static void centred_votes(Work *w, const REAL *u, const REAL *a, const REAL *offsets) {
     const int I = w->I, JP = w->JP;
     REAL *x = w->x, *centre = w->centre;
     REAL amass = 0;
-    memset(centre, 0, sizeof(REAL) * POSE * JP);
+    if (a) memset(centre, 0, sizeof(REAL) * POSE * JP);
     for (int i = 0; i < I; i++) {
         const REAL *ui = u + (size_t)i * POSE, *wi = w->w + (size_t)i * POSE * JP;
         REAL *xi = x + (size_t)i * POSE * JP;
@@ -183,12 +234,13 @@ static void centred_votes(Work *w, const REAL *u, const REAL *a, const REAL *off
                         ui[4 * r + 2] * V(wi + (8 + c) * JP + q) + ui[4 * r + 3] * V(wi + (12 + c) * JP + q);
                 if (offsets) v += off;
                 V(xi + rc * JP + q) = v;
-                V(centre + rc * JP + q) += a[i] * v;
+                if (a) V(centre + rc * JP + q) += a[i] * v;
             }
         }
-        amass += a[i];
+        if (a) amass += a[i];
     }
-    for (int k = 0; k < POSE * JP; k += VL) V(centre + k) /= (amass + EPS);
+    if (a)
+        for (int k = 0; k < POSE * JP; k += VL) V(centre + k) /= (amass + EPS);
     for (int i = 0; i < I; i++)
         for (int k = 0; k < POSE * JP; k += VL) V(x + (size_t)i * POSE * JP + k) -= V(centre + k);
 }
@@ -209,15 +261,16 @@ static void e_step(Work *w, int t) {
         REAL *ri = r + (size_t)i * JP;
         for (int q = 0; q < JP; q += VL) {
             vec part[4] = {{0}, {0}, {0}, {0}}; /* sum_d (x_d - m_d)^2 / var_d in four partial sums */
-            for (int d = 0; d < POSE; d++) {
-                const vec diff = V(xi + d * JP + q) - V(mean + d * JP + q);
-                part[d % 4] += diff * diff * V(inv_var + d * JP + q);
-            }
+            for (int d0 = 0; d0 < POSE; d0 += 4)
+                UNROLL4 for (int k = 0; k < 4; k++) { /* k = d % 4 unrolled: the partial sums stay in registers */
+                    const int d = d0 + k;
+                    const vec diff = V(xi + d * JP + q) - V(mean + d * JP + q);
+                    part[k] += diff * diff * V(inv_var + d * JP + q);
+                }
             const vec dist = (part[0] + part[1]) + (part[2] + part[3]);
             V(ri + q) = (V(log_norm + q) - (REAL)0.5 * dist) + V(bias + q);
         }
-        REAL top = -INFINITY;
-        for (int j = 0; j < J; j++) top = ri[j] > top ? ri[j] : top;
+        const REAL top = max_lanes(ri, JP); /* padding lanes are -inf */
         for (int q = 0; q < JP; q += VL) V(ri + q) = vexp(V(ri + q) - top);
         const REAL total = fold4(ri, JP / 4);
         for (int q = 0; q < JP; q += VL) V(ri + q) /= total;
@@ -268,10 +321,7 @@ static void m_step(Work *w, int t, const REAL *a, const REAL *beta_u, const REAL
 /* Forward of one window: votes, then T M-steps, each but the first fed by an E-step. */
 static void window_forward(Work *w, const REAL *u, const REAL *a, const REAL *offsets, const REAL *beta_u,
                            const REAL *beta_a, const REAL *lambdas, REAL min_var, REAL cost_div) {
-    const int I = w->I, J = w->J, JP = w->JP;
     centred_votes(w, u, a, offsets);
-    for (int i = 0; i < I; i++)
-        for (int j = 0; j < J; j++) w->r[(size_t)i * JP + j] = (REAL)1 / J;
     for (int t = 0; t < w->T; t++) {
         if (t > 0) e_step(w, t);
         m_step(w, t, a, beta_u, beta_a, lambdas[t], min_var, cost_div);
@@ -280,13 +330,14 @@ static void window_forward(Work *w, const REAL *u, const REAL *a, const REAL *of
 
 int NAME(em_forward)(long p0, long p1, int I, int J, int T, const REAL *pose, const REAL *act, const REAL *weight,
                      const REAL *offsets, const REAL *beta_u, const REAL *beta_a, const REAL *lambdas, REAL min_var,
-                     REAL cost_div, REAL *out_pose, REAL *out_act, REAL *coef) {
+                     REAL cost_div, REAL *out_pose, REAL *out_act, REAL *coef, REAL *state) {
     Work w;
     if (work_alloc(&w, I, J, T, weight)) return -1;
     const int JP = w.JP;
     for (long p = p0; p < p1; p++) {
         window_forward(&w, pose + (size_t)p * I * POSE, act + (size_t)p * I, offsets, beta_u, beta_a, lambdas,
                        min_var, cost_div);
+        if (state) save_state(&w, state + (size_t)p * state_floats(&w));
         const REAL *mean = w.mean + (size_t)(T - 1) * POSE * JP;
         for (int j = 0; j < J; j++) {
             for (int d = 0; d < POSE; d++)
@@ -359,11 +410,13 @@ static void window_backward(Work *w, const REAL *a, const REAL *beta_u, const RE
             for (int q = 0; q < JP; q += VL) {
                 const vec rr = V(ri + q), wt = rr * a[i];
                 vec part[4] = {{0}, {0}, {0}, {0}}; /* sum_d (g1 + g2 x) x = dL/dw - g_mass */
-                for (int d = 0; d < POSE; d++) {
-                    const vec xv = V(xi + d * JP + q), g1 = V(g_s1 + d * JP + q), g2 = V(g_s2 + d * JP + q);
-                    part[d % 4] += (g1 + g2 * xv) * xv;
-                    V(gi + d * JP + q) += wt * (g1 + 2 * g2 * xv);
-                }
+                for (int d0 = 0; d0 < POSE; d0 += 4)
+                    UNROLL4 for (int k = 0; k < 4; k++) {
+                        const int d = d0 + k;
+                        const vec xv = V(xi + d * JP + q), g1 = V(g_s1 + d * JP + q), g2 = V(g_s2 + d * JP + q);
+                        part[k] += (g1 + g2 * xv) * xv;
+                        V(gi + d * JP + q) += wt * (g1 + 2 * g2 * xv);
+                    }
                 const vec gw = V(g_mass + q) + ((part[0] + part[1]) + (part[2] + part[3]));
                 V(to_a + q) = gw * rr;
                 V(g_r + q) = gw * a[i];
@@ -405,8 +458,8 @@ static void votes_backward(Work *w, const REAL *u, REAL *g_u, int want_w) {
                                        V(gi + (4 * r + 1) * JP + q) * V(wi + (4 * k + 1) * JP + q) +
                                        V(gi + (4 * r + 2) * JP + q) * V(wi + (4 * k + 2) * JP + q) +
                                        V(gi + (4 * r + 3) * JP + q) * V(wi + (4 * k + 3) * JP + q);
-            g_u[(size_t)i * POSE + rk] = fold4(acc + rk * JP, JP / 4);
         }
+        fold4_rows(g_u + (size_t)i * POSE, acc, JP);
         if (!want_w) continue;
         REAL *gwi = w->gw + (size_t)i * POSE * JP;
         for (int kc = 0; kc < POSE; kc++) {
@@ -423,14 +476,19 @@ static void votes_backward(Work *w, const REAL *u, REAL *g_u, int want_w) {
 int NAME(em_backward)(long p0, long p1, int I, int J, int T, const REAL *pose, const REAL *act, const REAL *weight,
                       const REAL *offsets, const REAL *beta_u, const REAL *beta_a, const REAL *lambdas,
                       REAL min_var, REAL cost_div, const REAL *g_out_pose, const REAL *g_out_act, REAL *g_pose,
-                      REAL *g_act, REAL *g_w, REAL *g_bu, REAL *g_ba) {
+                      REAL *g_act, REAL *g_w, REAL *g_bu, REAL *g_ba, const REAL *state) {
     Work w;
     if (work_alloc(&w, I, J, T, weight)) return -1;
     memset(g_bu, 0, sizeof(REAL) * J);
     memset(g_ba, 0, sizeof(REAL) * J);
     for (long p = p0; p < p1; p++) {
         const REAL *u = pose + (size_t)p * I * POSE, *a = act + (size_t)p * I;
-        window_forward(&w, u, a, offsets, beta_u, beta_a, lambdas, min_var, cost_div);
+        if (state) { /* the forward's state: only the votes are recomputed, with the forward's centre */
+            load_state(&w, state + (size_t)p * state_floats(&w));
+            centred_votes(&w, u, NULL, offsets);
+        } else {
+            window_forward(&w, u, a, offsets, beta_u, beta_a, lambdas, min_var, cost_div);
+        }
         window_backward(&w, a, beta_u, lambdas, cost_div, g_out_pose + (size_t)p * J * POSE, g_out_act + (size_t)p * J,
                         g_act + (size_t)p * I, g_bu, g_ba);
         votes_backward(&w, u, g_pose + (size_t)p * I * POSE, g_w != NULL);
@@ -459,6 +517,12 @@ void NAME(exp_values)(long n, const REAL *x, REAL *y) {
         v = vexp(v);
         for (int l = 0; l < VL && k + l < n; l++) y[k + l] = v[l];
     }
+}
+
+/* Values per window that em_forward saves into `state` for em_backward (they depend on the vector width). */
+long NAME(state_size)(int I, int J, int T) {
+    const long JP = lanes(J);
+    return (T - 1) * I * JP + 3 * T * POSE * JP + 3 * T * JP + POSE * JP;
 }
 
 /* The vector width this library was built for, in bytes (16: SSE2 or generic, 32: AVX2, 64: AVX-512). */
