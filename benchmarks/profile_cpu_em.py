@@ -79,9 +79,6 @@ def main() -> None:
     )
     cpu_em.em_routing_cpu = clock.wrap("routing_call_forward", cpu_em.em_routing_cpu)
     cpu_em._EMWindows.backward = staticmethod(clock.wrap("routing_call_backward", cpu_em._EMWindows.backward))
-    import capsbench.capsules.routing.em as em_mod
-
-    em_mod.cpu_em = cpu_em
 
     rows = []
     for i in range(1 + args.steps):
