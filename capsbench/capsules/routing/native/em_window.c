@@ -12,7 +12,9 @@
  * or NULL. A vote is v[i, j, 4r + c] = sum_k U[i, r, k] W[i, j, k, c] (+ offset).
  *
  * Why per window: a window's votes (I x J x 16) are recomputed into a private buffer that
- * stays in L2 while every iteration reads it; nothing votes-sized reaches main memory.
+ * stays in L2 while every iteration reads it; nothing votes-sized reaches main memory. The
+ * forward can save each window's coefficients and statistics (state_size values per window);
+ * the backward then recomputes only the votes (else the whole forward, with the same bits).
  *
  * Vectors run across the parent types j: inside a window every array is [..., JP] with JP the
  * number of parent types rounded up to a multiple of 4 and of the vector width (padding lanes
