@@ -48,8 +48,11 @@ graph is built and the stack runs as a plain loop. A block with a stochastic mod
 refused: its recomputation would draw other numbers. Autocast is replayed as in the forward;
 the state is kept in at least float32 (low-precision addition would make the inverse useless).
 
-Reconstruction error: rebuilding ``v`` divides by ``gamma`` once per block, so rounding grows
-like ``gamma**-n`` at worst (measured in ``tests/test_momentum_residual.py``). Gradients of the
+Reconstruction error: rebuilding ``v`` divides by ``gamma`` once per block, and ``f`` amplifies
+what it is given, so rounding grows geometrically with depth. Measured in float32 (largest error of
+a rebuilt block input relative to its largest entry; ``tests/test_momentum_residual.py``, 8 types of
+4x4 poses on an 8x8 grid, gamma 0.9): self routing 2.0e-6, 1.6e-5, 7.2e-5 at 10, 20, 30 blocks; EM
+4.6e-6, 9.6e-5, 1.3e-3. float64 agrees with plain autograd to 1e-10 of the largest gradient. Gradients of the
 layer's inputs inside blocks are not reported by the gradient-norm telemetry (the recomputation
 bypasses the layer's hooks, so nothing is counted twice); its weight gradients are.
 """
