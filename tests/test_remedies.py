@@ -279,3 +279,38 @@ def test_length_init_refuses_a_hand_set_weight_std():
     cfg = ModelConfig(routing="dynamic", backbone="tiny", depth=1, init="length", options={"weight_std": 0.1})
     with pytest.raises(UserError, match="model.options.weight_std"):
         build_capsnet(cfg, num_classes=5, in_channels=1, image_size=(16, 16))
+
+
+# ------------------------------------------------------------------------------------------------- the sweeps
+
+
+def _by_arm(path: Path) -> dict[tuple[str, int], spec.RunSpec]:
+    return {(run.point["extends"], run.config.model.depth): run for run in spec.load(path)}
+
+
+def test_the_remedies_screening_covers_every_routing_and_remedy_and_reuses_the_long_screening_runs():
+    runs = _by_arm(REPO / "specs" / "remedies" / "screening.yaml")
+    assert {depth for _, depth in runs} == {10, 20} and {run.seed for run in runs.values()} == {0}
+    labels: dict[str, set[str]] = {}
+    for run in runs.values():
+        assert run.config.protocol == "long-cpu" and run.config.train.batch_size == 32
+        labels.setdefault(run.config.model.routing, set()).add(remedy_label(run.config))
+        if run.config.model.routing in ("em", "vb"):  # past depth 10 only on the fused routing (issue 16)
+            assert run.config.model.routing_impl == "fused"
+    common = {"none", "res", "res+skip=pre", "pose-norm+norm=layer", "res+skip=pre+pose-norm+norm=layer"}
+    assert labels == {"em": common, "self": common, "vb": common | {"pose-norm"},
+                      "dynamic": common | {"pose-norm", "init=length"}}
+    # the plain presets at depth 10 are the long screening's runs (same hash, same sweep folder): reused
+    long_screening = spec.load(REPO / "specs" / "long" / "screening.yaml")
+    long_runs = {(r.config.model.routing, r.config.model.depth): r for r in long_screening
+                 if remedy_label(r.config) == "none" and not r.config.model.routing_options}
+    plain = [r for r in runs.values() if remedy_label(r.config) == "none" and r.config.model.depth == 10]
+    assert len(plain) == 4 and all(r.config.name == "long_cpu" for r in plain)
+    for run in plain:
+        assert run.spec_hash == long_runs[(run.config.model.routing, 10)].spec_hash, run.config.model.routing
+
+
+def test_the_remedies_confirmation_holds_three_seeds_to_depth_30():
+    runs = list(spec.load(REPO / "specs" / "remedies" / "confirmation.yaml"))
+    assert {r.seed for r in runs} == {0, 1, 2} and {r.config.model.depth for r in runs} == {10, 20, 30}
+    assert {r.config.model.routing for r in runs} == {"em", "vb", "self", "dynamic"}
