@@ -42,8 +42,8 @@ layer ``i + 1`` (or the class capsules) gets ``N_i(s_i)`` while the stream keeps
 unnormalised. Nothing is re-squashed; activations are never normalised. Without a pose norm only (1)
 differs from ``post``. Forward hooks see the routed output before any norm (``r_i``).
 
-``cfg.pose_norm_kind: layer`` makes every stacked layer's pose norm ``PoseLayerNorm`` (Tsai et al.
-2020) instead of BatchNorm. ``cfg.init: length`` sets every routed layer's vote-weight std so the
+``cfg.pose_norm_kind: layer`` makes every ConvCaps layer's pose norm (the reference head's too)
+``PoseLayerNorm`` (Tsai et al. 2020) instead of BatchNorm. ``cfg.init: length`` sets every routed layer's vote-weight std so the
 squash keeps capsule lengths at a fixed point (``capsbench/models/length_init.py``). The remedies
 table, with sources: ``capsbench/models/remedies.py``.
 
