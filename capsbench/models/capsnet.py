@@ -43,9 +43,9 @@ unnormalised. Nothing is re-squashed; activations are never normalised. Without 
 differs from ``post``. Forward hooks see the routed output before any norm (``r_i``).
 
 ``cfg.pose_norm_kind: layer`` makes every ConvCaps layer's pose norm (the reference head's too)
-``PoseLayerNorm`` (Tsai et al. 2020) instead of BatchNorm. ``cfg.init: length`` sets every routed layer's vote-weight std so the
-squash keeps capsule lengths at a fixed point (``capsbench/models/length_init.py``). The remedies
-table, with sources: ``capsbench/models/remedies.py``.
+``PoseLayerNorm`` (Tsai et al. 2020) instead of BatchNorm. ``cfg.init: length`` sets every routed
+layer's vote-weight std so the squash keeps capsule lengths at a fixed point
+(``capsbench/models/length_init.py``). The remedies table, with sources: ``capsbench/models/remedies.py``.
 
 Example::
 
