@@ -66,6 +66,9 @@ class ModelConfig:
     # transformation-weight init: "default" (1/sqrt(fan_in) or the routing's) | "length" (squash fixed point)
     init: str = ranged("default", choices=("default", "length"))
     checkpointing: bool = False  # activation checkpointing per capsule layer
+    # gamma of MoCapsNet's reversible momentum residual blocks over conv2..convN (capsbench/models/momentum.py);
+    # null = off (plain stacking)
+    momentum_residual: float | None = ranged(None, gt=0, lt=1)
     coord_add: str = ranged("hinton", choices=COORD_ADD_STYLES)  # coordinate addition of shared class capsules
     # how routed layers hand votes to the routing: auto | reference (materialised, the oracle) | fused
     # (computed per block of windows, never stored); not in the spec hash, recorded like the device
@@ -179,6 +182,7 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "train.precise_bn": 0,
     "model.coord_add": "hinton",
     "numerics": "native",
+    "model.momentum_residual": None,
     # remedies (capsbench/models/remedies.py), at their off values
     "model.pose_norm_kind": "batch",
     "model.residual_style": "post",

@@ -24,6 +24,7 @@ REMEDY_SETTINGS = {
     "res": dict(residual=True),
     "res+skip=pre": dict(residual=True, residual_style="pre", pose_norm=True),
     "pose-norm": dict(pose_norm=True),
+    "momentum=0.9": dict(momentum_residual=0.9),
     "pose-norm+norm=layer": dict(pose_norm=True, pose_norm_kind="layer"),
     "res+skip=pre+pose-norm+norm=layer": dict(residual=True, residual_style="pre", pose_norm=True,
                                               pose_norm_kind="layer"),
@@ -83,6 +84,7 @@ def test_every_remedy_key_is_declared_with_its_off_value_as_default_and_new_keys
         ({"routing": "em", "pose_norm": False}, "no-pose-norm"),
         ({"routing": "dynamic", "pose_norm": True, "pose_norm_kind": "layer"}, "pose-norm+norm=layer"),
         ({"routing": "dynamic", "init": "length"}, "init=length"),
+        ({"routing": "self", "momentum_residual": 0.9}, "momentum=0.9"),
     ],
 )
 def test_remedy_label(model, label):
@@ -299,7 +301,8 @@ def test_the_remedies_screening_covers_every_routing_and_remedy_and_reuses_the_l
         # measured 4.6-5x cheaper than its fused one at depths 20 and 30 (docs/remedies.md)
         expected_impl = {"em": "fused", "vb": "reference"}.get(run.config.model.routing, "auto")
         assert run.config.model.routing_impl == expected_impl, run.point
-    common = {"none", "res", "res+skip=pre", "pose-norm+norm=layer", "res+skip=pre+pose-norm+norm=layer"}
+    common = {"none", "res", "res+skip=pre", "pose-norm+norm=layer", "res+skip=pre+pose-norm+norm=layer",
+              "momentum=0.9"}
     assert labels == {"em": common, "self": common, "vb": common | {"pose-norm"},
                       "dynamic": common | {"pose-norm", "init=length"}}
     # the plain presets at depth 10 are the long screening's runs (same hash, same sweep folder): reused

@@ -31,6 +31,11 @@ renormalisation, as in the reference). Activations combine as a probabilistic OR
 below either input, and equals the sum when both are small. Forward hooks on a layer see
 its own routed output, before the skip is added.
 
+Momentum residual blocks (``cfg.momentum_residual``: gamma, MoCapsNet): stacked layers
+``conv2..convN`` run as reversible momentum blocks (``capsbench.models.momentum``: the rule for
+poses and activations, and its memory-saving backward); ``conv1`` stays plain. Not with
+``residual``; ``checkpointing`` is off inside the blocks, which recompute anyway.
+
 Pre-activation skips (``cfg.residual_style: pre``, with ``residual``; He et al. 2016's identity
 mappings carried over to capsules). The same blocks (conv1 is the stem; conv2+conv3, conv4+conv5, ...
 are blocks), but: (1) the skip adds the *stream*, what the block's first layer received before
@@ -74,6 +79,7 @@ from capsbench.capsules.types import Capsules
 from capsbench.config import plain
 from capsbench.errors import UserError
 from capsbench.models.length_init import length_weight_std, window_slots
+from capsbench.models.momentum import momentum_stack
 from capsbench.registry import BACKBONES, ROUTINGS
 
 OPTIONS = (
@@ -109,8 +115,11 @@ class CapsNet(nn.Module):
         reference_loss: str,
         routing: str,
         residual_style: str = "post",
+        momentum_gamma: float | None = None,
     ):
         super().__init__()
+        if residual and momentum_gamma is not None:
+            raise ValueError("residual skips and momentum residual blocks cannot be combined")
         self.backbone = backbone
         self.caps = nn.ModuleDict(layers)  # ordered: primary, [head1, head2,] conv1..convN, class
         for name, layer in self.caps.items():
@@ -123,6 +132,9 @@ class CapsNet(nn.Module):
         self.reference_loss = reference_loss
         self.routing = routing
         self.depth = len(self.stacked)
+        self.momentum_gamma = momentum_gamma
+        # the stacked layers run as momentum blocks: every one but the first (it changes the number of types)
+        self.momentum_blocks = self.stacked[1:] if momentum_gamma is not None else []
 
     @property
     def capsule_layers(self) -> list[CapsuleLayer]:
@@ -134,8 +146,12 @@ class CapsNet(nn.Module):
         caps = self.caps["primary"](self.backbone(x))
         raw: list[Capsules] = []  # each stacked layer's own routed output, before any skip
         stream: list[Capsules] = []  # what each stacked layer passes on, after its skip (before a deferred norm)
+        blocks = self.momentum_blocks
         for name, layer in self.caps.items():
-            if layer.kind == "primary" or layer.kind == "class":
+            if layer.kind == "primary" or layer.kind == "class" or name in blocks[1:]:
+                continue
+            if blocks and name == blocks[0]:
+                caps = momentum_stack([self.caps[n] for n in blocks], caps, self.momentum_gamma)
                 continue
             out = layer(caps)
             if name in self.stacked:
@@ -218,6 +234,8 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
     pose_norm_kind = getattr(cfg, "pose_norm_kind", "batch")
     residual_style = getattr(cfg, "residual_style", "post")
     length_init = getattr(cfg, "init", "default") == "length"
+    momentum = getattr(cfg, "momentum_residual", None)
+    momentum = None if momentum is None else float(momentum)
     num_classes = _int("num_classes", num_classes, 1)
     in_channels = _int("in_channels", in_channels, 1)
     hw = image_hw(image_size)
@@ -287,8 +305,10 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
         if length_init:  # real (unpadded) children of a window, averaged over the output positions
             routed["weight_std"] = length_weight_std(window_slots(grid, k, s, p) * in_types, types, fan_in)
         grid = _fit(grid, k, s, p, name)
-        layers[name] = ConvCaps(in_types, types, k, s, p, pose_norm=pose_norm, pose_norm_kind=pose_norm_kind,
-                                **routed)
+        # momentum blocks (every stacked layer after conv1) recompute in their own backward: no checkpointing
+        block = momentum is not None and name.startswith("conv") and name != "conv1"
+        kw = {**routed, "checkpointing": False} if block else routed
+        layers[name] = ConvCaps(in_types, types, k, s, p, pose_norm=pose_norm, pose_norm_kind=pose_norm_kind, **kw)
         in_types = types
     if length_init:
         routed["weight_std"] = length_weight_std(grid[0] * grid[1] * in_types, num_classes, fan_in)
@@ -302,7 +322,8 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
         raise UserError(f"model: cannot build the class capsules: {exc}") from None
     stacked = [name for name, *_ in convs if name.startswith("conv")]
     loss = getattr(routing_cls, "loss", "cross_entropy")
-    return CapsNet(backbone, layers, stacked, residual, loss, cfg.routing, residual_style=residual_style)
+    return CapsNet(backbone, layers, stacked, residual, loss, cfg.routing, residual_style=residual_style,
+                   momentum_gamma=momentum)
 
 
 def _backbone_grid(backbone: nn.Module, in_channels: int, hw: tuple[int, int], name: str) -> tuple[int, int]:

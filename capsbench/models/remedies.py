@@ -72,6 +72,14 @@ REMEDIES: tuple[Remedy, ...] = (
         requires=(("model.pose_norm", True),),
     ),
     Remedy(
+        name="reversible momentum residual blocks",
+        key="model.momentum_residual",
+        off=None,
+        source="MoCapsNet (Gugglberger, Peer and Rodriguez-Sanchez 2022; Sander et al. 2021's momentum residual "
+               "blocks), over conv2..convN (capsbench/models/momentum.py)",
+        label="momentum",
+    ),
+    Remedy(
         name="length-preserving initialisation",
         key="model.init",
         off="default",
