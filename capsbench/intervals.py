@@ -9,6 +9,10 @@ there is no interval (``None``): a single seed says nothing about the spread.
 the Cornish-Fisher expansion around the normal quantile above (error below 1e-4 there), so
 nothing here needs scipy.
 
+``welch_interval(a, b)``: the 95% Welch interval of ``mean(a) - mean(b)`` (unequal variances,
+Welch-Satterthwaite degrees of freedom rounded down, which widens it: conservative); None when
+either side has fewer than two values.
+
 ``overlap(a, b)``: whether two intervals (``(low, high)``) share a point; ``None`` (no interval)
 overlaps nothing.
 
@@ -66,3 +70,22 @@ def t_interval(values, low: float | None = None, high: float | None = None) -> t
 
 def overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
     return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
+
+
+def welch_interval(a, b) -> tuple[float, float] | None:
+    """95% Welch interval of ``mean(a) - mean(b)`` over the non-null values; None below two on either side.
+
+    Degrees of freedom: Welch-Satterthwaite, rounded down (a smaller df gives a larger t: the interval
+    errs wide, never narrow). Both sides without spread give the exact difference as a zero-width interval.
+    """
+    mean_a, std_a, n_a = mean_std(a)
+    mean_b, std_b, n_b = mean_std(b)
+    if n_a < 2 or n_b < 2:
+        return None
+    diff = mean_a - mean_b
+    va, vb = std_a**2 / n_a, std_b**2 / n_b
+    if va + vb == 0:
+        return (diff, diff)
+    df = (va + vb) ** 2 / ((va**2 / (n_a - 1) if va else 0.0) + (vb**2 / (n_b - 1) if vb else 0.0))
+    half = t_quantile(max(1, math.floor(df))) * math.sqrt(va + vb)
+    return (diff - half, diff + half)

@@ -153,3 +153,24 @@ def test_missing_paths_and_corrupt_files_exit_2(tmp_path, capsys):
     (run / "metrics.jsonl").write_text("{broken\n")
     assert main(["report", str(run)]) == 2
     assert "metrics.jsonl: line 1 is not valid JSON" in capsys.readouterr().err
+
+
+def test_gradient_depth_figure_shows_mean_and_interval_over_seeds(tmp_path):
+    """Issue 13 item 5: every depth figure shows the mean over seeds and its 95% interval, not single runs."""
+    from capsbench.report import gradients
+    from capsbench.report.style import figure_style, save_png
+
+    rows = [{"name": "capsnet-em", "baseline": False, "depth": 2, "primary": p, "backbone": 1.0}
+            for p in (1e-3, 1e-2, 1e-1)]
+    rows.append({"name": "capsnet-em", "baseline": False, "depth": 3, "primary": 5e-2, "backbone": None})
+    data = gradients.depth_data(rows, "t")
+    line = data["lines"][0]
+    assert line["primary"] == [pytest.approx(1e-2), pytest.approx(5e-2)]  # geometric mean of 1e-3, 1e-2, 1e-1
+    low, high = line["primary_ci95"][0]  # t(2) = 4.3027 on log10 values with standard deviation 1
+    assert (low, high) == (pytest.approx(10 ** (-2 - 4.3027 / 3**0.5), rel=1e-4),
+                           pytest.approx(10 ** (-2 + 4.3027 / 3**0.5), rel=1e-4))
+    assert line["primary_ci95"][1] is None and line["primary_seeds"] == [3, 1]  # one seed: no interval
+    assert line["backbone_ci95"] == [[1.0, 1.0], None]
+    with figure_style():
+        save_png(gradients.depth_figure(data), tmp_path / "g.png")
+    assert png_shape(tmp_path / "g.png")[0] > 100

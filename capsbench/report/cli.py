@@ -1,4 +1,9 @@
-"""``capsbench report RUN_OR_SWEEP_DIR... [--out DIR] [--epochs first,last] [--split val]``."""
+"""``capsbench report RUN_OR_SWEEP_DIR... [--out DIR] [--epochs first,last] [--split val]``.
+
+``--questions long-cpu`` answers that protocol's pre-registered questions instead
+(``questions_write.py``: questions.md, questions.json and figures); ``--plan SPEC...`` names the
+sweep specs whose planned runs it checks for (default: specs/long/ of this checkout; ``none``: no plan).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,13 @@ def add_commands(sub) -> dict:
                         help="epochs of the activation grids: first,last (default), e.g. 1,5, or all")
     report.add_argument("--split", default="val", choices=("val", "test"),
                         help="activations of the validation epochs (default, as in the paper) or the test epoch")
+    report.add_argument("--questions", default=None, metavar="PROTOCOL",
+                        help="answer a protocol's pre-registered questions (long-cpu): questions.md, questions.json, "
+                             "figures")
+    report.add_argument("--plan", nargs="+", default=None, metavar="SPEC",
+                        help="with --questions: the sweep specs that plan the runs (default: specs/long/*.yaml of "
+                             "this checkout); lists the planned runs that are missing and excludes unplanned ones; "
+                             "'none': no plan")
     debug_flag(report)
     return {"report": cmd_report}
 
@@ -24,10 +36,35 @@ def add_commands(sub) -> dict:
 def cmd_report(args) -> int:
     from pathlib import Path
 
+    from capsbench.errors import UserError
     from capsbench.report.write import write_report
 
+    if args.questions is not None:
+        return _questions(args)
+    if args.plan is not None:
+        raise UserError("--plan: only with --questions (e.g. --questions long-cpu)")
     written = write_report([Path(p) for p in args.paths], Path(args.out) if args.out else None,
                            epochs=args.epochs, split=args.split)
     index = written[-1]
     print(f"wrote {len(written) - 1} figure(s) and {index}")
+    return 0
+
+
+def _questions(args) -> int:
+    from pathlib import Path
+
+    from capsbench.errors import UserError
+    from capsbench.report.questions import default_plan
+    from capsbench.report.questions_write import QUESTION_SETS, write_questions
+
+    if args.questions not in QUESTION_SETS:
+        raise UserError(f"--questions: expected one of {', '.join(QUESTION_SETS)}, got '{args.questions}'")
+    plan = [Path(p) for p in args.plan] if args.plan else default_plan()
+    plan = [] if args.plan == ["none"] else plan
+    for path in plan:
+        if not path.is_file():
+            raise UserError(f"--plan: {path} is not a spec file")
+    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
+    written = write_questions([Path(p) for p in args.paths], out, plan)
+    print(f"wrote {len(written) - 2} figure(s), {written[-2]} and {written[-1]}")
     return 0

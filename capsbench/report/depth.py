@@ -4,7 +4,8 @@ Left panel: mean test accuracy over seeds with its 95% t-interval as error bars
 (``capsbench.intervals``; none for a single seed),
 chance (1/classes) as a dotted line, and a red ``x`` under each depth where runs failed
 (diverged, out of memory, crashed) with how many. Right panel: the paper's "average number
-of dead capsules": dead capsule types per stacked ConvCaps layer, mean over seeds (95% interval). Baselines
+of dead capsules": dead capsule types per stacked ConvCaps layer, mean over seeds (95% interval), or
+another count of types per layer with its own ``dead_title``/``dead_ylabel`` in the data. Baselines
 (models without capsules) are dashed, hollow and labelled "(baseline)".
 
 Example::
@@ -109,10 +110,12 @@ def depth_figure(data: dict):
     acc_ax.set_ylim(0, 100)
     acc_ax.set_ylabel("test accuracy (%), mean and 95% CI over seeds")
     acc_ax.set_title("Test accuracy")
-    dead_ax.set_ylabel("dead capsule types per ConvCaps layer, mean")
     threshold = data.get("dead_threshold")
-    dead_ax.set_title(f"Average dead capsules (mean activation ≤ {threshold:g})" if threshold is not None
-                      else "Average dead capsules (mean activation ≤ threshold)")
+    # another per-layer count of capsule types may take the right panel (the long protocol's dying types)
+    dead_ax.set_ylabel(data.get("dead_ylabel") or "dead capsule types per ConvCaps layer, mean")
+    dead_ax.set_title(data.get("dead_title") or (f"Average dead capsules (mean activation ≤ {threshold:g})"
+                                                 if threshold is not None
+                                                 else "Average dead capsules (mean activation ≤ threshold)"))
     top = data.get("conv_types")
     if top:
         dead_ax.axhline(top, color="black", linestyle=":", linewidth=1.2, label=f"all {top} types dead")

@@ -6,8 +6,10 @@ per chosen epoch: solid for the layer's weights, dashed for the gradient reachin
 Values are the epoch means of ``metrics.jsonl`` (sampled every ``metrics.grad_norm_every`` steps).
 
 Per data set (``depth_data``/``depth_figure``): the weight-gradient norm of the first capsule
-layer and of the backbone against depth, one line per method (mean over seeds, epoch mean of the
-latest epoch that sampled gradients).
+layer and of the backbone against depth, one line per method (epoch mean of the latest epoch that
+sampled gradients): the geometric mean over seeds with its 95% interval as error bars (a t-interval of
+the log10 norms, ``capsbench.intervals``: norms spread over orders of magnitude and the axis is
+logarithmic; none for a single seed).
 
 Example::
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+from capsbench.intervals import mean_std, t_interval
 from capsbench.report.style import COLORS, MARKERS, line_styles, new_figure
 
 KIND_LAYERS = "gradients"
@@ -85,12 +88,24 @@ def depth_data(rows: list[dict], title: str) -> dict:
     for name in sorted(lines):
         line = lines[name]
         depths = sorted(line["points"])
-        def mean(i, d, line=line):
-            vals = sorted(p[i] for p in line["points"][d] if p[i] is not None)
-            return _r(math.fsum(vals) / len(vals)) if vals else None
-        out.append({"name": name, "baseline": line["baseline"], "depth": depths,
-                    "primary": [mean(0, d) for d in depths], "backbone": [mean(1, d) for d in depths]})
+        entry = {"name": name, "baseline": line["baseline"], "depth": depths}
+        for i, key in enumerate(("primary", "backbone")):
+            per_depth = [_geometric([p[i] for p in line["points"][d]]) for d in depths]
+            entry[key] = [m for m, _, _ in per_depth]
+            entry[key + "_ci95"] = [ci for _, ci, _ in per_depth]
+            entry[key + "_seeds"] = [n for _, _, n in per_depth]
+        out.append(entry)
     return {"title": title, "lines": out}
+
+
+def _geometric(values) -> tuple[float | None, list[float] | None, int]:
+    """Geometric mean of the positive finite ``values``, the 95% interval of it (from log10), and their count."""
+    logs = [math.log10(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not logs:
+        return None, None, 0
+    mean = mean_std(logs)[0]
+    interval = t_interval(logs)
+    return _r(10**mean), (None if interval is None else [_r(10 ** interval[0]), _r(10 ** interval[1])]), len(logs)
 
 
 def depth_figure(data: dict):
@@ -107,10 +122,15 @@ def depth_figure(data: dict):
                 continue
             any_points = True
             color, marker = styles[line["name"]]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
-                    markerfacecolor="white" if line["baseline"] else color,
-                    linestyle="--" if line["baseline"] else "-",
-                    label=line["name"] + (" (baseline)" if line["baseline"] else ""))
+            cis = [ci for d, v, ci in zip(line["depth"], line[key], line[key + "_ci95"]) if v is not None]
+            err = [[v - ci[0] if ci else 0.0 for (_, v), ci in zip(pts, cis)],
+                   [ci[1] - v if ci else 0.0 for (_, v), ci in zip(pts, cis)]]
+            seeds = sorted({n for n in line[key + "_seeds"] if n})
+            n = f"n={seeds[0]}" if len(seeds) == 1 else f"n={seeds[0]}-{seeds[-1]}"
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, marker=marker, color=color, capsize=3,
+                        markerfacecolor="white" if line["baseline"] else color,
+                        linestyle="--" if line["baseline"] else "-",
+                        label=line["name"] + (" (baseline)" if line["baseline"] else "") + f", {n}")
         if any_points:
             ax.set_yscale("log")
             ax.legend(loc="best")
@@ -118,7 +138,7 @@ def depth_figure(data: dict):
             ax.text(0.5, 0.5, "no gradient norms recorded", transform=ax.transAxes, ha="center", color="#777777")
         ax.set_title(f"weight gradient of the {what}")
         ax.set_xlabel("depth (stacked ConvCaps layers)")
-        ax.set_ylabel("gradient L2 norm (latest epoch with samples, log)")
+        ax.set_ylabel("gradient L2 norm (latest epoch with samples, log)\ngeometric mean, 95% CI over seeds")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(data["title"])
     return fig
