@@ -98,7 +98,8 @@ def _build(dtype: torch.dtype, isa: str = "sse2") -> Path:
 def _bind(path: Path, suffix: str, isa: str) -> Kernel:
     lib = ctypes.CDLL(str(path))
     p, i, r = ctypes.c_void_p, ctypes.c_int, ctypes.c_double if suffix == "f64" else ctypes.c_float
-    head = [ctypes.c_long, ctypes.c_long, i, i, i, *[p] * 7, r, r]  # window range, I, J, T, inputs, min_var, cost_div
+    # window range, I, J, T, inputs, min_var, cost_div, variant flags
+    head = [ctypes.c_long, ctypes.c_long, i, i, i, *[p] * 7, r, r, i]
     names = ("em_forward", "em_backward", "sum_blocks", "exp_values", "state_size", "vector_bytes",
              "widest_vector_bytes")  # fmt: skip
     fwd, bwd, total, exp_values, state_size, vector_bytes, widest = (getattr(lib, f"{n}_{suffix}") for n in names)
