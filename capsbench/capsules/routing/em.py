@@ -69,10 +69,11 @@ recomputes each block; with ``"receiving_parents"`` every contraction over child
 one pass over the blocks (``fused.LazyCentredVotes``). Either way the layer's votes are
 never stored (about a third of the reference's peak memory) and the iterations are the
 same code as ``forward``'s. On the CPU, with matrix votes over parent types and cost "sum"
-or "mean" (any variant or control above), a compiled per-window C kernel (``routing/native``: built at first use with the
-system compiler, vectorised across parent types, forward and backward written out by hand; the
-backward recomputes the votes from the coefficients and statistics the forward keeps per window)
-serves the fused path instead, coefficients included; without a compiler, or for other options, the
+or "mean" (any variant or control above), a compiled per-window C kernel (``routing/native``:
+built at first use with the system compiler, vectorised across parent types, forward and backward
+written out by hand; the backward recomputes the votes from the coefficients and statistics the
+forward keeps per window) serves the fused path instead, coefficients included; without a
+compiler, or for other options, the
 blockwise PyTorch path runs. ``auto`` takes the fused path on the CPU only where that kernel
 serves it and ``fused.MEASURED_FASTER`` says it was measured faster
 (``benchmarks/results/fused-*.md``). On CUDA the Triton kernel
