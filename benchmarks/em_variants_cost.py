@@ -13,10 +13,9 @@ process, robust to a shared machine's load; the backend each layer ran). Writes
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from remedies_depth_cost import machine, measure
+from remedies_depth_cost import arguments, machine, measure
 
 from capsbench.env import environment
 from capsbench.io import write_json
@@ -29,12 +28,7 @@ IMPLS = {"auto": (), "reference": ("model.routing_impl=reference",)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", default="6")
-    parser.add_argument("--arms", default=",".join(ARMS), help="sweep.extends entries of the screening spec")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--tag", default="cpu1thread")
-    args = parser.parse_args()
+    args = arguments(__doc__, "6", ARMS, 3)
     rows = [
         {**row, "impl": impl}
         for arm in args.arms.split(",")

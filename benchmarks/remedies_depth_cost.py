@@ -56,13 +56,18 @@ def machine() -> dict:
             "load_average": os.getloadavg(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", default="20,30")
-    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help="sweep.extends entries of the screening spec")
-    parser.add_argument("--steps", type=int, default=1)
+def arguments(doc: str, depths: str, arms: list[str], steps: int) -> argparse.Namespace:
+    """--depths, --arms (sweep.extends entries of the screening spec), --steps and --tag, with these defaults."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--depths", default=depths)
+    parser.add_argument("--arms", default=",".join(arms), help="sweep.extends entries of the screening spec")
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--tag", default="cpu1thread")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__, "20,30", DEFAULT_ARMS, 1)
     rows = [row for arm in args.arms.split(",") for row in measure(SPEC, arm, args.depths, args.steps)]
     out = HERE / "results" / f"remedies-depth-cost-{args.tag}.json"
     write_json(out, {"machine": machine(), "environment": environment("cpu"), "spec": "specs/remedies/screening.yaml",
