@@ -1,7 +1,8 @@
-"""Compile ``em_window.c`` at first use with the system C compiler and load it with ctypes.
+"""Compile ``em_window.c`` (and ``vb_window.c``: :func:`open_library`) at first use with the system C
+compiler and load it with ctypes.
 
 No install step: the first call compiles the kernel for one dtype into
-``<cache_dir>/native/em_window-<key>-<dtype>.so`` (``cache_dir``: ``$CAPSBENCH_CACHE``, else
+``<cache_dir>/native/<source name>-<key>-<dtype>.so`` (``cache_dir``: ``$CAPSBENCH_CACHE``, else
 ``~/.cache/capsbench``), keyed by the source, the flags and the compiler's ``--version``
 line, so an edited source or another compiler builds anew. The build writes a temporary
 file and renames it into place (atomic), so parallel test workers never load a half-written
@@ -45,21 +46,23 @@ def _compiler_version(cc: str) -> str:
     return out.stdout.splitlines()[0] if out.stdout else ""
 
 
-def _build(dtype: torch.dtype) -> Path:
-    """The cached library for ``dtype``, compiled when absent; raises when it cannot be built."""
+def _build(dtype: torch.dtype, source: Path | None = None) -> Path:
+    """The cached library of ``source`` (default :data:`SOURCE`) for ``dtype``, compiled when absent; raises
+    when it cannot be built."""
+    source = source or SOURCE
     cc = compiler()
     ctype, suffix = TYPES[dtype]
     flags = (*FLAGS, f"-DREAL={ctype}", f"-DSUFFIX={suffix}")
-    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join((*flags, _compiler_version(cc))).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source.read_bytes() + "\0".join((*flags, _compiler_version(cc))).encode()).hexdigest()[:16]
     folder = cache_dir() / "native"
-    target = folder / f"em_window-{key}-{suffix}.so"
+    target = folder / f"{source.stem}-{key}-{suffix}.so"
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
     os.close(fd)
     try:
-        subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300,
+        subprocess.run([cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300,
                        check=True)  # fmt: skip
         os.replace(tmp, target)  # atomic: another worker's identical build may land first, either is fine
     finally:
@@ -102,8 +105,34 @@ def load(dtype: torch.dtype):
     return _loaded[dtype]
 
 
+_opened: dict[tuple[str, torch.dtype], ctypes.CDLL | None] = {}  # (source name, dtype) -> library or None
+_warned_sources: set[str] = set()
+
+
+def open_library(source: Path, dtype: torch.dtype, what: str) -> ctypes.CDLL | None:
+    """Another kernel source built like :data:`SOURCE`: its library for ``dtype``, or None after one warning
+    per source and process that names ``what`` (the kernel) and says its PyTorch paths run instead."""
+    if dtype not in TYPES:
+        return None
+    key = (source.name, dtype)
+    if key not in _opened:
+        try:
+            _opened[key] = ctypes.CDLL(str(_build(dtype, source)))
+        except (OSError, subprocess.SubprocessError) as err:
+            _opened[key] = None
+            if source.name not in _warned_sources:
+                _warned_sources.add(source.name)
+                detail = (getattr(err, "stderr", None) or str(err)).strip()
+                first = detail.splitlines()[0] if detail else type(err).__name__
+                message = f"capsbench: {what} could not be built with {compiler()!r} ({first}); its PyTorch paths run"
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return _opened[key]
+
+
 def forget() -> None:
     """Drop what was loaded or failed (tests point ``$CAPSBENCH_CC`` elsewhere, then load again)."""
     global _warned
     _loaded.clear()
+    _opened.clear()
+    _warned_sources.clear()
     _warned = False
