@@ -67,6 +67,17 @@ Choices:
   initialisation move by 0.09 on average and up to 0.57 (128 MNIST test images, batch
   statistics), so class-layer numbers are not comparable with the reference's.
 
+Fused path (``forward_lazy``, ``model.routing_impl=fused``): the votes of the layer are never
+stored. On the CPU with 4x4 poses a compiled kernel (``routing/native/vb_window.c``, built at first
+use with the system compiler; ``native/cpu_vb.py``) runs one pass over the windows per iteration:
+it recomputes each window's votes from the child poses and weights, runs the M-step and E-step in
+cache and writes ``ln rho``; the normalisation between passes (either axis) is the reference's
+``Normaliser``, and each pass's hand-written backward recomputes its windows. Every option is
+covered. Elsewhere (no compiler, other pose sizes, CUDA) every contraction over children recomputes
+the votes a block of windows at a time (``fused.LazyCentredVotes``). ``auto`` takes the kernel on
+the CPU (``fused.MEASURED_FASTER``: about 2x faster per training step, half the memory,
+``benchmarks/results/fused-cpu2-1thread-vb-compiled.md``).
+
 Statistics run in float32 (float64 stays float64) with autocast off; outputs come back
 in the input dtype. After every forward ``last_posterior`` holds the detached posterior
 parameters (``alpha``, ``kappa``, ``nu`` ``[N, L, J]``; ``m``, ``W`` ``[N, L, J, D]``).
