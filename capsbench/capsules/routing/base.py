@@ -58,6 +58,9 @@ class Geometry:
 
     child_sum: Callable[[torch.Tensor], torch.Tensor]
     out_hw: tuple[int, int] = (1, 1)
+    # optional: the exact max over every slot holding the same child, ``[N, L, I]`` -> ``[N, L, I]``
+    # (padded slots: any value; callers mask them). None: ops.child_shift finds it through child_sum.
+    child_max: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 IDENTITY_GEOMETRY = Geometry(child_sum=lambda x: x)
