@@ -33,8 +33,8 @@ from capsbench.capsules.routing.votes import LazyVotes
 # peak memory (benchmarks/results/fused-cpu2-1thread-compiled.md); EMRouting.fused_faster claims it only
 # where that kernel serves the configuration and builds (the PyTorch blockwise path alone measured
 # 0.65-0.93x: benchmarks/results/fused-cpu2-1thread.md). CPU, VB: its compiled kernel (one pass over the
-# windows per iteration, routing/native/vb_window.c) measured 1.97-2.16x faster by process CPU time with
-# 0.53-0.65x the peak memory (benchmarks/results/fused-cpu2-1thread-vb-compiled.md); VBRouting.fused_faster
+# windows per iteration, routing/native/vb_window.c) measured 2.0-2.3x faster by process CPU time with
+# 0.53-0.66x the peak memory (benchmarks/results/fused-cpu2-1thread-vb-compiled*.md); VBRouting.fused_faster
 # claims it only where the kernel builds and the poses are 4x4 (its PyTorch blockwise path alone measured
 # 0.49x: benchmarks/results/fused-cpu2-1thread-vb.md). CUDA: for the Triton kernel's measurement to set.
 MEASURED_FASTER: dict[tuple[str, str], bool] = {("em", "cpu"): True, ("vb", "cpu"): True}
