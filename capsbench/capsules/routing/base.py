@@ -53,7 +53,8 @@ class Geometry:
     ``child_sum(x)`` takes a per-(window, child) tensor ``[N, L, I]`` and returns,
     for every entry, the sum over every window that holds the same child
     (identity when windows do not overlap). Routings that normalise over all
-    parents receiving a child use it.
+    parents receiving a child use it. ``child_max`` (optional, the layers' windows
+    give one) is the same with a max instead of the sum, in one pass.
     """
 
     child_sum: Callable[[torch.Tensor], torch.Tensor]
