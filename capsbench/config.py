@@ -59,6 +59,9 @@ class ModelConfig:
     pose_norm: bool | None = None  # BatchNorm on poses after stacked layers; None = per-method reference
     residual: bool = False  # skip from the layer two back when shapes match
     checkpointing: bool = False  # activation checkpointing per capsule layer
+    # gamma of MoCapsNet's reversible momentum residual blocks over conv2..convN (capsbench/models/momentum.py);
+    # null = off (plain stacking)
+    momentum_residual: float | None = ranged(None, gt=0, lt=1)
     coord_add: str = ranged("hinton", choices=COORD_ADD_STYLES)  # coordinate addition of shared class capsules
     # how routed layers hand votes to the routing: auto | reference (materialised, the oracle) | fused
     # (computed per block of windows, never stored); not in the spec hash, recorded like the device
@@ -172,6 +175,7 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "train.precise_bn": 0,
     "model.coord_add": "hinton",
     "numerics": "native",
+    "model.momentum_residual": None,
 }
 
 

@@ -378,6 +378,22 @@ def _check_routing_options(cfg: DictConfig) -> None:
     check_options(options, declared, "model.routing_options", f"routing '{cfg.model.routing}'")
 
 
+def _check_model_combinations(cfg: DictConfig) -> None:
+    """Model keys that are each valid but cannot be combined."""
+    if cfg.model.momentum_residual is None:
+        return
+    if cfg.model.arch != "capsnet":
+        raise SpecError(
+            f"model.momentum_residual: only capsule networks (model.arch=capsnet) have stacked capsule layers to "
+            f"make momentum blocks of, got model.arch={cfg.model.arch}; set model.momentum_residual=null"
+        )
+    if cfg.model.residual:
+        raise SpecError(
+            "model.momentum_residual: cannot be combined with model.residual=true (two skip rules on the same "
+            "layers); set one of them"
+        )
+
+
 @functools.cache
 def _defaults() -> DictConfig:
     """The typed default RunConfig, built once: building it is most of the cost of a 150-run sweep."""
@@ -391,6 +407,7 @@ def build_config(data: dict) -> DictConfig:
     _check_range(cfg)
     _check_names(cfg)
     _check_routing_options(cfg)
+    _check_model_combinations(cfg)
     return cfg
 
 

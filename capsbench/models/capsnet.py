@@ -31,6 +31,11 @@ renormalisation, as in the reference). Activations combine as a probabilistic OR
 below either input, and equals the sum when both are small. Forward hooks on a layer see
 its own routed output, before the skip is added.
 
+Momentum residual blocks (``cfg.momentum_residual``: gamma, MoCapsNet): stacked layers
+``conv2..convN`` run as reversible momentum blocks (``capsbench.models.momentum``: the rule for
+poses and activations, and its memory-saving backward); ``conv1`` stays plain. Not with
+``residual``; ``checkpointing`` is off inside the blocks, which recompute anyway.
+
 Example::
 
     >>> import torch
@@ -57,6 +62,7 @@ from capsbench.capsules.layers import CapsuleLayer, ClassCaps, ConvCaps, Primary
 from capsbench.capsules.types import Capsules
 from capsbench.config import plain
 from capsbench.errors import UserError
+from capsbench.models.momentum import momentum_stack
 from capsbench.registry import BACKBONES, ROUTINGS
 
 OPTIONS = (
@@ -91,8 +97,11 @@ class CapsNet(nn.Module):
         residual: bool,
         reference_loss: str,
         routing: str,
+        momentum_gamma: float | None = None,
     ):
         super().__init__()
+        if residual and momentum_gamma is not None:
+            raise ValueError("residual skips and momentum residual blocks cannot be combined")
         self.backbone = backbone
         self.caps = nn.ModuleDict(layers)  # ordered: primary, [head1, head2,] conv1..convN, class
         for name, layer in self.caps.items():
@@ -102,6 +111,9 @@ class CapsNet(nn.Module):
         self.reference_loss = reference_loss
         self.routing = routing
         self.depth = len(self.stacked)
+        self.momentum_gamma = momentum_gamma
+        # the stacked layers run as momentum blocks: every one but the first (it changes the number of types)
+        self.momentum_blocks = self.stacked[1:] if momentum_gamma is not None else []
 
     @property
     def capsule_layers(self) -> list[CapsuleLayer]:
@@ -112,8 +124,12 @@ class CapsNet(nn.Module):
         """The class capsules (pose ``[N, C, D, 1, 1]``, activation ``[N, C, 1, 1]``)."""
         caps = self.caps["primary"](self.backbone(x))
         raw: list[Capsules] = []  # each stacked layer's own routed output, before any skip
+        blocks = self.momentum_blocks
         for name, layer in self.caps.items():
-            if layer.kind == "primary" or layer.kind == "class":
+            if layer.kind == "primary" or layer.kind == "class" or name in blocks[1:]:
+                continue
+            if blocks and name == blocks[0]:
+                caps = momentum_stack([self.caps[n] for n in blocks], caps, self.momentum_gamma)
                 continue
             out = layer(caps)
             if name in self.stacked:
@@ -188,6 +204,8 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
     depth, types, primary_types = int(cfg.depth), int(cfg.capsule_types), int(cfg.primary_types)
     pose_dim, iterations = int(cfg.pose_dim), int(cfg.iterations)
     residual, checkpointing, pose_norm = bool(cfg.residual), bool(cfg.checkpointing), cfg.pose_norm
+    momentum = getattr(cfg, "momentum_residual", None)
+    momentum = None if momentum is None else float(momentum)
     num_classes = _int("num_classes", num_classes, 1)
     in_channels = _int("in_channels", in_channels, 1)
     hw = image_hw(image_size)
@@ -252,7 +270,10 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
     convs += [(f"conv{n}", 3, first_stride if n == 1 else 1, 1) for n in range(1, depth + 1)]
     for name, k, s, p in convs:
         grid = _fit(grid, k, s, p, name)
-        layers[name] = ConvCaps(in_types, types, k, s, p, pose_norm=pose_norm, **routed)
+        # momentum blocks (every stacked layer after conv1) recompute in their own backward: no checkpointing
+        block = momentum is not None and name.startswith("conv") and name != "conv1"
+        kw = {**routed, "checkpointing": False} if block else routed
+        layers[name] = ConvCaps(in_types, types, k, s, p, pose_norm=pose_norm, **kw)
         in_types = types
 
     try:
@@ -263,7 +284,8 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
     except ValueError as exc:
         raise UserError(f"model: cannot build the class capsules: {exc}") from None
     stacked = [name for name, *_ in convs if name.startswith("conv")]
-    return CapsNet(backbone, layers, stacked, residual, getattr(routing_cls, "loss", "cross_entropy"), cfg.routing)
+    loss = getattr(routing_cls, "loss", "cross_entropy")
+    return CapsNet(backbone, layers, stacked, residual, loss, cfg.routing, momentum_gamma=momentum)
 
 
 def _backbone_grid(backbone: nn.Module, in_channels: int, hw: tuple[int, int], name: str) -> tuple[int, int]:
