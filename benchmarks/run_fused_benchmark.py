@@ -116,7 +116,7 @@ def routed_windows(spec: Path, overrides: list[str]) -> list[list[tuple[int, int
     return found
 
 
-def path_model(windows, path: str, checkpointing: bool, coupled: bool = False, compiled: bool = False) -> dict:
+def path_model(windows, path: str, checkpointing: bool, coupled: bool = False) -> dict:
     """Flops and DRAM bytes of one training step's routing (all routed layers), for one path.
 
     Flops per window: the votes (reference: the block-diagonal 16 x 16J map, 2*I*16*16J; fused: the
@@ -130,7 +130,9 @@ def path_model(windows, path: str, checkpointing: bool, coupled: bool = False, c
     per-child weights once per block (negligible) and the outputs. ``coupled`` (VB, normalised over
     receiving parents): every contraction over children (the centre, T M-steps, T-1 E-steps) is its
     own pass that recomputes the votes, and the coefficients (I*J*4 bytes) go to memory and back
-    around each one. ``compiled`` with ``coupled`` (VB's kernel, ``routing/native/vb_window.c``): one pass
+    around each one. ``fused-compiled`` (the CPU EM kernel): its forward keeps each window's
+    coefficients and statistics (written once, read once), so its backward recomputes only the votes.
+    ``fused-compiled`` with ``coupled`` (VB's kernel, ``routing/native/vb_window.c``): one pass
     over the windows per iteration, each recomputing the votes (2*I*J*64) and summing the moments
     (~5*I*J*D), all but the last pass adding the E-step (~4*I*J*D); the first pass also the centre
     (2*I*J*D). Each pass's backward recomputes the pass, goes back through the E-step (~7*I*J*D) and
@@ -138,14 +140,14 @@ def path_model(windows, path: str, checkpointing: bool, coupled: bool = False, c
     poses (I*D*4 per pass and backward) and the coefficients: each pass reads R and writes ln rho
     (2*I*J*4), its backward reads both gradients and R (3*I*J*4), and the normalisation over
     receiving parents between passes (PyTorch) streams ~10 coefficient-sized tensors forward and
-    ~15 backward (its exact-max search over windows reads [I]-sized ones 32 times).
+    ~15 backward.
     """
     flops = bytes_ = 0.0
     for p, i, j, t in windows:
         d = 16
         s = i * j * d * 4
         em = t * (2 * 2 * i * j * 2 * d + 4 * i * j * d)
-        if path == "fused" and coupled and compiled:
+        if path == "fused-compiled" and coupled:
             votes, pairs = 2 * i * j * 64, i * j
             fwd = t * (votes + 5 * pairs * d) + (t - 1) * 4 * pairs * d + 2 * pairs * d
             bwd = t * (votes + 5 * pairs * d + 12 * pairs * d + 2 * votes) + (t - 1) * (4 + 7) * pairs * d
@@ -156,6 +158,11 @@ def path_model(windows, path: str, checkpointing: bool, coupled: bool = False, c
             fwd = 2 * t * 2 * i * j * 64 + em
             flops += p * 3 * fwd
             bytes_ += p * (2 * t * 3 * (i * d * 4 + 2 * i * j * 4))
+        elif path == "fused-compiled":
+            votes = 2 * i * j * 64
+            flops += p * (3 * (votes + em) + votes)
+            state = ((t - 1) * i * j + 3 * t * j * d + 3 * t * j + j * d) * 4
+            bytes_ += p * (3 * i * d * 4 + 3 * j * (d + 1) * 4 + 2 * state)
         elif path == "fused":
             fwd = 2 * i * j * 64 + em
             flops += p * (fwd * 2 + 2 * fwd)
@@ -180,9 +187,8 @@ def per_window_line(label: str, windows, coupled: bool) -> str:
         f"{ref['gbyte'] * 1e6:.0f} KB ({ckpt['gflop'] * 1e3:.1f} / {ckpt['gbyte'] * 1e6:.0f} with checkpointing), "
         f"fused {fus['gflop'] * 1e3:.1f} MFLOP / {fus['gbyte'] * 1e6:.1f} KB"
     )
-    if coupled:
-        kernel = path_model(one, "fused", False, coupled, compiled=True)
-        line += f", compiled kernel {kernel['gflop'] * 1e3:.1f} MFLOP / {kernel['gbyte'] * 1e6:.1f} KB"
+    kernel = path_model(one, "fused-compiled", False, coupled)
+    line += f", compiled kernel {kernel['gflop'] * 1e3:.1f} MFLOP / {kernel['gbyte'] * 1e6:.1f} KB"
     return line
 
 
@@ -220,11 +226,12 @@ def table_row(label: str, depth, variant: str, r: dict, ref: dict, machine: dict
     model["floor_s"] = floor_s
     cpu, ref_cpu = r.get("train_step_cpu_ms"), ref.get("train_step_cpu_ms")
     cpu_cells = f"{cpu:.0f} | {ref_cpu / cpu:.2f}x" if cpu and ref_cpu else "n/a | n/a"
+    backends = ", ".join(sorted(set(r.get("routing_backend", {}).values())))  # the code that ran (bench records it)
     return (
-        f"| {label} | {depth} | {variant} | {ms:.0f} | {ref['train_step_ms'] / ms:.2f}x | {cpu_cells} | "
-        f"{r['peak_memory_mb']:.0f} | "
+        f"| {label} | {depth} | {variant}{f' ({backends})' if backends else ''} | {ms:.0f} | "
+        f"{ref['train_step_ms'] / ms:.2f}x | {cpu_cells} | {r['peak_memory_mb']:.0f} | "
         f"{r['peak_memory_mb'] / ref['peak_memory_mb']:.2f} | {model['gflop']:.1f} | {model['gbyte']:.1f} | "
-        f"{floor_s * 1e3:.0f} | {ms / 1e3 / floor_s:.1f}x |"
+        f"{floor_s * 1e3:.0f} | {(cpu or ms) / 1e3 / floor_s:.1f}x |"
     )
 
 
@@ -261,8 +268,8 @@ def main() -> None:
                 r = run_variant(spec, one, variant, args.steps)
                 r.update(label=label, variant=variant)
                 path = "reference" if variant.startswith("reference") else "fused"
-                r["model"] = path_model(windows, path, variant == "reference", coupled="VB" in label,
-                                        compiled=variant == "fused-compiled")  # fmt: skip
+                path = "fused-compiled" if variant == "fused-compiled" else path
+                r["model"] = path_model(windows, path, variant == "reference", coupled="VB" in label)
                 results.append(r)
                 measured[variant] = r
                 rows.append(table_row(label, depth, variant, r, measured[variants[0]], machine))
@@ -275,7 +282,7 @@ def main() -> None:
         "",
         "| config | depth | path | step ms (median, wall) | speed-up vs reference | step CPU ms (median) | "
         "speed-up by CPU time | peak MB | memory vs reference | model GFLOP (routing) | model GB moved (routing) | "
-        "routing floor ms | step / floor |",
+        "routing floor ms | step (CPU time) / floor |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     write_text(HERE / "results" / f"fused-{tag}.md", "\n".join(header + rows) + "\n")

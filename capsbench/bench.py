@@ -31,7 +31,7 @@ def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
     from capsbench.registry import MODELS
     from capsbench.train.losses import build_loss
     from capsbench.train.optim import build_optimizer
-    from capsbench.train.runner import resolve_device, routing_implementations
+    from capsbench.train.runner import resolve_device, routing_backends, routing_implementations
 
     torch.manual_seed(cfg.seed)
     device = resolve_device(str(cfg.device))
@@ -88,6 +88,7 @@ def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "routing_impl": routing_implementations(model),  # the path each routed layer ran
+        "routing_backend": routing_backends(model),  # and the code that ran it (torch, c-avx512, triton)
     }
 
 

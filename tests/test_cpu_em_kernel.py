@@ -16,7 +16,7 @@ from test_fused_routing import assert_paths_agree, inputs, pair, run
 
 from capsbench.capsules.layers import ConvCaps
 from capsbench.capsules.routing import fused
-from capsbench.capsules.routing.native import build, cpu_em
+from capsbench.capsules.routing.native import blocks, build, cpu_em
 from capsbench.capsules.types import Capsules
 
 
@@ -32,16 +32,6 @@ def kernel_calls(monkeypatch):
 
     monkeypatch.setattr(cpu_em, "em_routing_cpu", counted)
     return calls
-
-
-@pytest.fixture
-def broken_compiler(monkeypatch, tmp_path):
-    """An empty cache and a compiler that does not exist; what was loaded is forgotten before and after."""
-    monkeypatch.setenv("CAPSBENCH_CACHE", str(tmp_path))
-    monkeypatch.setenv("CAPSBENCH_CC", str(tmp_path / "no-such-compiler"))
-    build.forget()
-    yield
-    build.forget()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
@@ -117,7 +107,7 @@ def test_gradients_are_bit_identical_on_one_and_two_threads():
         )
         ((pose * pose.detach()).sum() + act.sum()).backward()
         results.append([pose, act, coef] + [t.grad for t in inputs_])
-    assert len(cpu_em._blocks(windows)) > 2
+    assert len(blocks.blocks(windows)) > 2
     for one, two in zip(*results):
         assert torch.equal(one, two)
 
@@ -154,3 +144,102 @@ def test_the_library_is_cached_by_source_and_compiler_and_written_atomically(mon
     edited.write_text(build.SOURCE.read_text() + "\n/* edited */\n")
     monkeypatch.setattr(build, "SOURCE", edited)
     assert build._build(torch.float32) != first  # another source, another key
+
+
+def _kernel_run(dtype, parents, offsets, seed=0):
+    """Outputs and every gradient of the kernel called directly (windows in several blocks)."""
+    g = torch.Generator().manual_seed(seed)
+    windows, children = 40, 18
+    shapes = [(windows, children, 16), (windows, children), (children, parents, 4, 4), (parents,), (parents,)]
+    leaves = [torch.randn(shape, generator=g, dtype=dtype) for shape in shapes]
+    leaves[1] = leaves[1].abs().clamp_max(1)  # activations in [0, 1]
+    leaves[1][:, 3] = 0  # a silent child
+    off = torch.randn(children, 16, generator=g, dtype=dtype) if offsets else None
+    ins = [t.clone().requires_grad_() for t in leaves]
+    pose, act, coef = cpu_em.em_routing_cpu(
+        *ins, off, lambdas=(5e-3, 1e-2, 2e-2), min_var=5e-4, cost="sum", need_coefficients=True
+    )
+    ((pose * torch.randn(pose.shape, generator=g, dtype=dtype)).sum() + (act * act).sum()).backward()
+    return [pose, act, coef] + [t.grad for t in ins]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("parents,offsets", [(16, False), (5, True)], ids=["J16", "J5-offsets"])
+def test_every_instruction_set_gives_the_same_bits(dtype, parents, offsets, same_bits_on_every_isa):
+    """SSE2, AVX2 and AVX-512 builds: lanes are independent, cross-lane sums have one order, no FMA."""
+    same_bits_on_every_isa(lambda: _kernel_run(dtype, parents, offsets), lambda: cpu_em.backend(dtype))
+
+
+def test_an_unknown_instruction_set_is_one_line_naming_the_variable(monkeypatch):
+    from capsbench.errors import UserError
+
+    monkeypatch.setenv(build.ISA_SWITCH, "mmx")
+    build.forget()
+    try:
+        with pytest.raises(UserError, match="CAPSBENCH_CPU_ISA must be one of sse2, avx2, avx512, got 'mmx'"):
+            build.load(torch.float32)
+    finally:
+        build.forget()
+
+
+def test_the_backward_from_the_saved_state_equals_the_recomputing_backward():
+    """The forward keeps each window's coefficients and statistics; recomputing them gives the same bits."""
+    g = torch.Generator().manual_seed(3)
+    leaves = [torch.randn(20, 9, 16, generator=g), torch.rand(20, 9, generator=g), torch.randn(9, 4, 4, 4, generator=g),
+              torch.randn(4, generator=g), torch.randn(4, generator=g)]  # fmt: skip
+    grads = []
+    for keep_state in (True, False):
+        ins = [t.clone().requires_grad_() for t in leaves]
+        pose, act, _ = cpu_em._EMWindows.apply(*ins, None, (1e-2, 2e-2), 5e-4, 1.0, False, keep_state)
+        (pose.sum() + act.sum()).backward()
+        grads.append([t.grad for t in ins])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_no_state_is_kept_without_a_backward_to_come(monkeypatch):
+    seen = []
+    real = cpu_em._EMWindows.apply
+    monkeypatch.setattr(cpu_em._EMWindows, "apply", lambda *args: seen.append(args[-1]) or real(*args))
+    pose, act = torch.randn(4, 9, 16), torch.rand(4, 9)
+    weight, beta = torch.randn(9, 4, 4, 4, requires_grad=True), torch.zeros(4)
+    options = dict(lambdas=(1e-2,), min_var=5e-4, cost="sum", need_coefficients=False)
+    with torch.no_grad():
+        cpu_em.em_routing_cpu(pose, act, weight, beta, beta, None, **options)
+    cpu_em.em_routing_cpu(pose, act, weight, beta, beta, None, **options)
+    assert seen == [False, True]
+
+
+# Largest error of the kernel's vectorised exp: float32 against the exact value (float64 exp), float64
+# against libm (Python's math.exp), in units in the last place of the result. Measured: 1.22 and 1.0.
+EXP_MAX_ULP = {torch.float32: 1.25, torch.float64: 1.0}
+EXP_LOWEST = {torch.float32: -87.336544, torch.float64: -708.39641853226408}  # ln of the smallest normal
+
+
+def _ulps(y: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """|y - exact| in units of the last place of ``exact`` rounded to y's dtype."""
+    rounded = exact.to(y.dtype).abs()
+    spacing = torch.nextafter(rounded, torch.full_like(rounded, float("inf"))) - rounded
+    return (y.double() - exact).abs() / spacing.double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_the_vectorised_exp_is_within_its_documented_error_over_the_range_the_e_step_uses(dtype):
+    import math
+
+    kernel = build.load(dtype)
+    points = 1 << 22 if dtype == torch.float32 else 1 << 16
+    x = torch.linspace(EXP_LOWEST[dtype], 0.0, points, dtype=torch.float64).to(dtype)
+    near_zero = -torch.rand(points // 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = torch.cat([x, near_zero.to(dtype)])
+    y = torch.empty_like(x)
+    kernel.exp_values(x.numel(), x.data_ptr(), y.data_ptr())
+    if dtype == torch.float32:
+        exact = torch.exp(x.double())
+    else:
+        exact = torch.tensor([math.exp(v) for v in x.tolist()], dtype=torch.float64)
+    assert float(_ulps(y, exact).max()) <= EXP_MAX_ULP[dtype]
+    special = torch.tensor([0.0, -0.0, float("-inf"), float("nan"), EXP_LOWEST[dtype] - 1], dtype=dtype)
+    out = torch.empty_like(special)
+    kernel.exp_values(special.numel(), special.data_ptr(), out.data_ptr())
+    assert out[:2].tolist() == [1.0, 1.0] and out[2] == 0 and out[3].isnan() and out[4] == 0

@@ -16,12 +16,11 @@ import warnings
 
 import pytest
 import torch
-from test_cpu_em_kernel import broken_compiler  # noqa: F401 - a fixture, shared with the EM kernel's tests
 from test_fused_routing import assert_paths_agree, assert_relative, inputs, pair, run
 
 from capsbench.capsules.layers import ConvCaps
 from capsbench.capsules.routing import fused
-from capsbench.capsules.routing.native import build, cpu_vb
+from capsbench.capsules.routing.native import blocks, build, cpu_vb
 from capsbench.capsules.routing.votes import LazyVotes
 from capsbench.capsules.types import Capsules
 
@@ -132,30 +131,56 @@ def test_a_silent_child_changes_nothing_bit_for_bit(training, kernel_calls):
     assert len(kernel_calls) == 2
 
 
-def test_results_are_bit_identical_on_one_and_two_threads():
-    """Weight gradients are per-block partials summed in block order: no thread-count dependence.
-
-    The kernel's passes, called directly (the normalisation and BatchNorms around them are torch
-    reductions whose rounding may follow the thread count)."""
+def _passes_run(dtype, offsets=False, windows=108, children=36, parents=4):
+    """Outputs and gradients of two kernel passes called directly (108 windows: 7 blocks), a silent child
+    among them. The normalisation and BatchNorms around the passes are torch reductions whose rounding
+    may follow the thread count or instruction set, so they stay out."""
     g = torch.Generator().manual_seed(0)
-    windows, children, parents = 108, 36, 4  # 7 blocks
-    leaves = [torch.randn(windows, 1, children, 16, generator=g),
-              0.3 * torch.randn(children, parents, 4, 4, generator=g)]  # fmt: skip
-    act = torch.rand(windows, 1, children, generator=g)
-    r0 = torch.softmax(torch.randn(windows, 1, parents, children, generator=g), dim=2)
+    leaves = [torch.randn(windows, 1, children, 16, generator=g, dtype=dtype),
+              0.3 * torch.randn(children, parents, 4, 4, generator=g, dtype=dtype)]  # fmt: skip
+    act = torch.rand(windows, 1, children, generator=g, dtype=dtype)
+    act[:, :, 3] = 0
+    off = torch.randn(children, 16, generator=g, dtype=dtype) if offsets else None
+    r0 = torch.softmax(torch.randn(windows, 1, parents, children, generator=g, dtype=dtype), dim=2)
+    pose, weight = (t.clone().requires_grad_() for t in leaves)
+    r = r0.clone().requires_grad_()
+    votes = LazyVotes(pose=pose, weight=weight, offsets=off)
+    win = cpu_vb.Windows(votes, act, dtype, (1.0, 1.0, 17.0, 1.0, 0.0), False)
+    logits = win.log_rho(r)
+    mass, mean, prec, centre = win.posterior(torch.softmax(logits, dim=2))
+    ((logits * logits.detach()).sum() + mass.sum() + (mean * mean.detach()).sum() + prec.sum()).backward()
+    return [logits, mass, mean, prec, centre, pose.grad, weight.grad, r.grad]
+
+
+def test_results_are_bit_identical_on_one_and_two_threads():
+    """Weight gradients are per-block partials summed in block order: no thread-count dependence."""
     results = []
     for threads in (1, 2):
         torch.set_num_threads(threads)  # the autouse fixture restores the count afterwards
-        pose, weight = (t.clone().requires_grad_() for t in leaves)
-        r = r0.clone().requires_grad_()
-        win = cpu_vb.Windows(LazyVotes(pose=pose, weight=weight), act, torch.float32, (1.0, 1.0, 17.0, 1.0, 0.0), False)
-        logits = win.log_rho(r)
-        mass, mean, prec, centre = win.posterior(torch.softmax(logits, dim=2))
-        ((logits * logits.detach()).sum() + mass.sum() + (mean * mean.detach()).sum() + prec.sum()).backward()
-        results.append([logits, mass, mean, prec, centre, pose.grad, weight.grad, r.grad])
-    assert len(cpu_vb._blocks(windows)) > 2
+        results.append(_passes_run(torch.float32))
+    assert len(blocks.blocks(108)) > 2
     for one, two in zip(*results):
         assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("parents,offsets", [(16, False), (5, True)], ids=["J16", "J5-offsets"])
+def test_every_instruction_set_gives_the_same_bits(dtype, parents, offsets, same_bits_on_every_isa):
+    """SSE2, AVX2 and AVX-512 builds of vb_window.c: one order for every sum, no FMA."""
+    same_bits_on_every_isa(lambda: _passes_run(dtype, offsets, parents=parents), lambda: cpu_vb.backend(dtype))
+
+
+def test_the_layer_reports_the_build_that_ran(monkeypatch, instruction_sets):
+    """``last_backend``, which records carry as ``environment.routing_backend``: the forced build's name."""
+    layer = ConvCaps(3, 4, 3, 1, 1, routing="vb", routing_impl="fused")
+    for isa in instruction_sets:
+        monkeypatch.setenv(build.ISA_SWITCH, isa)
+        build.forget()
+        layer(Capsules(*inputs(torch.float32)))
+        assert layer.last_backend == f"c-{isa}"
+    small = ConvCaps(3, 4, 3, 1, 1, routing="vb", routing_impl="fused", pose_dim=4)
+    small(Capsules(torch.randn(2, 3, 4, 4, 4), torch.rand(2, 3, 4, 4)))  # 2x2 poses: the kernel does not serve
+    assert small.last_backend == "torch"
 
 
 def test_diagnostics_fill_the_same_terms_on_the_kernel_path(kernel_calls):
@@ -210,5 +235,5 @@ def test_auto_takes_the_kernel_only_where_it_builds_and_serves(monkeypatch):
 
 def test_each_source_builds_its_own_library(monkeypatch, tmp_path):
     monkeypatch.setenv("CAPSBENCH_CACHE", str(tmp_path))
-    vb, em = build._build(torch.float64, cpu_vb.SOURCE), build._build(torch.float64)
+    vb, em = build._build(torch.float64, source=cpu_vb.SOURCE), build._build(torch.float64)
     assert vb.name.startswith("vb_window-") and em.name.startswith("em_window-") and vb.parent == em.parent

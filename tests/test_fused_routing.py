@@ -170,15 +170,20 @@ def test_all_silent_children_give_the_same_finite_outputs_on_both_paths(impl, ro
 @pytest.mark.parametrize("routing", ["em", "vb"])
 def test_fused_path_stores_no_votes_sized_tensor(routing):
     """What the fused layer keeps for backward is the child poses (and, VB, the coefficients of each
-    iteration), not the J-times-larger votes."""
+    iteration), not the J-times-larger votes.
+
+    On the paper's window (3x3x16 children -> 16 parent types, 3 iterations): the compiled CPU EM kernel
+    also keeps, per window, the coefficients of iterations 2 and 3 ((T-1)/D of the votes) and the
+    per-parent statistics, so that its backward recomputes only the votes: 1/5 of the votes in all.
+    """
     torch.manual_seed(0)
-    layer = ConvCaps(4, 8, 3, 1, 1, routing=routing, routing_impl="fused")
-    pose, act = inputs(torch.float32, types=4, hw=(6, 6))
+    layer = ConvCaps(16, 16, 3, 1, 1, routing=routing, routing_impl="fused", iterations=3)
+    pose, act = inputs(torch.float32, types=16, hw=(4, 4))
     pose.requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         layer(Capsules(pose, act))
-    votes = 2 * 36 * (4 * 9) * 8 * 16  # N * L * I * J * D
+    votes = 2 * 16 * (16 * 9) * 16 * 16  # N * L * I * J * D
     assert saved and max(saved) < votes / 4
 
 
@@ -228,6 +233,25 @@ def test_the_run_record_states_the_path_each_layer_ran():
     model = build_capsnet(ModelConfig(routing="em", depth=1, backbone="tiny", routing_impl="fused"), 10, 1, 8)
     model(torch.randn(2, 1, 8, 8))
     assert routing_implementations(model) == {"conv1": "fused", "class": "fused"}
+
+
+@pytest.mark.parametrize("impl,kernel", [("fused", "1"), ("fused", "0"), ("reference", "1")])
+def test_the_run_record_states_the_code_each_layer_ran(impl, kernel, monkeypatch):
+    """``routing_impl`` "fused" is served by the blockwise PyTorch code or by a compiled kernel: the record's
+    ``routing_backend`` tells them apart ("torch", or "c-" and the instruction set of the CPU EM kernel)."""
+    from capsbench.capsules.routing.native import cpu_em
+    from capsbench.config import ModelConfig
+    from capsbench.models.capsnet import build_capsnet
+    from capsbench.train.runner import routing_backends
+
+    monkeypatch.setenv(cpu_em.SWITCH, kernel)
+    model = build_capsnet(ModelConfig(routing="em", depth=1, backbone="tiny", routing_impl=impl), 10, 1, 8)
+    model(torch.randn(2, 1, 8, 8))
+    compiled = impl == "fused" and kernel == "1" and cpu_em.available()
+    expected = cpu_em.backend(torch.float32) if compiled else "torch"
+    assert routing_backends(model) == {"conv1": expected, "class": expected}
+    if compiled:
+        assert expected.startswith("c-") and expected != "c-"
 
 
 def test_checkpointing_does_not_wrap_the_fused_path_and_changes_nothing():
@@ -285,4 +309,5 @@ def test_a_fused_run_records_its_path_through_the_command_line(tmp_path):
     record = json.loads(record_path.read_text())
     assert record["status"] == "ok"
     assert record["environment"]["routing_impl"] == {"conv1": "fused", "class": "fused"}
+    assert set(record["environment"]["routing_backend"]) == {"conv1", "class"}
     assert record["config"]["model"]["routing_impl"] == "fused"

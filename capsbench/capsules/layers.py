@@ -213,6 +213,9 @@ class _RoutedCaps(CapsuleLayer):
         self.checkpointing, self.keep_coefficients = checkpointing, keep_coefficients
         self.last_coefficients: torch.Tensor | None = None
         self.last_impl: str | None = None  # "reference" or "fused": the path the last forward took
+        # the code that ran it: "torch" (the routing's PyTorch code, either path), or what the routing's
+        # forward_lazy reports (``Routing.last_backend``: "c-avx512", "triton", ...)
+        self.last_backend: str | None = None
         transform = vote_transform or getattr(cls, "vote_transform", "matrix")
         self.votes = VoteTransform(weight_children, parents, in_pose_dim, pose_dim, transform, weight_std)
         self.routing = cls(
@@ -269,12 +272,14 @@ class _RoutedCaps(CapsuleLayer):
     def forward(self, caps: Capsules) -> Capsules:
         pose, act = caps
         impl = self.last_impl = self.implementation(pose.device)
+        self.routing.last_backend = None
         # the fused path stores nothing votes-sized and recomputes in its own backward: checkpointing it
         # again would only add a third forward
         if self.checkpointing and impl != "fused" and torch.is_grad_enabled():
             pose, act, self.last_coefficients = self._checkpointed_route(pose, act, impl)
         else:
             pose, act, self.last_coefficients = self._route(pose, act, impl)
+        self.last_backend = (impl == "fused" and self.routing.last_backend) or "torch"
         if getattr(self, "pose_norm", None) is not None:
             # outside the checkpointed region: its running statistics move once per step
             pose = self.pose_norm(pose.flatten(1, 2)).view_as(pose)

@@ -503,7 +503,11 @@ def build_record(
         "num_params": sum(p.numel() for p in model.parameters()) if model is not None else None,
         "num_classes": num_classes,
         "resumes": list(state.resumes),
-        "environment": {**environment(str(device)), "routing_impl": routing_implementations(model)},
+        "environment": {
+            **environment(str(device)),
+            "routing_impl": routing_implementations(model),
+            "routing_backend": routing_backends(model),
+        },
     }
 
 
@@ -513,10 +517,24 @@ def routing_implementations(model) -> dict[str, str]:
     Recorded like the device: ``model.routing_impl`` is not in the spec hash (both paths compute
     the same maths), but their rounding differs, so a record says which one produced it.
     """
+    return _layer_attribute(model, "last_impl")
+
+
+def routing_backends(model) -> dict[str, str]:
+    """Which code ran each routed layer last, by layer name: ``torch``, or a compiled kernel such as
+    ``c-avx512`` (the CPU EM kernel built for AVX-512) or ``triton``.
+
+    ``routing_impl`` says which path (``fused`` serves both the blockwise PyTorch code and the
+    compiled kernels); this says which code, so records from the two are told apart.
+    """
+    return _layer_attribute(model, "last_backend")
+
+
+def _layer_attribute(model, name: str) -> dict[str, str]:
     if model is None:
         return {}
     layers = capsule_layers(model)
-    return {info.name: info.module.last_impl for info in layers if getattr(info.module, "last_impl", None)}
+    return {info.name: getattr(info.module, name) for info in layers if getattr(info.module, name, None)}
 
 
 def _one_line(exc: BaseException) -> str:

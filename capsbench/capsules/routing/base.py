@@ -134,6 +134,10 @@ class Routing(nn.Module):
         self.iterations = iterations
         self.diagnostics = False  # set by telemetry around validation batches
         self.last_terms: dict[str, torch.Tensor] | None = None
+        # the code that served the last forward_lazy call when it was not the routing's PyTorch code: e.g.
+        # "c-avx512" (a compiled CPU kernel and the instruction set it was built for) or "triton"; None:
+        # PyTorch. The layer resets it before each call and records it (``layer.last_backend``).
+        self.last_backend: str | None = None
 
     def forward(
         self,

@@ -70,8 +70,9 @@ one pass over the blocks (``fused.LazyCentredVotes``). Either way the layer's vo
 never stored (about a third of the reference's peak memory) and the iterations are the
 same code as ``forward``'s. On the CPU, with matrix votes over parent types and cost "sum"
 or "mean", a compiled per-window C kernel (``routing/native``: built at first use with the
-system compiler, forward and a recomputing backward written out by hand) serves the fused
-path instead, coefficients included; without a compiler, or for other options, the
+system compiler, vectorised across parent types, forward and backward written out by hand; the
+backward recomputes the votes from the coefficients and statistics the forward keeps per window)
+serves the fused path instead, coefficients included; without a compiler, or for other options, the
 blockwise PyTorch path runs. ``auto`` takes the fused path on the CPU only where that kernel
 serves it and ``fused.MEASURED_FASTER`` says it was measured faster
 (``benchmarks/results/fused-*.md``). On CUDA the Triton kernel
@@ -336,6 +337,7 @@ class EMRouting(Routing):
                     cost=self.cost,
                 )  # fmt: skip
                 pose_out, act_out = new_pose.view(n, length, j, d), new_act.view(n, length, j)
+                self.last_backend = "triton"
                 return RoutingOutput(pose_out.to(out_dtype), act_out.to(out_dtype), None)
 
             def window_block(v, a, bu, ba):
@@ -343,6 +345,7 @@ class EMRouting(Routing):
                 return new_pose[0], new_act[0], r[0]
 
             compiled = self._cpu_kernel(votes, activation, beta_u, beta_a, dtype, need_coefficients)
+            self.last_backend = cpu_em.backend(dtype) if compiled else None
             new_pose, new_act, r = compiled or fused.route_in_blocks(
                 window_block, votes, activation.to(dtype), (beta_u, beta_a), dtype, need_coefficients
             )

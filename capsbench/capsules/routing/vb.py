@@ -263,6 +263,7 @@ class VBRouting(Routing):
             if self._cpu_kernel_covers() and cpu_vb.usable(votes, dtype):
                 prior = (self.alpha0, self.kappa0, self.nu0, self.psi0, self.m0)
                 windows = cpu_vb.Windows(votes, a, dtype, prior, wishart=self.log_det == "wishart")
+                self.last_backend = cpu_vb.backend(dtype)  # c-sse2, c-avx2, c-avx512: records say which ran
                 new_pose, new_act, r = self._iterate(windows.log_rho, self._compiled_posterior(windows), a, geometry,
                                                      dtype)  # fmt: skip
             else:

@@ -11,9 +11,10 @@ posterior the outputs are made from (mass, mean, precision, and the detached cen
 What crosses windows, and what autograd keeps per iteration, is ``R`` (1/16 of the votes);
 each pass's backward recomputes its windows and goes back through the E-step and M-step.
 
-Parallelism and determinism as in ``cpu_em`` (whose block helpers this uses): blocks of a
-size that depends only on the window count, run on ``torch.get_num_threads()`` threads,
-weight-gradient partials summed in block order.
+Parallelism and determinism as in ``cpu_em`` (``native/blocks.py``): blocks of a size that depends
+only on the window count, run on ``torch.get_num_threads()`` threads, weight-gradient partials summed
+in block order. Built like EM's kernel (``build.open_library``: SSE2, AVX2 and AVX-512 builds that
+give the same bits, the widest this CPU runs chosen at run time).
 """
 
 from __future__ import annotations
@@ -25,27 +26,37 @@ from pathlib import Path
 import torch
 
 from capsbench.capsules.routing.native import build
-from capsbench.capsules.routing.native.cpu_em import _blocks, _ptr, _run_blocks
+from capsbench.capsules.routing.native.blocks import blocks, ptr, run_blocks
 from capsbench.capsules.routing.votes import LazyVotes
 
 SOURCE = Path(__file__).with_name("vb_window.c")
 SWITCH = "CAPSBENCH_CPU_VB_KERNEL"  # "0": VB's fused CPU path takes the PyTorch blockwise path (benchmarks compare)
+WHAT = "CPU VB kernel"
+
+
+def _library(dtype: torch.dtype) -> build.Library | None:
+    """The kernel's library for ``dtype``, or None (switched off, or no library: one warning)."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return None
+    return build.open_library(SOURCE, dtype, "the compiled CPU VB kernel")
 
 
 def _functions(dtype: torch.dtype):
-    """``(vb_pass, vb_pass_backward)`` for ``dtype``, or None (switched off, or no library: one warning)."""
-    if os.environ.get(SWITCH, "1") == "0":
-        return None
-    lib = build.open_library(SOURCE, dtype, "the compiled CPU VB kernel")
+    """``(vb_pass, vb_pass_backward)`` for ``dtype``, or None."""
+    lib = _library(dtype)
     if lib is None:
         return None
-    suffix = build.TYPES[dtype][1]
     p, i = ctypes.c_void_p, ctypes.c_int
     # window range, I, J, wishart, inputs (pose, act, weight, offsets), coef, prior, centre
     head = [ctypes.c_long, ctypes.c_long, i, i, i, *[p] * 7]
-    fwd, bwd = getattr(lib, f"vb_pass_{suffix}"), getattr(lib, f"vb_pass_backward_{suffix}")
+    fwd, bwd = lib.function("vb_pass"), lib.function("vb_pass_backward")
     fwd.argtypes, bwd.argtypes = [*head, *[p] * 5], [*head, *[p] * 8]
     return fwd, bwd
+
+
+def backend(dtype: torch.dtype) -> str:
+    """The name records give this kernel (``environment.routing_backend``): ``c-`` and its instruction set."""
+    return f"c-{_library(dtype).isa}"
 
 
 def available(dtype: torch.dtype = torch.float32) -> bool:
@@ -80,9 +91,9 @@ class _Pass(torch.autograd.Function):
         outs = [pose.new_empty(s) for s in ([(p, j), (p, j, 16), (p, j, 16)] if last else [(p, j, i)])]
         logits, posterior = (None, outs) if last else (outs[0], [None] * 3)
         made = pose.new_empty(p, j, 16) if centre is None else None
-        args = (i, j, wishart, pose.data_ptr(), act.data_ptr(), weight.data_ptr(), _ptr(offsets), coef.data_ptr(),
-                prior.data_ptr(), _ptr(centre), _ptr(made), _ptr(logits), *map(_ptr, posterior))  # fmt: skip
-        _run_blocks(lambda k, start, stop: fwd(start, stop, *args), _blocks(p))
+        args = (i, j, wishart, pose.data_ptr(), act.data_ptr(), weight.data_ptr(), ptr(offsets), coef.data_ptr(),
+                prior.data_ptr(), ptr(centre), ptr(made), ptr(logits), *map(ptr, posterior))  # fmt: skip
+        run_blocks(lambda k, start, stop: fwd(start, stop, *args), blocks(p), WHAT)
         ctx.save_for_backward(pose, act, weight, offsets, coef, prior, made if centre is None else centre)
         ctx.wishart, ctx.last = wishart, last
         if made is not None:
@@ -100,13 +111,13 @@ class _Pass(torch.autograd.Function):
         grads = [pose.new_zeros(s) if g is None else g.contiguous() for g, s in zip(grads, shapes)]
         g_logits, g_posterior = (None, grads) if ctx.last else (grads[0], [None] * 3)
         grad_pose, grad_act, grad_coef = torch.empty_like(pose), torch.empty_like(act), torch.empty_like(coef)
-        blocks = _blocks(p)
+        cut = blocks(p)
         want_w = ctx.needs_input_grad[2]
-        part_w = pose.new_empty(len(blocks), *weight.shape) if want_w else None
-        args = (i, j, ctx.wishart, pose.data_ptr(), act.data_ptr(), weight.data_ptr(), _ptr(offsets),
-                coef.data_ptr(), prior.data_ptr(), centre.data_ptr(), _ptr(g_logits), *map(_ptr, g_posterior),
+        part_w = pose.new_empty(len(cut), *weight.shape) if want_w else None
+        args = (i, j, ctx.wishart, pose.data_ptr(), act.data_ptr(), weight.data_ptr(), ptr(offsets),
+                coef.data_ptr(), prior.data_ptr(), centre.data_ptr(), ptr(g_logits), *map(ptr, g_posterior),
                 grad_pose.data_ptr(), grad_act.data_ptr(), grad_coef.data_ptr())  # fmt: skip
-        _run_blocks(lambda k, start, stop: bwd(start, stop, *args, _ptr(part_w[k]) if want_w else None), blocks)
+        run_blocks(lambda k, start, stop: bwd(start, stop, *args, ptr(part_w[k]) if want_w else None), cut, WHAT)
         grad_w = None
         if want_w:  # block partials summed in block order: the same bits for any thread count
             grad_w = part_w[0].clone()

@@ -28,6 +28,9 @@
 #if !defined(REAL) || !defined(SUFFIX)
 #error "build.py compiles this file with -DREAL=float -DSUFFIX=f32 or -DREAL=double -DSUFFIX=f64"
 #endif
+#ifndef VBYTES
+#define VBYTES 16 /* the vector width build.py builds for: 16 (SSE2), 32 (-mavx2), 64 (-mavx512f) */
+#endif
 #define EXPORT_NAME(name, suffix) name##_##suffix
 #define EXPORT_AT(name, suffix) EXPORT_NAME(name, suffix) /* expands SUFFIX first */
 #define EXPORT(name) EXPORT_AT(name, SUFFIX)
@@ -380,3 +383,6 @@ int EXPORT(vb_pass_backward)(long p0, long p1, int I, int J, int wishart, const 
     free(weight_t);
     return 0;
 }
+
+#define EXPORTED(name) EXPORT(name)
+#include "vector_width.h"
