@@ -1,8 +1,14 @@
 /* VB routing (4x4 matrix votes), one pass over the windows per iteration.
  *
- * Compiled at first use by capsbench/capsules/routing/native/build.py, once per dtype
- * (-DREAL=float -DSUFFIX=f32 or -DREAL=double -DSUFFIX=f64). The maths is vb.py's (see its
- * module docstring); cpu_vb.py is the autograd glue.
+ * Compiled at first use by capsbench/capsules/routing/native/build.py, once per dtype and
+ * instruction set (-DREAL=float -DSUFFIX=f32 or -DREAL=double -DSUFFIX=f64, -DVBYTES=16, 32 or 64
+ * with -mavx2 / -mavx512f), as em_window.c. The maths is vb.py's (see its module docstring);
+ * cpu_vb.py is the autograd glue.
+ *
+ * Every build gives the same bits: the vectors here are one 4-wide row of a pose whatever VBYTES
+ * is, every sum has one order fixed in this file, and -ffp-contract=off forbids FMA; the wider
+ * builds gain only from the VEX encoding and the compiler's scheduling (~10% measured on the
+ * kernel). Vectors across parent types, as em_window.c's, are what would use the width.
  *
  * Why one pass per iteration and not one per window: VB's default normalises the
  * coefficients over every parent that receives a child, and overlapping windows share
