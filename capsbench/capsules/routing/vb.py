@@ -75,8 +75,8 @@ cache and writes ``ln rho``; the normalisation between passes (either axis) is t
 ``Normaliser``, and each pass's hand-written backward recomputes its windows. Every option is
 covered. Elsewhere (no compiler, other pose sizes, CUDA) every contraction over children recomputes
 the votes a block of windows at a time (``fused.LazyCentredVotes``). ``auto`` takes the kernel on
-the CPU (``fused.MEASURED_FASTER``: about 2x faster per training step, half the memory,
-``benchmarks/results/fused-cpu2-1thread-vb-compiled.md``).
+the CPU (``fused.MEASURED_FASTER``: 2.3-2.7x faster per training step by CPU time, 0.57-0.65x the
+memory, ``benchmarks/results/fused-cpu2-1thread-vb-isa.md``).
 
 Statistics run in float32 (float64 stays float64) with autocast off; outputs come back
 in the input dtype. After every forward ``last_posterior`` holds the detached posterior
