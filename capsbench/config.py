@@ -57,7 +57,14 @@ class ModelConfig:
     pose_dim: int = ranged(16, ge=1)  # 16 = a 4x4 pose matrix
     iterations: int = ranged(3, ge=1)  # routing iterations
     pose_norm: bool | None = None  # BatchNorm on poses after stacked layers; None = per-method reference
+    # what model.pose_norm puts on the poses: "batch" (the references' BatchNorm) or "layer" (Tsai et al.
+    # 2020's LayerNorm over each capsule's pose); remedies, capsbench/models/remedies.py
+    pose_norm_kind: str = ranged("batch", choices=("batch", "layer"))
     residual: bool = False  # skip from the layer two back when shapes match
+    # "post": res-capsnet's skips of routed outputs; "pre": pre-activation (identity stream, norm before routing)
+    residual_style: str = ranged("post", choices=("post", "pre"))
+    # transformation-weight init: "default" (1/sqrt(fan_in) or the routing's) | "length" (squash fixed point)
+    init: str = ranged("default", choices=("default", "length"))
     checkpointing: bool = False  # activation checkpointing per capsule layer
     # gamma of MoCapsNet's reversible momentum residual blocks over conv2..convN (capsbench/models/momentum.py);
     # null = off (plain stacking)
@@ -176,6 +183,10 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.coord_add": "hinton",
     "numerics": "native",
     "model.momentum_residual": None,
+    # remedies (capsbench/models/remedies.py), at their off values
+    "model.pose_norm_kind": "batch",
+    "model.residual_style": "post",
+    "model.init": "default",
 }
 
 

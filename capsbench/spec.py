@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsbench.config import NON_RESULT_KEYS, RANGE, RunConfig, drop_hash_neutral_defaults, plain
 from capsbench.errors import SpecError, UserError, did_you_mean
+from capsbench.models.remedies import check_remedies
 from capsbench.options import Option, check_options
 
 SPEC_KEYS = ("extends", "sweep")  # keys of a spec file that are not run-config keys
@@ -408,6 +409,7 @@ def build_config(data: dict) -> DictConfig:
     _check_names(cfg)
     _check_routing_options(cfg)
     _check_model_combinations(cfg)
+    check_remedies(cfg)
     return cfg
 
 

@@ -115,6 +115,30 @@ class PrimaryCaps(CapsuleLayer):
 
 
 # ---------------------------------------------------------------------------------------------
+# Pose normalisation
+
+POSE_NORM_KINDS = ("batch", "layer")
+
+
+class PoseLayerNorm(nn.Module):
+    """LayerNorm over each capsule's pose vector, as Tsai et al. 2020 put on the poses their routing outputs.
+
+    ``pose [N, T, D, H, W]``: every (image, type, position) pose is shifted and scaled to mean 0 and
+    variance 1 over its ``D`` entries, then given a learned per-entry scale and shift shared by all
+    types and positions (``nn.LayerNorm(D)``, as their ``LayerNorm(out_d_capsules)``). It uses no batch
+    statistics, so training and evaluation compute the same thing; a pose of length ~``sqrt(D)`` comes
+    out whatever the length that went in, which is what keeps the next layer's votes from shrinking.
+    """
+
+    def __init__(self, pose_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.norm = nn.LayerNorm(pose_dim, eps=eps)
+
+    def forward(self, pose: torch.Tensor) -> torch.Tensor:
+        return self.norm(pose.movedim(2, -1)).movedim(-1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
 # Votes
 
 
@@ -280,10 +304,23 @@ class _RoutedCaps(CapsuleLayer):
         else:
             pose, act, self.last_coefficients = self._route(pose, act, impl)
         self.last_backend = (impl == "fused" and self.routing.last_backend) or "torch"
-        if getattr(self, "pose_norm", None) is not None:
+        if not getattr(self, "defer_pose_norm", False):
             # outside the checkpointed region: its running statistics move once per step
-            pose = self.pose_norm(pose.flatten(1, 2)).view_as(pose)
+            pose = self.normalise_pose(pose)
         return Capsules(pose, act)
+
+    def normalise_pose(self, pose: torch.Tensor) -> torch.Tensor:
+        """``pose [N, T, D, H, W]`` through the layer's pose norm (unchanged without one).
+
+        A pre-activation model (``model.residual_style: pre``) sets ``defer_pose_norm`` and calls this
+        on the stream it passes to the next layer instead.
+        """
+        norm = getattr(self, "pose_norm", None)
+        if norm is None:
+            return pose
+        if isinstance(norm, PoseLayerNorm):
+            return norm(pose)
+        return norm(pose.flatten(1, 2)).view_as(pose)  # BatchNorm per (type, pose entry)
 
 
 class ConvCaps(_RoutedCaps):
@@ -293,8 +330,9 @@ class ConvCaps(_RoutedCaps):
     weights (shared over positions). Windows are cut with ``F.unfold`` and overlapping
     windows are described to the routing by a fold/unfold ``Geometry`` (see
     ``capsbench.capsules.geometry``; padded children have activation 0 and pose 0).
-    ``pose_norm``: BatchNorm on the output poses (per type and pose entry); ``None`` takes
-    the routing's reference default (``Routing.pose_norm``).
+    ``pose_norm``: a norm on the output poses; ``None`` takes the routing's reference default
+    (``Routing.pose_norm``). ``pose_norm_kind``: ``"batch"`` (the references' BatchNorm, per type
+    and pose entry over images and positions) or ``"layer"`` (``PoseLayerNorm``: Tsai et al. 2020).
 
     Example::
 
@@ -319,6 +357,7 @@ class ConvCaps(_RoutedCaps):
         *,
         in_pose_dim: int | None = None,
         pose_norm: bool | None = None,
+        pose_norm_kind: str = "batch",
         vote_transform: str | None = None,
         weight_std: float | None = None,
         checkpointing: bool = False,
@@ -335,7 +374,13 @@ class ConvCaps(_RoutedCaps):
         )  # fmt: skip
         if pose_norm is None:
             pose_norm = getattr(cls, "pose_norm", False)
-        self.pose_norm = nn.BatchNorm2d(out_types * pose_dim) if pose_norm else None
+        if pose_norm_kind not in POSE_NORM_KINDS:
+            raise ValueError(f"pose_norm_kind must be one of {POSE_NORM_KINDS}, got {pose_norm_kind!r}")
+        self.pose_norm: nn.Module | None = None
+        if pose_norm:
+            layer_norm = pose_norm_kind == "layer"
+            self.pose_norm = PoseLayerNorm(pose_dim) if layer_norm else nn.BatchNorm2d(out_types * pose_dim)
+        self.defer_pose_norm = False
 
     def output_hw(self, in_hw) -> tuple[int, int]:
         return window_hw(in_hw, self.kernel_size, self.stride, self.padding)
@@ -440,4 +485,4 @@ def check_routing_impl(routing: Routing, impl: str) -> str:
     return impl
 
 
-__all__ = ["CapsuleLayer", "PrimaryCaps", "ConvCaps", "ClassCaps", "VoteTransform", "routing_class"]
+__all__ = ["CapsuleLayer", "PrimaryCaps", "ConvCaps", "ClassCaps", "PoseLayerNorm", "VoteTransform", "routing_class"]

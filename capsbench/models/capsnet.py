@@ -36,6 +36,22 @@ Momentum residual blocks (``cfg.momentum_residual``: gamma, MoCapsNet): stacked 
 poses and activations, and its memory-saving backward); ``conv1`` stays plain. Not with
 ``residual``; ``checkpointing`` is off inside the blocks, which recompute anyway.
 
+Pre-activation skips (``cfg.residual_style: pre``, with ``residual``; He et al. 2016's identity
+mappings carried over to capsules). The same blocks (conv1 is the stem; conv2+conv3, conv4+conv5, ...
+are blocks), but: (1) the skip adds the *stream*, what the block's first layer received before
+normalisation (``s_i = r_i (+) s_{i-2}`` for ``i`` even > 0, else ``s_i = r_i``, with ``r_i`` layer
+``i``'s routed output and ``(+)`` the pose sum and activation OR above), not layer ``i - 2``'s own
+output, so an identity path runs unchanged from conv1 to the class capsules; (2) each stacked layer's
+pose norm (``model.pose_norm``, batch or layer) moves from its output to what the next layer receives:
+layer ``i + 1`` (or the class capsules) gets ``N_i(s_i)`` while the stream keeps ``s_i``
+unnormalised. Nothing is re-squashed; activations are never normalised. Without a pose norm only (1)
+differs from ``post``. Forward hooks see the routed output before any norm (``r_i``).
+
+``cfg.pose_norm_kind: layer`` makes every ConvCaps layer's pose norm (the reference head's too)
+``PoseLayerNorm`` (Tsai et al. 2020) instead of BatchNorm. ``cfg.init: length`` sets every routed
+layer's vote-weight std so the squash keeps capsule lengths at a fixed point
+(``capsbench/models/length_init.py``). The remedies table, with sources: ``capsbench/models/remedies.py``.
+
 Example::
 
     >>> import torch
@@ -62,6 +78,7 @@ from capsbench.capsules.layers import CapsuleLayer, ClassCaps, ConvCaps, Primary
 from capsbench.capsules.types import Capsules
 from capsbench.config import plain
 from capsbench.errors import UserError
+from capsbench.models.length_init import length_weight_std, window_slots
 from capsbench.models.momentum import momentum_stack
 from capsbench.registry import BACKBONES, ROUTINGS
 
@@ -97,6 +114,7 @@ class CapsNet(nn.Module):
         residual: bool,
         reference_loss: str,
         routing: str,
+        residual_style: str = "post",
         momentum_gamma: float | None = None,
     ):
         super().__init__()
@@ -108,6 +126,9 @@ class CapsNet(nn.Module):
             layer.name = name
         self.stacked = list(stacked)
         self.residual = residual
+        self.pre_activation = residual and residual_style == "pre"
+        for name in self.stacked:  # pre-activation: each pose norm moves onto what the next layer receives
+            self.caps[name].defer_pose_norm = self.pre_activation
         self.reference_loss = reference_loss
         self.routing = routing
         self.depth = len(self.stacked)
@@ -124,6 +145,7 @@ class CapsNet(nn.Module):
         """The class capsules (pose ``[N, C, D, 1, 1]``, activation ``[N, C, 1, 1]``)."""
         caps = self.caps["primary"](self.backbone(x))
         raw: list[Capsules] = []  # each stacked layer's own routed output, before any skip
+        stream: list[Capsules] = []  # what each stacked layer passes on, after its skip (before a deferred norm)
         blocks = self.momentum_blocks
         for name, layer in self.caps.items():
             if layer.kind == "primary" or layer.kind == "class" or name in blocks[1:]:
@@ -136,9 +158,13 @@ class CapsNet(nn.Module):
                 i = len(raw)
                 raw.append(out)
                 # res-capsnet (skip_dist = 2): stacked layer i (from 0) adds layer i-2's own
-                # output when i is a positive even number: conv3 <- conv1, conv5 <- conv3, ...
+                # output when i is a positive even number: conv3 <- conv1, conv5 <- conv3, ...;
+                # pre-activation adds the stream layer i-1 received instead (module docstring)
                 if self.residual and i > 0 and i % 2 == 0:
-                    out = _skip(out, raw[i - 2])
+                    out = _skip(out, stream[i - 2] if self.pre_activation else raw[i - 2])
+                stream.append(out)
+                if self.pre_activation:
+                    out = Capsules(layer.normalise_pose(out.pose), out.activation)
             caps = out
         return self.caps["class"](caps)
 
@@ -204,6 +230,10 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
     depth, types, primary_types = int(cfg.depth), int(cfg.capsule_types), int(cfg.primary_types)
     pose_dim, iterations = int(cfg.pose_dim), int(cfg.iterations)
     residual, checkpointing, pose_norm = bool(cfg.residual), bool(cfg.checkpointing), cfg.pose_norm
+    # remedies (checked at spec load, capsbench/models/remedies.py); configs written before them lack the keys
+    pose_norm_kind = getattr(cfg, "pose_norm_kind", "batch")
+    residual_style = getattr(cfg, "residual_style", "post")
+    length_init = getattr(cfg, "init", "default") == "length"
     momentum = getattr(cfg, "momentum_residual", None)
     momentum = None if momentum is None else float(momentum)
     num_classes = _int("num_classes", num_classes, 1)
@@ -236,6 +266,8 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
     bad_std = isinstance(weight_std, bool) or not isinstance(weight_std, int | float) or weight_std <= 0
     if weight_std is not None and bad_std:
         raise UserError(f"model.options.weight_std: expected a positive number or null, got {weight_std!r}")
+    if length_init and "weight_std" in options:
+        raise UserError("model.options.weight_std: cannot be set with model.init: length, which sets the std itself")
 
     try:
         backbone = BACKBONES.get(cfg.backbone)(in_channels=in_channels, **plain(options.get("backbone")))
@@ -268,13 +300,18 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
         convs += [(f"head{n}", k, s, p) for n, (k, s, p) in enumerate(REFERENCE_HEADS.get(cfg.routing, ()), 1)]
     first_stride = 2 if head == "reference" and cfg.backbone in REFERENCE_FIRST_STRIDE_2 else 1
     convs += [(f"conv{n}", 3, first_stride if n == 1 else 1, 1) for n in range(1, depth + 1)]
+    fan_in = math.isqrt(pose_dim) if transform == "matrix" else pose_dim
     for name, k, s, p in convs:
+        if length_init:  # real (unpadded) children of a window, averaged over the output positions
+            routed["weight_std"] = length_weight_std(window_slots(grid, k, s, p) * in_types, types, fan_in)
         grid = _fit(grid, k, s, p, name)
         # momentum blocks (every stacked layer after conv1) recompute in their own backward: no checkpointing
         block = momentum is not None and name.startswith("conv") and name != "conv1"
         kw = {**routed, "checkpointing": False} if block else routed
-        layers[name] = ConvCaps(in_types, types, k, s, p, pose_norm=pose_norm, **kw)
+        layers[name] = ConvCaps(in_types, types, k, s, p, pose_norm=pose_norm, pose_norm_kind=pose_norm_kind, **kw)
         in_types = types
+    if length_init:
+        routed["weight_std"] = length_weight_std(grid[0] * grid[1] * in_types, num_classes, fan_in)
 
     try:
         layers["class"] = ClassCaps(
@@ -285,7 +322,8 @@ def build_capsnet(cfg: Any, num_classes: int, in_channels: int, image_size: Any)
         raise UserError(f"model: cannot build the class capsules: {exc}") from None
     stacked = [name for name, *_ in convs if name.startswith("conv")]
     loss = getattr(routing_cls, "loss", "cross_entropy")
-    return CapsNet(backbone, layers, stacked, residual, loss, cfg.routing, momentum_gamma=momentum)
+    return CapsNet(backbone, layers, stacked, residual, loss, cfg.routing, residual_style=residual_style,
+                   momentum_gamma=momentum)
 
 
 def _backbone_grid(backbone: nn.Module, in_channels: int, hw: tuple[int, int], name: str) -> tuple[int, int]:

@@ -11,6 +11,8 @@ Layout under the leaderboard root (default ``leaderboard/``)::
     <protocol>/v<N>/leaderboard.json      built: both, with the score definitions
     <protocol>/v<N>/<dataset>.png         built: accuracy and dead capsules vs depth
     <protocol>/v<N>/figures.json          built: per PNG, the sha256 of its plot data and of its bytes
+    <protocol>/v<N>/remedies.csv          built, only for versions with remedy records: routing x remedy
+    <protocol>/v<N>/<dataset>-remedies.png  built with it (capsbench/report/remedies_view.py)
 
 Determinism: text outputs are byte-identical for the same records (sorted, fixed float
 formats, no timestamps). PNGs are byte-identical on one matplotlib version (see
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from capsbench.errors import UserError
 from capsbench.io import write_bytes
-from capsbench.report import leaderboard_page
+from capsbench.report import leaderboard_page, remedies_view
 from capsbench.report import leaderboard_tables as tables
 from capsbench.results import ledger as ledger_mod
 from capsbench.results import provenance
@@ -122,8 +124,17 @@ def render(root: Path) -> Rendered:
             png = f"{folder}/{dataset}.png"
             out.figures[png] = Figure(depth.KIND, data, data_hash(depth.KIND, data))
             pngs.append(png)
+        if remedies_view.applies(by_version[key]):
+            sec["remedies"] = view = remedies_view.remedies_view(tabs, by_version[key])
+            out.texts[f"{folder}/remedies.csv"] = remedies_view.csv_text(view)
+            for dataset, tab in view.items():
+                title = f"{dataset} · remedies · protocol {protocol} v{pv} · leaderboard {versions[key]}"
+                data = depth.depth_data(tab, title)
+                png = remedies_view.figure_path(folder, dataset)
+                out.figures[png] = Figure(depth.KIND, data, data_hash(depth.KIND, data))
+                pngs.append(png)
         out.manifests[f"{folder}/{MANIFEST}"] = sorted(pngs)
-    out.readme_section = tables.markdown(sections)
+    out.readme_section = tables.markdown(sections) + remedies_view.markdown(sections)
     out.texts[CHANGELOG] = changelog(ledger)
     out.texts[INDEX] = leaderboard_page.index_html(sections, CHANGELOG, README)
     return out

@@ -20,6 +20,7 @@ from html import escape
 from pathlib import Path
 
 from capsbench.report import leaderboard_tables as tables
+from capsbench.report import remedies_view
 from capsbench.results import provenance
 
 _HERE = Path(__file__).resolve().parent
@@ -107,7 +108,7 @@ def index_html(sections: list[dict], changelog: str, readme: str) -> str:
 routing method and data set, mean and 95% interval over seeds. Ranked in tie groups, only within one protocol
 version. Click a column to sort, a method for its per-depth numbers, activation grids and gradient figure. See the
 <a href="{changelog}">changelog</a> and <a href="{readme}">README</a>.</p>
-<div id="board"></div>
+<div id="board"></div>{remedies_view.html(sections)}
 <h2>Definitions</h2>
 <dl>
 {definitions}

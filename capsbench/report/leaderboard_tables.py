@@ -65,7 +65,7 @@ def to_json(protocol: str, version: str, leaderboard_version: str, tables: dict,
     return json.dumps(rounded(doc), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def _csv(header: list[str], rows: list[list]) -> str:
+def csv_text(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -86,7 +86,7 @@ def scores_csv(tables: dict) -> str:
                          row["name"], row["variant"], str(row["baseline"]).lower(),
                          *(row["scores"][k] for k in SCORE_KEYS), *bounds, row["runs"], row["ok"],
                          *(row["failures"][f] for f in FAILURES), " ".join(map(str, row["seeds"]))])
-    return _csv(header, rows)
+    return csv_text(header, rows)
 
 
 def depths_csv(tables: dict) -> str:
@@ -104,7 +104,7 @@ def depths_csv(tables: dict) -> str:
                              d["accuracy"]["std"], d["accuracy"]["count"],
                              *(d["accuracy"]["ci95"] or [None, None]), d["avg_dead_conv"]["mean"],
                              d["avg_dead_conv"]["std"], d["dead_fraction"]["mean"], d["dead_fraction"]["std"]])
-    return _csv(header, rows)
+    return csv_text(header, rows)
 
 
 # ----------------------------------------------------------------------------- human tables
@@ -114,7 +114,7 @@ HEADERS = ["rank", "method", "best accuracy [95% CI] (depth)", "deepest accuracy
            "dead fraction", "half-dead depth (seed range)", "runs (seeds)", "failed"]
 
 
-def _pct(x) -> str:
+def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
@@ -122,11 +122,11 @@ def _depth_stat(row: dict, depth) -> dict | None:
     return next((d for d in row["depths"] if d["depth"] == depth), None)
 
 
-def _interval_pct(ci) -> str:
+def interval_pct(ci) -> str:
     return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def _depth_text(value, span) -> str:
+def depth_text(value, span) -> str:
     def one(v):
         return "never" if v is None else str(v)
 
@@ -145,9 +145,9 @@ def human_rows(tab: dict) -> list[list[str]]:
         s, ci = row["scores"], row["score_intervals"]
         best = _depth_stat(row, s["best_depth"])
         best_text = "–" if s["best_accuracy"] is None else (
-            f"{100 * s['best_accuracy']:.1f}%" + _interval_pct(best and best["accuracy"]["ci95"]) +
+            f"{100 * s['best_accuracy']:.1f}%" + interval_pct(best and best["accuracy"]["ci95"]) +
             f" (d{s['best_depth']})")
-        deepest_text = f"{_pct(s['deepest_accuracy'])}{_interval_pct(ci['deepest_accuracy'])} (d{s['deepest_depth']})"
+        deepest_text = f"{pct(s['deepest_accuracy'])}{interval_pct(ci['deepest_accuracy'])} (d{s['deepest_depth']})"
         failed = sum(row["failures"].values())
         failed_text = "0" if not failed else f"{failed} (" + ", ".join(
             f"{n} {k}" for k, n in row["failures"].items() if n) + ")"
@@ -159,16 +159,16 @@ def human_rows(tab: dict) -> list[list[str]]:
             best_text,
             deepest_text,
             retention,
-            _depth_text(s["collapse_depth"], ci["collapse_depth"]),
-            _pct(s["mean_dead_fraction"]),
-            _depth_text(s["half_dead_depth"], ci["half_dead_depth"]),
+            depth_text(s["collapse_depth"], ci["collapse_depth"]),
+            pct(s["mean_dead_fraction"]),
+            depth_text(s["half_dead_depth"], ci["half_dead_depth"]),
             f"{row['runs']} ({len(row['seeds'])})",
             failed_text,
         ])
     return out
 
 
-def _md_cell(text: str) -> str:
+def md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
@@ -185,12 +185,12 @@ def markdown(sections: list[dict]) -> str:
                    f"[`leaderboard.json`]({folder}/leaderboard.json) · [figures](index.html)\n")
         out.append(f"Ran on: {provenance.text(sec['provenance'])}\n")
         for dataset, tab in sorted(sec["tables"].items()):
-            chance = "" if tab["chance"] is None else f", chance {_pct(tab['chance'])}"
+            chance = "" if tab["chance"] is None else f", chance {pct(tab['chance'])}"
             out.append(f"#### {dataset} ({tab['num_classes'] or '?'} classes{chance})\n")
             out.append("| " + " | ".join(HEADERS) + " |")
             out.append("|" + "|".join("---" if i == 1 else "--:" for i in range(len(HEADERS))) + "|")
             for cells in human_rows(tab):
-                out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+                out.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
             out.append("")
             # the figure inline: a forge renders the README, not index.html
             out.append(f"![accuracy and dead capsules against depth on {dataset}]({folder}/{dataset}.png)\n")

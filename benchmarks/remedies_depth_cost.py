@@ -1,0 +1,69 @@
+"""Cost of one training step at depths past 10 under the long-cpu protocol: per routing, plain and remedied.
+
+    OMP_NUM_THREADS=1 python benchmarks/remedies_depth_cost.py [--depths 20,30] [--arms A,B] [--steps 1] [--tag TAG]
+
+For each arm of ``specs/remedies/screening.yaml`` named in ``--arms`` (default: every routing's plain preset
+and its heaviest remedy, pre-activation skips with LayerNorm) and each depth, ``capsbench bench`` runs one
+warm-up step and ``--steps`` measured training steps (forward, loss, backward, SGD; digits 8x8, batch 32) in a
+fresh process, and reports the step's CPU time (``time.process_time`` of that single-threaded process, robust
+to a shared machine's load), its wall time and the process's peak RSS. The projected CPU hours of one
+30-epoch run are ``1.10 x 30 x 41 x step CPU s``: 41 training steps per epoch, and 1.10 for the validation
+epoch, the BatchNorm pass and the test (the ratio of the measured run hours to the training steps at depth 10 in
+docs/long-protocol.md). Writes ``results/remedies-depth-cost-<tag>.json`` (with the machine) and prints a
+Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from pathlib import Path
+
+from capsbench.bench import bench_spec
+from capsbench.env import environment
+from capsbench.io import write_json
+
+HERE = Path(__file__).resolve().parent
+SPEC = HERE.parent / "specs" / "remedies" / "screening.yaml"
+PLAIN = {"self": "../protocols/methods/self.yaml", "dynamic": "../protocols/methods/dynamic.yaml",
+         "vb": "arms/vb.yaml", "em": "arms/em.yaml"}
+DEFAULT_ARMS = [arm for routing, plain in PLAIN.items() for arm in (plain, f"arms/{routing}_pre_ln.yaml")]
+STEPS_PER_RUN = 30 * 41  # long-cpu: 30 epochs of 41 steps
+RUN_OVERHEAD = 1.10  # validation, BatchNorm pass and test on top of the training steps (docs/long-protocol.md)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", default="20,30")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help="sweep.extends entries of the screening spec")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--tag", default="cpu1thread")
+    args = parser.parse_args()
+    rows = []
+    for arm in args.arms.split(","):
+        overrides = [f"sweep.extends=[{arm}]", f"sweep.model.depth=[{args.depths}]"]
+        for result in bench_spec(str(SPEC), overrides, steps=args.steps, warmup=1):
+            cpu_s = result.get("train_step_cpu_ms", float("nan")) / 1000
+            rows.append({"arm": arm, "depth": result["point"].get("model.depth"), "cpu_s_per_step": cpu_s,
+                         "wall_s_per_step": result.get("train_step_ms", float("nan")) / 1000,
+                         "peak_rss_gb": result.get("peak_memory_mb", float("nan")) / 1024,
+                         "rss_before_steps_gb": result.get("rss_before_steps_mb", float("nan")) / 1024,
+                         "projected_cpu_h_per_run": RUN_OVERHEAD * STEPS_PER_RUN * cpu_s / 3600,
+                         "loss_finite": result.get("loss_finite"), "routing_impl": result.get("routing_impl"),
+                         "error": result.get("error"), "spec_hash": result["spec_hash"]})
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+               "load_average": os.getloadavg(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    out = HERE / "results" / f"remedies-depth-cost-{args.tag}.json"
+    write_json(out, {"machine": machine, "environment": environment("cpu"), "spec": "specs/remedies/screening.yaml",
+                     "steps": args.steps, "results": rows})
+    print("| arm | depth | CPU s / step | wall s / step | peak RSS GB | CPU h per 30-epoch run |")
+    print("|---|--:|--:|--:|--:|--:|")
+    for r in rows:
+        print(f"| {r['arm']} | {r['depth']} | {r['cpu_s_per_step']:.2f} | {r['wall_s_per_step']:.2f} | "
+              f"{r['peak_rss_gb']:.2f} | {r['projected_cpu_h_per_run']:.2f} |" + (f" {r['error']}" * bool(r["error"])))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

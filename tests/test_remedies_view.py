@@ -1,0 +1,119 @@
+"""The leaderboard's remedies view (capsbench/report/remedies_view.py), on crafted records."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from capsbench.report import leaderboard
+from capsbench.report.remedies_view import applies, remedies_view
+from capsbench.results import store
+from capsbench.results.scores import aggregate
+from capsbench.results.store import read_records
+from capsbench.results.testing import write_fake_run
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_date(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+
+
+def _runs(folder: Path, name: str, depths, accuracy, dead, **kw) -> None:
+    """Fake runs of one row: ``accuracy(depth, seed)``, ``dead(depth)`` types dead in every ConvCaps layer."""
+    for d in depths:
+        for s in SEEDS:
+            write_fake_run(folder / f"{name}-d{d}-s{s}", depth=d, seed=s, accuracy=accuracy(d, s),
+                           dead=[dead(d)] * d, **kw)
+
+
+def _board(tmp_path: Path, with_remedies: bool = True) -> Path:
+    runs = tmp_path / "runs"
+    depths = (1, 2, 3, 4)
+    # plain dynamic routing: at chance (0.1) from depth 3, half its types dead from depth 2
+    _runs(runs, "dyn", depths, lambda d, s: max(0.1, 0.9 - 0.4 * (d - 1)) + 0.01 * s, lambda d: 4 * d,
+          routing="dynamic")
+    if with_remedies:
+        _runs(runs, "dyn-init", depths, lambda d, s: 0.9 - 0.02 * d - 0.01 * s, lambda d: 0, routing="dynamic",
+              extra_config={"model.init": "length"})
+        # the collapse seed-dependent: seed 2 never collapses
+        _runs(runs, "self-pre", depths, lambda d, s: 0.12 if (d == 4 and s < 2) else 0.8, lambda d: 1,
+              routing="self", residual=True, extra_config={"model.residual_style": "pre"})
+    # two em rows with no remedy that differ otherwise (a control arm): the view tells them apart
+    _runs(runs, "em", depths, lambda d, s: 0.8, lambda d: 2, routing="em")
+    _runs(runs, "em-uniform", depths, lambda d, s: 0.7, lambda d: 2, routing="em",
+          extra_config={"model.routing_options": {"coefficients": "uniform"}})
+    # a CNN baseline trained deeper than the capsule rows: at matched depth only depths 1-4 count
+    _runs(runs, "cnn", (1, 2, 4, 6, 8), lambda d, s: 0.99 if d <= 4 else 0.5 - 0.01 * s, lambda d: 0,
+          arch="timm_resnet")
+    root = tmp_path / "board"
+    root.mkdir()
+    store.add(root, [runs], note="crafted")
+    return root
+
+
+def _view(root: Path) -> dict:
+    entries = list(read_records(root).values())
+    return remedies_view(aggregate(entries), entries)
+
+
+def test_each_routing_and_remedy_gets_the_leaderboards_scores_and_intervals(tmp_path):
+    root = _board(tmp_path)
+    entries = list(read_records(root).values())
+    assert applies(entries)
+    tab = remedies_view(aggregate(entries), entries)["digits"]
+    rows = {(r["routing"], r["remedy"]): r for r in tab["rows"]}
+    assert tab["depths"] == [1, 2, 3, 4]
+    plain, init = rows[("dynamic", "none")], rows[("dynamic", "init=length")]
+    assert plain["scores"]["collapse_depth"] == 3 and plain["score_intervals"]["collapse_depth"] == [3, 3]
+    assert plain["scores"]["half_dead_depth"] == 2
+    assert init["scores"]["collapse_depth"] is None and init["scores"]["half_dead_depth"] is None
+    pre = rows[("self", "res+skip=pre")]
+    assert pre["scores"]["collapse_depth"] is None  # the mean over seeds at depth 4 (0.35) is above chance + 5
+    assert pre["score_intervals"]["collapse_depth"] == [4, None]  # but two seeds collapse at 4, one never
+    # retention: the same number and interval as the leaderboard row it comes from
+    board = {(r["method"], r["variant"]): r for r in aggregate(entries)["digits"]["rows"]}
+    for row in tab["rows"]:
+        if not row["baseline"]:
+            source = board[(row["method"], row["variant"])]
+            assert row["scores"] == source["scores"] and row["score_intervals"] == source["score_intervals"]
+    assert init["score_intervals"]["retention"][0] < init["scores"]["retention"] < 1.0
+    # routing and remedy agree, configs differ: the leaderboard's variant tells them apart
+    em = sorted(r["remedy"] for r in tab["rows"] if r["routing"] == "em")
+    assert len(em) == 2 and all(label.startswith("none [") for label in em) and em[0] != em[1]
+
+
+def test_baselines_are_scored_at_matched_depth(tmp_path):
+    tab = _view(_board(tmp_path))["digits"]
+    (cnn,) = [r for r in tab["rows"] if r["baseline"]]
+    assert [d["depth"] for d in cnn["depths"]] == [1, 2, 4]  # 6 and 8 have no capsule row to match
+    assert cnn["scores"]["deepest_depth"] == 4 and cnn["scores"]["retention"] == pytest.approx(1.0)
+    assert cnn["runs"] == 9 and cnn["remedy"] == "baseline"
+
+
+def test_build_writes_the_view_and_check_keeps_it_fresh(tmp_path):
+    root = _board(tmp_path)
+    leaderboard.build(root)
+    assert leaderboard.check(root) == []
+    rows = list(csv.DictReader(io.StringIO((root / "test/v1/remedies.csv").read_text())))
+    init = next(r for r in rows if r["remedy"] == "init=length")
+    assert init["routing"] == "dynamic" and init["collapse_depth"] == "" and init["matched_depths"] == "1 2 3 4"
+    assert (root / "test/v1/digits-remedies.png").is_file()
+    readme = (root / "README.md").read_text()
+    assert "### test v1: remedies" in readme and "| dynamic | init=length | never | never |" in readme
+    assert "| timm_resnet | baseline |" in readme and "](test/v1/digits-remedies.png)" in readme
+    assert "<h2>Remedies</h2>" in (root / "index.html").read_text()
+    (root / "test/v1/remedies.csv").write_text("edited\n")
+    assert any("remedies.csv" in line for line in leaderboard.check(root))
+
+
+def test_no_view_without_a_remedy(tmp_path):
+    root = _board(tmp_path, with_remedies=False)
+    leaderboard.build(root)
+    assert not (root / "test/v1/remedies.csv").exists() and not (root / "test/v1/digits-remedies.png").exists()
+    assert "remedies" not in (root / "README.md").read_text() and "<h2>Remedies</h2>" not in (
+        root / "index.html").read_text()
