@@ -10,8 +10,9 @@ The paper's Procedure 1, per output position, with votes ``v_ij`` of child ``i``
 
 steps 2-4 repeated. With ``p_j = 0`` the first agreement is 0 and the first ``r_ij = 1/J``, so
 ``iterations`` = T pose updates: one from uniform coefficients, then T - 1 routed ones (T = 1 is
-uniform coupling). The LayerNorm is over the D pose entries of each parent, its scale and shift
-shared by the parents of the layer (``affine``), as in the paper's ``nn.LayerNorm`` on poses.
+uniform coupling). The LayerNorm is over the D pose entries of each parent, with a learned scale
+and shift per pose entry shared by the parent types of the layer (``affine``; capsbench's reading
+of the paper's "LayerNorm", which does not say more).
 
 **Activation (a capsbench definition).** The method has no activation: the paper classifies from
 the class capsules' poses. capsbench counts dead capsules on activations, so it measures the
@@ -26,9 +27,9 @@ classifier on class poses has no counterpart in capsbench's heads).
 
 **Convolutional windows.** capsbench routes each k x k window of child capsules to the parent
 types at its output position (votes ``[N, L, I, J, D]``); the procedure above runs per window,
-independently, and a child in several overlapping windows is routed in each of them (the
-paper's convolutional capsule layers do the same). Pose matrices: 4 x 4 (``vote_transform =
-"matrix"``, the paper's matrix-structured poses).
+independently, and a child in several overlapping windows is routed in each of them, its
+coefficients normalised over the parent types of each window (``normalised_over = "parents"``).
+Pose matrices: 4 x 4 (``vote_transform = "matrix"``, the paper's matrix-structured poses).
 
 ``coefficients="uniform"`` is the control arm: ``r_ij = 1/J`` at every iteration, everything
 else kept.
