@@ -8,11 +8,13 @@ Configurations (one training step each, every variant in its own process, one th
   iterations, checkpointing on as in the protocol) at depths 4 and 10. The data set is scikit-learn
   digits at 12x12 (same shape as MNIST there; only shapes matter for timing), so it runs anywhere.
 - the 32x32 routing benchmark (``benchmarks/routing.yaml``: batch 64, 3 iterations) EM at depths 5 and 10.
+- paper-mini VB (4x4 capsule grid, 3 iterations) at depths 4 and 10, and the 32x32 routing benchmark's VB
+  at depth 5, in VB's default configuration (normalised over every receiving parent).
 Variants: ``reference`` (today's path: votes materialised, checkpointing as the spec sets it),
 ``reference-nockpt`` (the same without checkpointing: faster, more memory) and ``fused``
 (``model.routing_impl=fused``; the fused path never checkpoints, it recomputes by itself), on the CPU
-either as ``fused-torch`` (the PyTorch blockwise path) or ``fused-compiled`` (the compiled per-window
-kernel, ``routing/native``; VB has none, so there both fused variants are the same path). Variants
+either as ``fused-torch`` (the PyTorch blockwise path) or ``fused-compiled`` (the compiled kernels,
+``routing/native``: EM per window, VB one pass over the windows per iteration). Variants
 run interleaved: every variant of one depth before the next depth, so a change in the machine's
 load hits all paths alike.
 
@@ -53,18 +55,19 @@ CONFIGS = {
         [
             "sweep.extends=[../protocols/methods/vb.yaml]",
             "sweep.data.name=[digits]",
-            "sweep.model.depth=[4]",
+            "sweep.model.depth=[4,10]",
             "data.subset=null",
             "data.test_subset=null",
         ],
     ),
+    "32x32 routing VB": (HERE / "routing.yaml", ["sweep.model.routing=[vb]", "sweep.model.depth=[5]"]),
 }
 VARIANTS = {  # variant -> (overrides, environment)
     "reference": (["model.routing_impl=reference"], {}),
     "reference-nockpt": (["model.routing_impl=reference", "model.checkpointing=false"], {}),
     # the PyTorch blockwise fused path (routing/fused.py) and the compiled per-window kernel (routing/native)
-    "fused-torch": (["model.routing_impl=fused"], {"CAPSBENCH_CPU_EM_KERNEL": "0"}),
-    "fused-compiled": (["model.routing_impl=fused"], {"CAPSBENCH_CPU_EM_KERNEL": "1"}),
+    "fused-torch": (["model.routing_impl=fused"], {"CAPSBENCH_CPU_EM_KERNEL": "0", "CAPSBENCH_CPU_VB_KERNEL": "0"}),
+    "fused-compiled": (["model.routing_impl=fused"], {"CAPSBENCH_CPU_EM_KERNEL": "1", "CAPSBENCH_CPU_VB_KERNEL": "1"}),
 }
 DEFAULT_VARIANTS = "reference,fused-torch,fused-compiled"
 
@@ -129,13 +132,29 @@ def path_model(windows, path: str, checkpointing: bool, coupled: bool = False) -
     own pass that recomputes the votes, and the coefficients (I*J*4 bytes) go to memory and back
     around each one. ``fused-compiled`` (the CPU EM kernel): its forward keeps each window's
     coefficients and statistics (written once, read once), so its backward recomputes only the votes.
+    ``fused-compiled`` with ``coupled`` (VB's kernel, ``routing/native/vb_window.c``): one pass
+    over the windows per iteration, each recomputing the votes (2*I*J*64) and summing the moments
+    (~5*I*J*D), all but the last pass adding the E-step (~4*I*J*D); the first pass also the centre
+    (2*I*J*D). Each pass's backward recomputes the pass, goes back through the E-step (~7*I*J*D) and
+    the M-step (~12*I*J*D) and through the votes (2 x 2*I*J*64). Its memory traffic is the child
+    poses (I*D*4 per pass and backward) and the coefficients: each pass reads R and writes ln rho
+    (2*I*J*4), its backward reads both gradients and R (3*I*J*4), and the normalisation over
+    receiving parents between passes (PyTorch) streams ~10 coefficient-sized tensors forward and
+    ~15 backward.
     """
     flops = bytes_ = 0.0
     for p, i, j, t in windows:
         d = 16
         s = i * j * d * 4
         em = t * (2 * 2 * i * j * 2 * d + 4 * i * j * d)
-        if path == "fused" and coupled:
+        if path == "fused-compiled" and coupled:
+            votes, pairs = 2 * i * j * 64, i * j
+            fwd = t * (votes + 5 * pairs * d) + (t - 1) * 4 * pairs * d + 2 * pairs * d
+            bwd = t * (votes + 5 * pairs * d + 12 * pairs * d + 2 * votes) + (t - 1) * (4 + 7) * pairs * d
+            flops += p * (fwd + bwd)
+            per_pass = 2 * i * d * 4 + 5 * pairs * 4
+            bytes_ += p * (t * per_pass + (t - 1) * 25 * pairs * 4)
+        elif path == "fused" and coupled:
             fwd = 2 * t * 2 * i * j * 64 + em
             flops += p * 3 * fwd
             bytes_ += p * (2 * t * 3 * (i * d * 4 + 2 * i * j * 4))
@@ -163,11 +182,14 @@ def per_window_line(label: str, windows, coupled: bool) -> str:
     one = [(1, i, j, t)]
     ref, ckpt = path_model(one, "reference", False), path_model(one, "reference", True)
     fus = path_model(one, "fused", False, coupled)
-    return (
+    line = (
         f"{label}, per window (I={i}, J={j}, T={t}): reference {ref['gflop'] * 1e3:.1f} MFLOP / "
         f"{ref['gbyte'] * 1e6:.0f} KB ({ckpt['gflop'] * 1e3:.1f} / {ckpt['gbyte'] * 1e6:.0f} with checkpointing), "
         f"fused {fus['gflop'] * 1e3:.1f} MFLOP / {fus['gbyte'] * 1e6:.1f} KB"
     )
+    kernel = path_model(one, "fused-compiled", False, coupled)
+    line += f", compiled kernel {kernel['gflop'] * 1e3:.1f} MFLOP / {kernel['gbyte'] * 1e6:.1f} KB"
+    return line
 
 
 def config_depths(spec: Path, base: list[str], keep: str | None) -> list[tuple[int, list]]:
@@ -246,7 +268,7 @@ def main() -> None:
                 r = run_variant(spec, one, variant, args.steps)
                 r.update(label=label, variant=variant)
                 path = "reference" if variant.startswith("reference") else "fused"
-                path = "fused-compiled" if variant == "fused-compiled" and "VB" not in label else path
+                path = "fused-compiled" if variant == "fused-compiled" else path
                 r["model"] = path_model(windows, path, variant == "reference", coupled="VB" in label)
                 results.append(r)
                 measured[variant] = r

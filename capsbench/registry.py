@@ -48,9 +48,17 @@ class Registry:
         self._entries: dict[str, Any] = {}
         self._sources: dict[str, str] = {}
         self._options: dict[str, Any] = {}  # name -> {option: Option} or a lazy "module:attr" of one
+        self._about: dict[str, dict[str, str]] = {}  # name -> facts declared as data (see register)
 
     def register(
-        self, name: str, obj: Any = None, *, source: str = "capsbench", replace: bool = False, options: Any = None
+        self,
+        name: str,
+        obj: Any = None,
+        *,
+        source: str = "capsbench",
+        replace: bool = False,
+        options: Any = None,
+        about: dict[str, str] | None = None,
     ):
         """Register ``obj`` under ``name``; without ``obj`` return a decorator.
 
@@ -59,10 +67,11 @@ class Registry:
         taken lazy entry names (a module registering itself when its lazy entry imports it).
         ``options`` declares the component's options (``{name: capsbench.options.Option}``, or
         a ``"module:attr"`` of such a table in a module that imports no torch), read by
-        ``declared_options`` without importing the component.
+        ``declared_options`` without importing the component. ``about`` declares facts shown
+        with the component, as plain strings read without importing it (:meth:`about`).
         """
         if obj is None:
-            return lambda o: self.register(name, o, source=source, replace=replace, options=options)
+            return lambda o: self.register(name, o, source=source, replace=replace, options=options, about=about)
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.kind} names must be non-empty strings, got {name!r}")
         own = name in self._entries and _is_own_lazy_entry(self._entries[name], obj)
@@ -77,8 +86,14 @@ class Registry:
         if not own:  # a module replacing its own lazy entry keeps who registered the name
             self._sources[name] = source
             self._options.pop(name, None)
+            self._about.pop(name, None)
         if options is not None:
             self._options[name] = options
+        if about is not None:
+            plain = isinstance(about, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in about.items())
+            if not plain:
+                raise ValueError(f"{self.kind} '{name}': about must map names to strings, got {about!r}")
+            self._about[name] = dict(about)
         return obj
 
     def _check_kind(self, name: str, obj: Any) -> None:
@@ -139,6 +154,15 @@ class Registry:
             declared = getattr(self.get(name), "OPTIONS", None)
         return declared
 
+    def about(self, name: str) -> dict[str, str]:
+        """Facts ``name`` declared at registration (``{}`` when none or not registered), without importing it.
+
+        Routings: ``"activation"`` is set by a method that has no activation of its own, saying how
+        capsbench defines the one it measures (the leaderboard marks such methods).
+        """
+        load_plugins()
+        return dict(self._about.get(name, {}))
+
     def source(self, name: str) -> str:
         """Who registered ``name``: 'capsbench' or the plugin's entry-point name."""
         load_plugins()
@@ -161,6 +185,7 @@ class Registry:
         self._entries.pop(name, None)
         self._sources.pop(name, None)
         self._options.pop(name, None)
+        self._about.pop(name, None)
 
     def __contains__(self, name: object) -> bool:
         load_plugins()

@@ -65,7 +65,13 @@ def sweep_runs(protocol: str, spec_paths: list[Path]) -> list:
 
 
 def rerecord(root: Path, protocol: str, spec_paths: list[Path], note: str | None, jobs: int,
-             out: Path | None = None, log=print) -> Rerecorded:
+             out: Path | None = None, log=print, only_their_methods: bool = False) -> Rerecorded:
+    """Re-run ``spec_paths`` and replace the protocol's changed records (see the module docstring).
+
+    ``only_their_methods``: the specs are some of the protocol's (``--specs``, e.g. a new routing's
+    own sweep): only records of the (data set, method) pairs they produce are compared and may be
+    removed; the protocol's other records are not theirs to judge and stay.
+    """
     if not note:
         raise UserError("leaderboard rerecord: --note: say why the records change (it goes into the changelog)")
     from capsbench.executors import get_executor
@@ -76,6 +82,9 @@ def rerecord(root: Path, protocol: str, spec_paths: list[Path], note: str | None
     records = get_executor("local", quiet=True, jobs=jobs, retry_failed=False).run_all(runs, out)
     fresh = {record_path(to_entry(r)).as_posix(): to_entry(r) for r in records}
     committed = {rel: e for rel, e in store.read_records(root).items() if e["protocol"] == protocol}
+    if only_their_methods:
+        theirs = {(e["dataset"], e["method"]) for e in fresh.values()}
+        committed = {rel: e for rel, e in committed.items() if (e["dataset"], e["method"]) in theirs}
     stale = sorted(rel for rel, e in committed.items() if rel not in fresh or result_of(e) != result_of(fresh[rel]))
     done = Rerecorded(out=out, unchanged=sorted(set(committed) - set(stale)))
     if stale:

@@ -1,7 +1,9 @@
 """Specs: YAML -> validated run configs.
 
 A spec is a YAML file whose keys follow ``capsbench.config.RunConfig``, plus
-- ``extends: path.yaml`` (or a list): files it builds on, resolved relative to the spec;
+- ``extends: path.yaml`` (or a list): files it builds on, resolved relative to the spec, or
+  ``pkg:<package>/<path>``: a file shipped inside an installed Python package (a plugin's
+  method preset), found without importing the package;
 - ``sweep: {dotted.key: [values...]}``: a grid, expanded into one run per point
   (the cartesian product, in the order written);
 - ``sweep: {extends: [a.yaml, b.yaml]}``: a *preset* axis, the outermost one: the grid
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import itertools
 import json
 import re
@@ -178,11 +181,40 @@ def _layers(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict
     return merged, data
 
 
+PACKAGE_PREFIX = "pkg:"  # extends: pkg:<package>/<path>: a file inside an installed package
+
+
 def _relative(spec_path: Path, name: str, key: str) -> Path:
+    if name.startswith(PACKAGE_PREFIX):
+        return _packaged(spec_path, name, key)
     target = (spec_path.parent / name).resolve()
     if not target.exists():
         raise SpecError(f"{spec_path}: {key}: file '{name}' not found (looked for {target})")
     return target
+
+
+def _packaged(spec_path: Path, name: str, key: str) -> Path:
+    """``pkg:<package>/<path>``: the file inside the installed package (a plugin ships its presets so).
+
+    Found through the import system without running the package (no torch import for ``validate``).
+    """
+    package, _, inner = name[len(PACKAGE_PREFIX):].partition("/")
+    if not package.isidentifier() or not inner:
+        raise SpecError(f"{spec_path}: {key}: expected pkg:<package>/<path inside it>, got '{name}'")
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    roots = list(found.submodule_search_locations or []) if found is not None else []
+    if not roots:
+        raise SpecError(
+            f"{spec_path}: {key}: '{name}': no installed package '{package}' (install the plugin that ships it)"
+        )
+    for root in roots:
+        target = (Path(root) / inner).resolve()
+        if target.exists():
+            return target
+    raise SpecError(f"{spec_path}: {key}: file '{name}' not found (looked for {Path(roots[0]) / inner})")
 
 
 def resolve_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:

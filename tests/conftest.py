@@ -66,3 +66,57 @@ def _small_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ the compiled CPU kernels (native/)
+
+
+@pytest.fixture
+def broken_compiler(monkeypatch, tmp_path):
+    """An empty cache and a compiler that does not exist; what was loaded is forgotten before and after."""
+    from capsbench.capsules.routing.native import build
+
+    monkeypatch.setenv("CAPSBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("CAPSBENCH_CC", str(tmp_path / "no-such-compiler"))
+    build.forget()
+    yield
+    build.forget()
+
+
+@pytest.fixture
+def instruction_sets(monkeypatch):
+    """The instruction sets this CPU runs; a test switches between them with $CAPSBENCH_CPU_ISA."""
+    import torch
+
+    from capsbench.capsules.routing.native import build
+
+    build.forget()
+    widest = build.widest_isa(build.load(torch.float32))
+    yield list(build.ISAS)[: list(build.ISAS).index(widest) + 1]
+    monkeypatch.delenv(build.ISA_SWITCH, raising=False)
+    build.forget()
+
+
+@pytest.fixture
+def same_bits_on_every_isa(instruction_sets, monkeypatch):
+    """``check(run, backend)``: forces each build this CPU runs, asserts ``backend()`` names it, and that
+    ``run()`` (a list of tensors) gives the same bits under every one; skips where only one runs."""
+    import torch
+
+    from capsbench.capsules.routing.native import build
+
+    def check(run, backend):
+        if len(instruction_sets) < 2:
+            pytest.skip(f"this CPU runs only {instruction_sets}: nothing to compare")
+        results = {}
+        for isa in instruction_sets:
+            monkeypatch.setenv(build.ISA_SWITCH, isa)
+            build.forget()
+            assert backend() == f"c-{isa}"
+            results[isa] = run()
+        first, *others = instruction_sets
+        for isa in others:
+            for a, b in zip(results[first], results[isa]):
+                assert torch.equal(a, b), f"{isa} differs from {first}"
+
+    return check

@@ -17,7 +17,7 @@ from test_fused_routing import assert_paths_agree, assert_relative, inputs, pair
 
 from capsbench.capsules.layers import ConvCaps
 from capsbench.capsules.routing import fused
-from capsbench.capsules.routing.native import build, cpu_em
+from capsbench.capsules.routing.native import blocks, build, cpu_em
 from capsbench.capsules.types import Capsules
 
 
@@ -33,16 +33,6 @@ def kernel_calls(monkeypatch):
 
     monkeypatch.setattr(cpu_em, "em_routing_cpu", counted)
     return calls
-
-
-@pytest.fixture
-def broken_compiler(monkeypatch, tmp_path):
-    """An empty cache and a compiler that does not exist; what was loaded is forgotten before and after."""
-    monkeypatch.setenv("CAPSBENCH_CACHE", str(tmp_path))
-    monkeypatch.setenv("CAPSBENCH_CC", str(tmp_path / "no-such-compiler"))
-    build.forget()
-    yield
-    build.forget()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
@@ -205,7 +195,7 @@ def test_gradients_are_bit_identical_on_one_and_two_threads():
         )
         ((pose * pose.detach()).sum() + act.sum()).backward()
         results.append([pose, act, coef] + [t.grad for t in inputs_])
-    assert len(cpu_em._blocks(windows)) > 2
+    assert len(blocks.blocks(windows)) > 2
     for one, two in zip(*results):
         assert torch.equal(one, two)
 
@@ -261,35 +251,14 @@ def _kernel_run(dtype, parents, offsets, variant=0, seed=0):
     return [pose, act, coef] + [t.grad for t in ins]
 
 
-@pytest.fixture
-def instruction_sets(monkeypatch):
-    """The instruction sets this CPU runs; a test switches between them with $CAPSBENCH_CPU_EM_ISA."""
-    build.forget()
-    widest = build.widest_isa(build.load(torch.float32))
-    yield list(build.ISAS)[: list(build.ISAS).index(widest) + 1]
-    monkeypatch.delenv(build.ISA_SWITCH, raising=False)
-    build.forget()
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("parents,offsets", [(16, False), (5, True)], ids=["J16", "J5-offsets"])
 @pytest.mark.parametrize(
     "variant", [0, cpu_em.RENORMALISE, cpu_em.INITIAL_ONE | cpu_em.RENORMALISE], ids=["default", "renorm", "renorm-one"]
 )
-def test_every_instruction_set_gives_the_same_bits(dtype, parents, offsets, variant, instruction_sets, monkeypatch):
+def test_every_instruction_set_gives_the_same_bits(dtype, parents, offsets, variant, same_bits_on_every_isa):
     """SSE2, AVX2 and AVX-512 builds: lanes are independent, cross-lane sums have one order, no FMA."""
-    if len(instruction_sets) < 2:
-        pytest.skip(f"this CPU runs only {instruction_sets}: nothing to compare")
-    results = {}
-    for isa in instruction_sets:
-        monkeypatch.setenv(build.ISA_SWITCH, isa)
-        build.forget()
-        assert build.load(dtype).isa == isa
-        results[isa] = _kernel_run(dtype, parents, offsets, variant)
-    first, *others = instruction_sets
-    for isa in others:
-        for a, b in zip(results[first], results[isa]):
-            assert torch.equal(a, b), f"{isa} differs from {first}"
+    same_bits_on_every_isa(lambda: _kernel_run(dtype, parents, offsets, variant), lambda: cpu_em.backend(dtype))
 
 
 def test_an_unknown_instruction_set_is_one_line_naming_the_variable(monkeypatch):
@@ -298,7 +267,7 @@ def test_an_unknown_instruction_set_is_one_line_naming_the_variable(monkeypatch)
     monkeypatch.setenv(build.ISA_SWITCH, "mmx")
     build.forget()
     try:
-        with pytest.raises(UserError, match="CAPSBENCH_CPU_EM_ISA must be one of sse2, avx2, avx512, got 'mmx'"):
+        with pytest.raises(UserError, match="CAPSBENCH_CPU_ISA must be one of sse2, avx2, avx512, got 'mmx'"):
             build.load(torch.float32)
     finally:
         build.forget()

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
+from capsbench.capsules.geometry import window_geometry
 from capsbench.capsules.routing.base import Geometry
 from capsbench.capsules.routing.em import EMRouting, child_log_softmax, inverse_temperatures
-from capsbench.capsules.routing.ops import child_shift
+from capsbench.capsules.routing.ops import Normaliser, child_shift
 from capsbench.capsules.routing.vb import VBRouting
 from capsbench.errors import UserError
 from capsbench.registry import ROUTINGS
@@ -236,13 +237,16 @@ def per_child_max(x, child):
     return best.masked_fill(~real, -math.inf)
 
 
+@pytest.mark.parametrize("finder", ["bit search", "scatter-max"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [1e-30, 1.0, 5e14, 1e37])
-def test_child_shift_is_the_exact_max_over_the_windows_of_each_child(dtype, scale):
-    """Bit for bit, at every magnitude, signed zeros and ties included; padded slots keep their own value.
+def test_child_shift_is_the_exact_max_over_the_windows_of_each_child(dtype, scale, finder):
+    """Bit for bit, at every magnitude, signed zeros and ties included; padded slots keep their own value,
+    found by the bit search over ``child_sum`` or by the layers' geometry's scatter-max (``child_max``).
 
     At |x| ~ 5e14 float32 values are ~7e7 apart: a shift within exp range of the max must be the max.
     """
+    child_max = window_geometry((5, 4), 3, 1, 1).child_max if finder == "scatter-max" else None
     geometry = fold_geometry((5, 4), 3, 1, 1)  # one type on a 5x4 grid, 3x3 windows, padding 1
     child = grid_children((5, 4), 3, 1, 1)
     g = torch.Generator().manual_seed(7)
@@ -252,21 +256,39 @@ def test_child_shift_is_the_exact_max_over_the_windows_of_each_child(dtype, scal
     x[2, :, 4] = -0.0
     x[2, 0, 8] = 0.0  # ... and +0.0 in one other slot of child 5, which must win there
     count = geometry.child_sum(torch.ones_like(x))
-    got = child_shift(x, geometry.child_sum, count)
+    got = child_shift(x, geometry.child_sum, count, child_max)
     real = child >= 0
     assert torch.equal(got[:2], torch.where(real, per_child_max(x[:2], child), x[:2]))  # no zeros: equal is exact
     assert torch.equal(got[2][~real], x[2][~real]) and (got[2][real] == 0).all()
     assert torch.equal(torch.signbit(got[2][real]), child[real] != 5)
 
 
-@pytest.mark.parametrize("geometry", [fold_geometry((3, 3), 3, 1, 1), Geometry(child_sum=lambda x: x)])
+def test_the_layers_geometry_normalises_over_receiving_parents_without_the_bit_search():
+    """ConvCaps' geometry brings a scatter-max (``child_max``): the normalisation then folds the windows
+    twice (the child counts, the sums), not once more per bit of the float (34 times in float32)."""
+    geometry = window_geometry((4, 4), 3, 1, 1)
+    folds = []
+    counted = Geometry(child_sum=lambda x: folds.append(1) or geometry.child_sum(x), child_max=geometry.child_max)
+    logits = torch.randn(2, 16, 4, 18, generator=torch.Generator().manual_seed(0))  # 2 types x 3x3 windows
+    norm = Normaliser("receiving_parents", counted, torch.ones(2, 16, 18))
+    r = norm(logits)
+    assert len(folds) == 2
+    slow = Normaliser("receiving_parents", Geometry(child_sum=geometry.child_sum), torch.ones(2, 16, 18))
+    assert torch.equal(r, slow(logits))
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [fold_geometry((3, 3), 3, 1, 1), window_geometry((3, 3), 3, 1, 1), Geometry(child_sum=lambda x: x)],
+    ids=["bit search", "scatter-max", "identity"],
+)
 def test_receiving_normalisation_at_logits_beyond_float32_spacing(geometry):
     """Logits from -2.5e13 to -2.7e14, as VB's E-step gives at pose scale 1e6 (issue 12): fp32 steps there
     are 2e6-3e7 nats, and a shift even one step off the max puts exp out of range (NaN, or sums far from 1)."""
     g = torch.Generator().manual_seed(0)
     logits = -(2.5e13 + 2.4e14 * torch.rand(2, 9, 4, 9, generator=g))  # [N, L, J, I]
     count = geometry.child_sum(torch.ones(2, 9, 9))
-    got = child_log_softmax(logits, geometry.child_sum, count).exp()
+    got = child_log_softmax(logits, geometry.child_sum, count, geometry.child_max).exp()
     real = count > 0.5
     assert torch.isfinite(got).all()
     torch.testing.assert_close(geometry.child_sum(got.sum(2))[real], torch.ones(int(real.sum())))

@@ -155,10 +155,11 @@ def test_a_child_with_zero_activation_has_no_influence_bit_for_bit(impl, routing
     assert torch.equal(a.pose, b.pose) and torch.equal(a.activation, b.activation)
 
 
+@pytest.mark.parametrize("routing", ["em", "vb"])
 @pytest.mark.parametrize("impl", ["reference", "fused"])
-def test_all_silent_children_give_the_same_finite_outputs_on_both_paths(impl):
+def test_all_silent_children_give_the_same_finite_outputs_on_both_paths(impl, routing):
     torch.manual_seed(0)
-    layer = ConvCaps(3, 4, 3, 1, 1, routing="em", routing_impl=impl)
+    layer = ConvCaps(3, 4, 3, 1, 1, routing=routing, routing_impl=impl)
     pose, act = inputs(torch.float32)
     out = layer(Capsules(pose.requires_grad_(), torch.zeros_like(act)))
     (out.pose.sum() + out.activation.sum()).backward()
@@ -166,15 +167,17 @@ def test_all_silent_children_give_the_same_finite_outputs_on_both_paths(impl):
     assert (pose.grad == 0).all()  # no child counts, so no child pose moves anything
 
 
-def test_fused_path_stores_no_votes_sized_tensor():
-    """What the fused layer keeps for backward is the child poses, not the J-times-larger votes.
+@pytest.mark.parametrize("routing", ["em", "vb"])
+def test_fused_path_stores_no_votes_sized_tensor(routing):
+    """What the fused layer keeps for backward is the child poses (and, VB, the coefficients of each
+    iteration), not the J-times-larger votes.
 
-    On the paper's window (3x3x16 children -> 16 parent types, 3 iterations): the compiled CPU kernel
+    On the paper's window (3x3x16 children -> 16 parent types, 3 iterations): the compiled CPU EM kernel
     also keeps, per window, the coefficients of iterations 2 and 3 ((T-1)/D of the votes) and the
     per-parent statistics, so that its backward recomputes only the votes: 1/5 of the votes in all.
     """
     torch.manual_seed(0)
-    layer = ConvCaps(16, 16, 3, 1, 1, routing="em", routing_impl="fused", iterations=3)
+    layer = ConvCaps(16, 16, 3, 1, 1, routing=routing, routing_impl="fused", iterations=3)
     pose, act = inputs(torch.float32, types=16, hw=(4, 4))
     pose.requires_grad_()
     saved = []

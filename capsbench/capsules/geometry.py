@@ -87,7 +87,24 @@ def window_geometry(in_hw, kernel, stride=1, padding=0) -> Geometry:
         back = F.unfold(grid, kernel, padding=padding, stride=stride)  # [N*R, I, L]
         return back.reshape(n, r, i, length).permute(0, 3, 2, 1).reshape(n, length, i, *rest)
 
-    return Geometry(child_sum=child_sum, out_hw=out_hw)
+    slots: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def child_max(x: torch.Tensor) -> torch.Tensor:
+        n, length, i = x.shape
+        key = (i, x.device)
+        if key not in slots:  # the grid cell of every (window, child) slot, padding -> an extra last cell
+            cells = in_hw[0] * in_hw[1] * (i // (kernel[0] * kernel[1]))
+            grid = torch.arange(1, cells + 1, dtype=torch.float64, device=x.device).view(1, -1, *in_hw)
+            index = F.unfold(grid, kernel, padding=padding, stride=stride)[0].t().round().long() - 1  # [L, I]
+            slots[key] = torch.where(index < 0, cells, index).reshape(-1)
+        index = slots[key]
+        cells = int(index.max()) + 1
+        flat = x.reshape(n, length * i)
+        lowest = -torch.inf if x.is_floating_point() else torch.iinfo(x.dtype).min
+        best = flat.new_full((n, cells), lowest).scatter_reduce(1, index.expand(n, -1), flat, "amax")
+        return best.gather(1, index.expand(n, -1)).view(n, length, i)
+
+    return Geometry(child_sum=child_sum, out_hw=out_hw, child_max=child_max)
 
 
 def coordinate_offsets(hw, pose_dim: int, scale: float = 1.0, device=None, dtype=None, style: str = "hinton"):

@@ -110,6 +110,7 @@ def render(root: Path) -> Rendered:
         protocol, pv = key
         folder = f"{protocol}/v{pv}"
         tabs = aggregate(by_version[key])
+        mark_defined_activations(tabs, by_version[key])
         prov = provenance.summary(by_version[key])
         sec = {"protocol": protocol, "protocol_version": pv, "version": versions[key], "folder": folder,
                "tables": tabs, "provenance": prov, "entries": by_version[key]}
@@ -138,6 +139,23 @@ def render(root: Path) -> Rendered:
     out.texts[CHANGELOG] = changelog(ledger)
     out.texts[INDEX] = leaderboard_page.index_html(sections, CHANGELOG, README)
     return out
+
+
+def mark_defined_activations(tabs: dict, entries: list[dict]) -> None:
+    """``row["activation"]``: how capsbench defines the activation of a method that has none of its own.
+
+    Read from what the routing declared at registration (``ROUTINGS.about``: data, no torch), so
+    the routing's plugin must be installed for the mark (as for running its records).
+    """
+    from capsbench.registry import ROUTINGS
+
+    routing_of = {(e["dataset"], e["method"]): e.get("routing") for e in entries if not e["baseline"]}
+    for dataset, tab in tabs.items():
+        for row in tab["rows"]:
+            routing = routing_of.get((dataset, row["method"]))
+            text = ROUTINGS.about(routing).get("activation") if routing else None
+            if text:
+                row["activation"] = text
 
 
 def changelog(ledger: dict) -> str:

@@ -51,7 +51,9 @@ def add_commands(sub) -> dict:
     rerecord = actions.add_parser(
         "rerecord", help="re-run a protocol's sweep specs and replace the records that changed (logged, with --note)")
     rerecord.add_argument("--protocol", default="ci", help="the protocol to re-record (default: ci)")
-    rerecord.add_argument("--specs", nargs="+", default=None, help="its sweep specs (default: specs/<protocol>/)")
+    rerecord.add_argument("--specs", nargs="+", default=None,
+                          help="its sweep specs (default: specs/<protocol>/); when named, only the records of the "
+                               "methods they produce are replaced")
     rerecord.add_argument("--note", required=True, help="why the numbers change (goes into the changelog)")
     jobs_and_out(rerecord)
     root_option(rerecord)
@@ -176,7 +178,8 @@ def cmd_rerecord(root, args) -> int:
         raise UserError(f"--specs: protocol {args.protocol} has no default sweep specs; name them")
     specs = [Path(p) for p in (args.specs or [PROTOCOL_SPECS[args.protocol]])]
     reexec_for_numerics({str(run.config.numerics) for run in sweep_runs(args.protocol, specs)})
-    done = rerecord(root, args.protocol, specs, args.note, args.jobs, Path(args.out) if args.out else None)
+    done = rerecord(root, args.protocol, specs, args.note, args.jobs, Path(args.out) if args.out else None,
+                    only_their_methods=args.specs is not None)
     leaderboard.build(root)
     print(f"{len(done.removed)} record(s) removed, {len(done.added)} added, {len(done.unchanged)} unchanged "
           f"(runs in {done.out}); {root} rebuilt: commit it with the note in the message")

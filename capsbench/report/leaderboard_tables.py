@@ -15,6 +15,7 @@ from capsbench.results import provenance
 from capsbench.results.entry import FAILURES
 from capsbench.results.scores import CHANCE_MARGIN, HALF_DEAD
 
+ACTIVATION_MARK = "†"  # after a method whose activation is a capsbench definition (row["activation"])
 INTERVAL_KEYS = ("deepest_accuracy", "retention", "collapse_depth", "half_dead_depth")
 SCORE_KEYS = ("best_accuracy", "best_depth", "deepest_depth", "deepest_accuracy", "retention", "collapse_depth",
               "mean_dead_fraction", "half_dead_depth")
@@ -36,6 +37,9 @@ DEFINITIONS = {
                 "(capsbench/intervals.py); none below two seeds. Depth scores (collapse, half-dead) show the range "
                 "over seeds instead",
     "failures": "runs that diverged, ran out of memory or crashed; counted, never averaged in",
+    "activation": f"{ACTIVATION_MARK} after a method: it has no activation of its own, so the activation whose dead "
+                  "capsule types are counted is a capsbench definition, declared by the routing at registration "
+                  "(the row's `activation` field, and the note under its table)",
 }
 
 
@@ -155,7 +159,8 @@ def human_rows(tab: dict) -> list[list[str]]:
             "" if not ci["retention"] else f" [{ci['retention'][0]:.2f}, {ci['retention'][1]:.2f}]")
         out.append([
             rank_text(row),
-            row["name"] + (" (baseline)" if row["baseline"] else ""),
+            row["name"] + (f" {ACTIVATION_MARK}" if row.get("activation") else "")
+            + (" (baseline)" if row["baseline"] else ""),
             best_text,
             deepest_text,
             retention,
@@ -192,6 +197,9 @@ def markdown(sections: list[dict]) -> str:
             for cells in human_rows(tab):
                 out.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
             out.append("")
+            for row in tab["rows"]:
+                if row.get("activation"):
+                    out.append(f"{ACTIVATION_MARK} {row['name']}: activation: {row['activation']}\n")
             # the figure inline: a forge renders the README, not index.html
             out.append(f"![accuracy and dead capsules against depth on {dataset}]({folder}/{dataset}.png)\n")
     return "\n".join(out).rstrip("\n") + "\n"

@@ -53,11 +53,15 @@ class Geometry:
     ``child_sum(x)`` takes a per-(window, child) tensor ``[N, L, I]`` and returns,
     for every entry, the sum over every window that holds the same child
     (identity when windows do not overlap). Routings that normalise over all
-    parents receiving a child use it.
+    parents receiving a child use it. ``child_max`` (optional, the layers' windows
+    give one) is the same with a max instead of the sum, in one pass.
     """
 
     child_sum: Callable[[torch.Tensor], torch.Tensor]
     out_hw: tuple[int, int] = (1, 1)
+    # optional: the exact max over every slot holding the same child, ``[N, L, I]`` -> ``[N, L, I]``
+    # (padded slots: any value; callers mask them). None: ops.child_shift finds it through child_sum.
+    child_max: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 IDENTITY_GEOMETRY = Geometry(child_sum=lambda x: x)

@@ -29,12 +29,15 @@ from capsbench.capsules.routing.votes import LazyVotes
 
 # (routing, device type) -> whether the fused path was measured faster than the reference path.
 # Absent = not measured = not faster. CPU, EM: the compiled per-window kernel (routing/native) measured
-# 1.9-2.2x faster per training step (process CPU time and wall time, one thread) with 0.32-0.38x the
-# peak memory (benchmarks/results/fused-cpu2-1thread-compiled.md); EMRouting.fused_faster claims it only
+# 5.1-6.6x faster per training step (process CPU time, one thread, AVX-512 build) with 0.34-0.43x the
+# peak memory (benchmarks/results/fused-cpu2-1thread-vectorised.md); EMRouting.fused_faster claims it only
 # where that kernel serves the configuration and builds (the PyTorch blockwise path alone measured
-# 0.65-0.93x: benchmarks/results/fused-cpu2-1thread.md). VB: 0.49x with 0.87x the memory, so "auto"
-# keeps its reference. CUDA: for the Triton kernel's measurement to set.
-MEASURED_FASTER: dict[tuple[str, str], bool] = {("em", "cpu"): True, ("vb", "cpu"): False}
+# 0.65-0.93x: benchmarks/results/fused-cpu2-1thread.md). CPU, VB: its compiled kernel (one pass over the
+# windows per iteration, routing/native/vb_window.c) measured 2.3-2.7x faster by process CPU time with
+# 0.57-0.65x the peak memory (benchmarks/results/fused-cpu2-1thread-vb-isa.md); VBRouting.fused_faster
+# claims it only where the kernel builds and the poses are 4x4 (its PyTorch blockwise path alone measured
+# 0.49x: benchmarks/results/fused-cpu2-1thread-vb.md). CUDA: for the Triton kernel's measurement to set.
+MEASURED_FASTER: dict[tuple[str, str], bool] = {("em", "cpu"): True, ("vb", "cpu"): True}
 
 # Votes of one block, in bytes. Measured on the 2-core CPU (one thread, paper-mini layer, 1,152
 # windows): 256 KB blocks 15.0 s, 1 MB 3.5 s, 4 MB 2.7-2.8 s, 16 MB 2.6-3.2 s, 64 MB 3.1 s per

@@ -190,8 +190,14 @@ def _order_key(bits: torch.Tensor) -> torch.Tensor:
     return torch.where(bits < 0, bits ^ torch.iinfo(bits.dtype).max, bits)
 
 
-def child_shift(x: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> torch.Tensor:
+def child_shift(
+    x: torch.Tensor, child_sum: Callable, count: torch.Tensor, child_max: Callable | None = None
+) -> torch.Tensor:
     """The exact max ``[N, L, I]`` of ``x`` over every slot holding the same child (``x`` in padded slots).
+
+    ``child_max`` (``Geometry.child_max``, a scatter-max over the child grid) finds it in one pass
+    where the geometry offers one, on the same order-preserving integers (so signed zeros and ties
+    come out as below, bit for bit); otherwise, as follows.
 
     ``child_sum`` can only add, so the max is found bit by bit on the order-preserving
     integer image of the float bits (:func:`_order_key`), highest bit first: each step asks,
@@ -209,6 +215,9 @@ def child_shift(x: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> to
 
     with torch.no_grad():
         int_dtype = _KEY_DTYPES[x.dtype]
+        if child_max is not None:
+            best = _order_key(child_max(_order_key(x.detach().view(int_dtype))))
+            return torch.where(count > 0.5, best.view(x.dtype), x.detach())
         key = _order_key(x.detach().view(int_dtype))
         lowest = torch.full_like(key, torch.iinfo(int_dtype).min)
         zero = torch.zeros_like(key)
@@ -220,7 +229,9 @@ def child_shift(x: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> to
         return torch.where(count > 0.5, _order_key(best).view(x.dtype), x.detach())
 
 
-def child_log_softmax(logits: torch.Tensor, child_sum: Callable, count: torch.Tensor) -> torch.Tensor:
+def child_log_softmax(
+    logits: torch.Tensor, child_sum: Callable, count: torch.Tensor, child_max: Callable | None = None
+) -> torch.Tensor:
     """``log R`` ``[N, L, J, I]`` with ``R`` normalised over every parent receiving each child.
 
     Log-space throughout: the logits are first taken relative to their window's max
@@ -233,7 +244,7 @@ def child_log_softmax(logits: torch.Tensor, child_sum: Callable, count: torch.Te
     peak = logits.detach().amax(dim=2)  # [N, L, I] window max
     y = logits - peak.unsqueeze(2)
     per_window = torch.logsumexp(y, dim=2)  # in [0, ln J]
-    gap = peak - child_shift(peak, child_sum, count)  # <= 0, and 0 in the child's peak window
+    gap = peak - child_shift(peak, child_sum, count, child_max)  # <= 0, and 0 in the child's peak window
     total = torch.log(child_sum(torch.exp(gap + per_window)))  # in [0, ln(J * windows)]
     log_norm = torch.where(real, total - gap, per_window)  # log sum over receiving parents, minus peak
     return y - log_norm.unsqueeze(2)
@@ -244,7 +255,7 @@ class Normaliser:
 
     def __init__(self, mode: str, geometry: Geometry, like: torch.Tensor):
         self.mode = mode
-        self.child_sum = geometry.child_sum
+        self.child_sum, self.child_max = geometry.child_sum, geometry.child_max
         # like: [N, L, I]; count = windows receiving each child (0 in padded slots)
         self.count = self.child_sum(torch.ones_like(like)) if mode == "receiving_parents" else None
 
@@ -260,7 +271,7 @@ class Normaliser:
         """Coefficients from log-weights ``[N, L, J, I]``, normalised over the declared axis."""
         if self.mode == "parents":
             return torch.softmax(logits, dim=2)
-        return torch.exp(child_log_softmax(logits, self.child_sum, self.count))
+        return torch.exp(child_log_softmax(logits, self.child_sum, self.count, self.child_max))
 
 
 def check_inputs(votes: torch.Tensor, activation: torch.Tensor, parents: int, pose_dim: int) -> None:

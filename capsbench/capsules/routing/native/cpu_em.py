@@ -10,56 +10,25 @@ iteration's per-parent statistics ((T-1)/16 of the window's votes plus ~4 KB; 11
 of a 3x3x16 -> 16 window at T = 2, 20% at T = 3), so the backward recomputes only the votes,
 not the iterations. Votes-sized tensors never reach memory.
 
-Parallelism: windows are cut into blocks whose size depends only on the number of windows
-(never on the thread count); blocks run on ``torch.get_num_threads()`` Python threads (ctypes
-releases the GIL during a call). Each block writes its own partial weight and beta
-gradients, summed afterwards in block order, so every result is bit-identical for any
-number of threads.
+Parallelism (``native/blocks.py``): blocks of windows of a size that depends only on the window
+count, run on ``torch.get_num_threads()`` threads. Each block writes its own partial weight and beta
+gradients, summed afterwards in block order, so every result is bit-identical for any number of
+threads.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from capsbench.capsules.routing.native import build
+from capsbench.capsules.routing.native.blocks import blocks, ptr, run_blocks
 
 COSTS = ("sum", "mean")  # EM cost options the kernel implements
 RENORMALISE, INITIAL_ONE = 1, 2  # em_window.c's variant flags: yl-1993's weights, SR-CapsNet's R = 1
 SWITCH = "CAPSBENCH_CPU_EM_KERNEL"  # "0": EM's fused CPU path takes the PyTorch blockwise path (benchmarks compare)
-MAX_BLOCKS = 64  # partial weight gradients kept: at most 64 x [I, J, 16]
-MIN_BLOCK = 16  # windows per block at least (per-call overhead ~ tens of microseconds)
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def block_size(windows: int) -> int:
-    """Windows per block: a function of the window count only, so partial sums never depend on threads."""
-    return max(MIN_BLOCK, math.ceil(windows / MAX_BLOCKS))
-
-
-def _blocks(windows: int) -> list[tuple[int, int]]:
-    size = block_size(windows)
-    return [(start, min(start + size, windows)) for start in range(0, windows, size)]
-
-
-def _run_blocks(call, blocks: list[tuple[int, int]]) -> None:
-    """``call(k, start, stop)`` for every block, on up to ``torch.get_num_threads()`` threads."""
-    threads = min(torch.get_num_threads(), len(blocks))
-    if threads <= 1:
-        codes = [call(k, *b) for k, b in enumerate(blocks)]
-    else:
-        pool = _pools.get(threads) or _pools.setdefault(threads, ThreadPoolExecutor(threads, "capsbench-em"))
-        codes = list(pool.map(lambda kb: call(kb[0], *kb[1]), enumerate(blocks)))
-    if any(codes):
-        raise MemoryError("capsbench: the CPU EM kernel could not allocate its per-window buffers")
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else t.data_ptr()
+WHAT = "CPU EM kernel"
 
 
 def available(dtype: torch.dtype = torch.float32) -> bool:
@@ -100,11 +69,11 @@ class _EMWindows(torch.autograd.Function):
         # what the backward needs besides the votes (coefficients and statistics of every iteration, ~1/9
         # of the window's votes at T = 2), so that it recomputes only the votes; kept when a backward can run
         state = pose.new_empty(p, kernel.state_size(i, j, len(lambdas))) if keep_state else None
-        args = (i, j, len(lambdas), pose.data_ptr(), act.data_ptr(), weight.data_ptr(), _ptr(offsets),
+        args = (i, j, len(lambdas), pose.data_ptr(), act.data_ptr(), weight.data_ptr(), ptr(offsets),
                 beta_u.data_ptr(), beta_a.data_ptr(), lam.data_ptr(), min_var, cost_div, variant,
                 out_pose.data_ptr(), out_act.data_ptr(), coef.data_ptr() if need_coefficients else None,
-                _ptr(state))  # fmt: skip
-        _run_blocks(lambda k, start, stop: kernel.forward(start, stop, *args), _blocks(p))
+                ptr(state))  # fmt: skip
+        run_blocks(lambda k, start, stop: kernel.forward(start, stop, *args), blocks(p), WHAT)
         ctx.save_for_backward(pose, act, weight, beta_u, beta_a, offsets, lam, state)
         ctx.settings = (min_var, cost_div, variant)
         ctx.mark_non_differentiable(coef)
@@ -119,20 +88,20 @@ class _EMWindows(torch.autograd.Function):
         j = weight.shape[1]
         g_pose = torch.zeros(p, j, 16, dtype=pose.dtype) if g_pose is None else g_pose.contiguous()
         g_act = torch.zeros(p, j, dtype=pose.dtype) if g_act is None else g_act.contiguous()
-        blocks = _blocks(p)
+        cut = blocks(p)
         want_w = ctx.needs_input_grad[2]
         grad_pose, grad_act = torch.empty_like(pose), torch.empty_like(act)
-        part_w = pose.new_empty(len(blocks), i * j * 16) if want_w else None
-        part_b = pose.new_empty(len(blocks), 2, j)
-        args = (i, j, lam.numel(), pose.data_ptr(), act.data_ptr(), weight.data_ptr(), _ptr(offsets),
+        part_w = pose.new_empty(len(cut), i * j * 16) if want_w else None
+        part_b = pose.new_empty(len(cut), 2, j)
+        args = (i, j, lam.numel(), pose.data_ptr(), act.data_ptr(), weight.data_ptr(), ptr(offsets),
                 beta_u.data_ptr(), beta_a.data_ptr(), lam.data_ptr(), *ctx.settings, g_pose.data_ptr(),
                 g_act.data_ptr(), grad_pose.data_ptr(), grad_act.data_ptr())  # fmt: skip
 
         def call(k, start, stop):
-            return bwd(start, stop, *args, _ptr(part_w[k]) if want_w else None, part_b[k, 0].data_ptr(),
-                       part_b[k, 1].data_ptr(), _ptr(state))  # fmt: skip
+            return bwd(start, stop, *args, ptr(part_w[k]) if want_w else None, part_b[k, 0].data_ptr(),
+                       part_b[k, 1].data_ptr(), ptr(state))  # fmt: skip
 
-        _run_blocks(call, blocks)
+        run_blocks(call, cut, WHAT)
 
         def total(parts):  # in block order, whatever the thread count
             out = parts.new_empty(parts.shape[1:])

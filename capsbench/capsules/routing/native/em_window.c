@@ -563,15 +563,5 @@ long NAME(state_size)(int I, int J, int T) {
     return (T - 1) * I * JP + 3 * T * POSE * JP + 3 * T * JP + POSE * JP;
 }
 
-/* The vector width this library was built for, in bytes (16: SSE2 or generic, 32: AVX2, 64: AVX-512). */
-int NAME(vector_bytes)(void) { return VBYTES; }
-
-/* The widest vector build this CPU and OS run: 64 (AVX-512F), 32 (AVX2) or 16. */
-int NAME(widest_vector_bytes)(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return 64;
-    if (__builtin_cpu_supports("avx2")) return 32;
-#endif
-    return 16;
-}
+#define EXPORTED(name) NAME(name)
+#include "vector_width.h"
