@@ -33,29 +33,44 @@ STEPS_PER_RUN = 30 * 41  # long-cpu: 30 epochs of 41 steps
 RUN_OVERHEAD = 1.10  # validation, BatchNorm pass and test on top of the training steps (docs/long-protocol.md)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", default="20,30")
-    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help="sweep.extends entries of the screening spec")
-    parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--tag", default="cpu1thread")
-    args = parser.parse_args()
+def measure(spec: Path, arm: str, depths: str, steps: int, overrides: tuple[str, ...] = ()) -> list[dict]:
+    """One row per depth: ``capsbench bench`` of one ``sweep.extends`` arm of ``spec`` (one warm-up step)."""
     rows = []
-    for arm in args.arms.split(","):
-        overrides = [f"sweep.extends=[{arm}]", f"sweep.model.depth=[{args.depths}]"]
-        for result in bench_spec(str(SPEC), overrides, steps=args.steps, warmup=1):
-            cpu_s = result.get("train_step_cpu_ms", float("nan")) / 1000
-            rows.append({"arm": arm, "depth": result["point"].get("model.depth"), "cpu_s_per_step": cpu_s,
-                         "wall_s_per_step": result.get("train_step_ms", float("nan")) / 1000,
-                         "peak_rss_gb": result.get("peak_memory_mb", float("nan")) / 1024,
-                         "rss_before_steps_gb": result.get("rss_before_steps_mb", float("nan")) / 1024,
-                         "projected_cpu_h_per_run": RUN_OVERHEAD * STEPS_PER_RUN * cpu_s / 3600,
-                         "loss_finite": result.get("loss_finite"), "routing_impl": result.get("routing_impl"),
-                         "error": result.get("error"), "spec_hash": result["spec_hash"]})
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-               "load_average": os.getloadavg(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    sweep = [f"sweep.extends=[{arm}]", f"sweep.model.depth=[{depths}]", *overrides]
+    for result in bench_spec(str(spec), sweep, steps=steps, warmup=1):
+        cpu_s = result.get("train_step_cpu_ms", float("nan")) / 1000
+        rows.append({"arm": arm, "depth": result["point"].get("model.depth"), "cpu_s_per_step": cpu_s,
+                     "wall_s_per_step": result.get("train_step_ms", float("nan")) / 1000,
+                     "peak_rss_gb": result.get("peak_memory_mb", float("nan")) / 1024,
+                     "rss_before_steps_gb": result.get("rss_before_steps_mb", float("nan")) / 1024,
+                     "projected_cpu_h_per_run": RUN_OVERHEAD * STEPS_PER_RUN * cpu_s / 3600,
+                     "loss_finite": result.get("loss_finite"), "routing_impl": result.get("routing_impl"),
+                     "routing_backend": result.get("routing_backend"),
+                     "error": result.get("error"), "spec_hash": result["spec_hash"]})  # fmt: skip
+    return rows
+
+
+def machine() -> dict:
+    """The machine a result file records (with its load: a shared machine's wall times vary)."""
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
+
+
+def arguments(doc: str, depths: str, arms: list[str], steps: int) -> argparse.Namespace:
+    """--depths, --arms (sweep.extends entries of the screening spec), --steps and --tag, with these defaults."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--depths", default=depths)
+    parser.add_argument("--arms", default=",".join(arms), help="sweep.extends entries of the screening spec")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--tag", default="cpu1thread")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__, "20,30", DEFAULT_ARMS, 1)
+    rows = [row for arm in args.arms.split(",") for row in measure(SPEC, arm, args.depths, args.steps)]
     out = HERE / "results" / f"remedies-depth-cost-{args.tag}.json"
-    write_json(out, {"machine": machine, "environment": environment("cpu"), "spec": "specs/remedies/screening.yaml",
+    write_json(out, {"machine": machine(), "environment": environment("cpu"), "spec": "specs/remedies/screening.yaml",
                      "steps": args.steps, "results": rows})
     print("| arm | depth | CPU s / step | wall s / step | peak RSS GB | CPU h per 30-epoch run |")
     print("|---|--:|--:|--:|--:|--:|")

@@ -8,11 +8,12 @@ bit-identical on one and two threads; a failed build warns once and the PyTorch 
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
 import torch
-from test_fused_routing import assert_paths_agree, inputs, pair, run
+from test_fused_routing import assert_paths_agree, assert_relative, inputs, pair, run
 
 from capsbench.capsules.layers import ConvCaps
 from capsbench.capsules.routing import fused
@@ -60,11 +61,97 @@ def test_kernel_takes_any_lambda_schedule(kernel_calls):
     assert kernel_calls == [True]
 
 
-@pytest.mark.parametrize(
-    "options",
-    [{"cost": "standardise"}, {"normalise": "receiving_parents"}, {"coefficients": "uniform"}, {"renormalise": True},
-     {"initial_coefficients": "one"}],
-)  # fmt: skip
+# the reference variants and the control (em.py's docstring), alone and together; "uniform" runs one M-step
+VARIANTS = {
+    "one": {"initial_coefficients": "one"},
+    "uniform": {"coefficients": "uniform"},
+    "renormalise": {"renormalise": True},
+    "renormalise-one": {"renormalise": True, "initial_coefficients": "one"},
+    "uniform-renormalise-one": {"coefficients": "uniform", "renormalise": True, "initial_coefficients": "one"},
+    "yl1993": {"renormalise": True, "final_lambda": 1e-3, "lambda_schedule": "fixed"},
+}
+
+
+@pytest.mark.parametrize("layer", ["conv_k3_s1_p1", "class_shared"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_kernel_serves_every_variant_as_the_reference_computes_it(variant, layer, kernel_calls):
+    assert_paths_agree(*pair(layer, VARIANTS[variant], torch.float64, 3), torch.float64)
+    assert kernel_calls == [True]
+
+
+def _float32_run(layer, pose, act, dtype):
+    """Outputs and every gradient of ``layer`` run in ``dtype`` on the given float64 inputs (a float64
+    random linear loss, cast: the same loss in both dtypes)."""
+    layer = copy.deepcopy(layer).to(dtype)
+    pose, act = pose.to(dtype).clone().requires_grad_(), act.to(dtype).clone().requires_grad_()
+    out = layer(Capsules(pose, act))
+    g = torch.Generator().manual_seed(1)
+    w_pose, w_act = (
+        torch.randn(t.shape, generator=g, dtype=torch.float64).to(dtype) for t in (out.pose, out.activation)
+    )
+    ((out.pose * w_pose).sum() + (out.activation * w_act).sum()).backward()
+    grads = {name: p.grad for name, p in layer.named_parameters() if p.grad is not None}
+    return {"pose": out.pose, "activation": out.activation, "grad child pose": pose.grad,
+            "grad child activation": act.grad, **grads}  # fmt: skip
+
+
+@pytest.mark.parametrize("layer", ["conv_k3_s1_p1", "class_shared"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_float32_kernel_is_within_float32_tolerances_of_the_exact_reference(variant, layer, kernel_calls):
+    """float32 kernel against the float64 reference (exact to ~1e-15): 1e-5 outputs, 1e-4 gradients.
+
+    Against the float64 values, not the float32 reference: with ``renormalise`` the child activation
+    gradient is eps / den^2 times a sum (the rest cancels), which the reference's autograd gets as the
+    difference of two nearly equal sums, 10% off in float32; the kernel writes the cancelled form."""
+    ref, fus = pair(layer, VARIANTS[variant], torch.float64, 3)
+    pose, act = inputs(torch.float64)
+    exact, got = _float32_run(ref, pose, act, torch.float64), _float32_run(fus, pose, act, torch.float32)
+    assert kernel_calls == [True] and set(exact) == set(got)
+    largest = max(v.abs().max().item() for k, v in exact.items() if k.startswith("grad"))
+    for key, value in exact.items():
+        grad = key.startswith("grad")
+        floor = 1e-3 * largest if grad else 1e-6
+        assert_relative(got[key].double(), value, 1e-4 if grad else 1e-5, key, floor=floor)
+
+
+@pytest.mark.parametrize("variant", ["one", "renormalise-one"])
+def test_one_iteration_returns_the_initial_uniform_coefficients(variant, kernel_calls):
+    """With a single M-step (and R = 1 in it) the coefficients are the normaliser's initial 1/J, as em.py's."""
+    assert_paths_agree(*pair("conv_k3_s1_p1", VARIANTS[variant], torch.float64, 1), torch.float64)
+    assert kernel_calls == [True]
+
+
+def _every_discrete_option_combination() -> list[dict]:
+    """Every combination of EM's declared options that take a few values (choices and booleans)."""
+    import itertools
+
+    from capsbench.capsules.routing import declared_options
+
+    values = {
+        name: option.choices if option.choices is not None else (False, True)
+        for name, option in declared_options.EM.items()
+        if option.choices is not None or option.type is bool
+    }
+    return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+
+
+COMBINATIONS = _every_discrete_option_combination()
+
+
+@pytest.mark.parametrize("options", COMBINATIONS, ids=["-".join(map(str, c.values())) for c in COMBINATIONS])
+def test_every_option_combination_the_kernel_claims_equals_the_reference(options, monkeypatch):
+    """``_cpu_kernel_covers`` claims nothing the kernel gets wrong: every combination of EM's discrete
+    options (a new option value included, once declared) equals the reference path, on the kernel where
+    it is claimed, on the PyTorch path where it is not."""
+    ref, fus = pair("conv_k3_s1_p1", options, torch.float64, 2)
+    calls = []
+    real = cpu_em.em_routing_cpu
+    monkeypatch.setattr(cpu_em, "em_routing_cpu", lambda *a, **k: calls.append(k["variant"]) or real(*a, **k))
+    assert_paths_agree(ref, fus, torch.float64)
+    assert calls == ([fus.routing._kernel_variant()] if fus.routing._cpu_kernel_covers() else [])
+
+
+@pytest.mark.parametrize("options", [{"cost": "standardise"}, {"normalise": "receiving_parents"}])
 def test_options_the_kernel_does_not_cover_take_the_pytorch_path(options, kernel_calls):
     ref, fus = pair("conv_k3_s1_p1", options, torch.float64)
     pose, act = inputs(torch.float64)
@@ -72,9 +159,10 @@ def test_options_the_kernel_does_not_cover_take_the_pytorch_path(options, kernel
     assert fus.last_impl == "fused" and kernel_calls == []
 
 
-def test_a_silent_child_changes_nothing_bit_for_bit(kernel_calls):
+@pytest.mark.parametrize("variant", ["default", *VARIANTS])
+def test_a_silent_child_changes_nothing_bit_for_bit(variant, kernel_calls):
     torch.manual_seed(0)
-    layer = ConvCaps(3, 4, 3, 1, 1, routing="em", routing_impl="fused")
+    layer = ConvCaps(3, 4, 3, 1, 1, routing="em", routing_impl="fused", **VARIANTS.get(variant, {}))
     pose, act = inputs(torch.float32)
     act[:, 1] = 0.0
     moved = pose.clone()
@@ -146,7 +234,7 @@ def test_the_library_is_cached_by_source_and_compiler_and_written_atomically(mon
     assert build._build(torch.float32) != first  # another source, another key
 
 
-def _kernel_run(dtype, parents, offsets, seed=0):
+def _kernel_run(dtype, parents, offsets, variant=0, seed=0):
     """Outputs and every gradient of the kernel called directly (windows in several blocks)."""
     g = torch.Generator().manual_seed(seed)
     windows, children = 40, 18
@@ -157,7 +245,7 @@ def _kernel_run(dtype, parents, offsets, seed=0):
     off = torch.randn(children, 16, generator=g, dtype=dtype) if offsets else None
     ins = [t.clone().requires_grad_() for t in leaves]
     pose, act, coef = cpu_em.em_routing_cpu(
-        *ins, off, lambdas=(5e-3, 1e-2, 2e-2), min_var=5e-4, cost="sum", need_coefficients=True
+        *ins, off, lambdas=(5e-3, 1e-2, 2e-2), min_var=5e-4, cost="sum", need_coefficients=True, variant=variant
     )
     ((pose * torch.randn(pose.shape, generator=g, dtype=dtype)).sum() + (act * act).sum()).backward()
     return [pose, act, coef] + [t.grad for t in ins]
@@ -165,9 +253,12 @@ def _kernel_run(dtype, parents, offsets, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("parents,offsets", [(16, False), (5, True)], ids=["J16", "J5-offsets"])
-def test_every_instruction_set_gives_the_same_bits(dtype, parents, offsets, same_bits_on_every_isa):
+@pytest.mark.parametrize(
+    "variant", [0, cpu_em.RENORMALISE, cpu_em.INITIAL_ONE | cpu_em.RENORMALISE], ids=["default", "renorm", "renorm-one"]
+)
+def test_every_instruction_set_gives_the_same_bits(dtype, parents, offsets, variant, same_bits_on_every_isa):
     """SSE2, AVX2 and AVX-512 builds: lanes are independent, cross-lane sums have one order, no FMA."""
-    same_bits_on_every_isa(lambda: _kernel_run(dtype, parents, offsets), lambda: cpu_em.backend(dtype))
+    same_bits_on_every_isa(lambda: _kernel_run(dtype, parents, offsets, variant), lambda: cpu_em.backend(dtype))
 
 
 def test_an_unknown_instruction_set_is_one_line_naming_the_variable(monkeypatch):
@@ -200,7 +291,7 @@ def test_the_backward_from_the_saved_state_equals_the_recomputing_backward():
 def test_no_state_is_kept_without_a_backward_to_come(monkeypatch):
     seen = []
     real = cpu_em._EMWindows.apply
-    monkeypatch.setattr(cpu_em._EMWindows, "apply", lambda *args: seen.append(args[-1]) or real(*args))
+    monkeypatch.setattr(cpu_em._EMWindows, "apply", lambda *args: seen.append(args[10]) or real(*args))  # keep_state
     pose, act = torch.randn(4, 9, 16), torch.rand(4, 9)
     weight, beta = torch.randn(9, 4, 4, 4, requires_grad=True), torch.zeros(4)
     options = dict(lambdas=(1e-2,), min_var=5e-4, cost="sum", need_coefficients=False)

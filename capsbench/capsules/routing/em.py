@@ -69,10 +69,11 @@ recomputes each block; with ``"receiving_parents"`` every contraction over child
 one pass over the blocks (``fused.LazyCentredVotes``). Either way the layer's votes are
 never stored (about a third of the reference's peak memory) and the iterations are the
 same code as ``forward``'s. On the CPU, with matrix votes over parent types and cost "sum"
-or "mean", a compiled per-window C kernel (``routing/native``: built at first use with the
-system compiler, vectorised across parent types, forward and backward written out by hand; the
-backward recomputes the votes from the coefficients and statistics the forward keeps per window)
-serves the fused path instead, coefficients included; without a compiler, or for other options, the
+or "mean" (any variant or control above), a compiled per-window C kernel (``routing/native``:
+built at first use with the system compiler, vectorised across parent types, forward and backward
+written out by hand; the backward recomputes the votes from the coefficients and statistics the
+forward keeps per window) serves the fused path instead, coefficients included; without a
+compiler, or for other options, the
 blockwise PyTorch path runs. ``auto`` takes the fused path on the CPU only where that kernel
 serves it and ``fused.MEASURED_FASTER`` says it was measured faster
 (``benchmarks/results/fused-*.md``). On CUDA the Triton kernel
@@ -270,12 +271,19 @@ class EMRouting(Routing):
         return fused.measured_faster("em", kind)
 
     def _cpu_kernel_covers(self) -> bool:
-        """Options the compiled CPU kernel implements (``routing/native``): capsbench's EM over parent types,
-        cost sum or mean, any lambda schedule (it takes the lambdas), no control or reference variant."""
-        variants = (self.coefficients, self.renormalise, self.initial_coefficients)
-        return (
-            self.normalised_over == "parents" and self.cost in cpu_em.COSTS and variants == ("routed", False, "uniform")
-        )
+        """Options the compiled CPU kernel implements (``routing/native``): EM over parent types, cost sum or
+        mean, any lambda schedule (it takes the lambdas), and every variant and control: ``renormalise`` and
+        ``initial_coefficients`` are its flags, ``coefficients="uniform"`` is one M-step (``_kernel_lambdas``)."""
+        return self.normalised_over == "parents" and self.cost in cpu_em.COSTS
+
+    def _kernel_lambdas(self) -> list[float]:
+        """The lambdas of the M-steps that run: all, or for the uniform control only the last (as ``_iterate``)."""
+        return self.lambdas if self.coefficients == "routed" else self.lambdas[-1:]
+
+    def _kernel_variant(self) -> int:
+        """The compiled kernel's variant flags for this layer's options."""
+        renormalise = cpu_em.RENORMALISE if self.renormalise else 0
+        return renormalise | (cpu_em.INITIAL_ONE if self.initial_coefficients == "one" else 0)
 
     def _cpu_kernel(self, votes: LazyVotes, activation, beta_u, beta_a, dtype, need_coefficients):
         """Pose, activation, coefficients from the compiled CPU kernel, or None where it does not apply."""
@@ -289,7 +297,8 @@ class EMRouting(Routing):
             return None
         new_pose, new_act, r = cpu_em.em_routing_cpu(
             pose, activation.to(dtype).reshape(n * length, i), weight, beta_u, beta_a, offsets,
-            lambdas=self.lambdas, min_var=self.min_var, cost=self.cost, need_coefficients=need_coefficients,
+            lambdas=self._kernel_lambdas(), min_var=self.min_var, cost=self.cost, need_coefficients=need_coefficients,
+            variant=self._kernel_variant(),
         )  # fmt: skip
         r = r.view(n, length, j, i) if r is not None else None
         return new_pose.view(n, length, j, d), new_act.view(n, length, j), r

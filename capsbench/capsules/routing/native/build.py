@@ -169,7 +169,8 @@ def open_library(source: Path, dtype: torch.dtype, what: str) -> Library | None:
 
 def _bind(lib: Library) -> Kernel:
     p, i, r = ctypes.c_void_p, ctypes.c_int, ctypes.c_double if lib.suffix == "f64" else ctypes.c_float
-    head = [ctypes.c_long, ctypes.c_long, i, i, i, *[p] * 7, r, r]  # window range, I, J, T, inputs, min_var, cost_div
+    # window range, I, J, T, inputs, min_var, cost_div, variant flags
+    head = [ctypes.c_long, ctypes.c_long, i, i, i, *[p] * 7, r, r, i]
     names = ("em_forward", "em_backward", "sum_blocks", "exp_values", "state_size", "widest_vector_bytes")
     fwd, bwd, total, exp_values, state_size, widest = map(lib.function, names)
     fwd.argtypes = [*head, *[p] * 4]  # outputs: pose, activation, coefficients, state (the backward's)

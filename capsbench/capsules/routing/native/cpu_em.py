@@ -1,7 +1,8 @@
 """EM routing on the CPU through the compiled per-window kernel (``em_window.c``), with its backward.
 
 Serves EM's fused path for windows normalised over parent types with 4x4 matrix votes and
-cost "sum" or "mean" (other options take the PyTorch paths). Each window's votes are
+cost "sum" or "mean", capsbench's EM and its variants (``RENORMALISE``, ``INITIAL_ONE``; the
+uniform control is one M-step); other options take the PyTorch paths. Each window's votes are
 recomputed from the child poses and the weights into a private buffer (147 KB in fp32 for
 a 3x3x16 -> 16 window, L2-resident) and all iterations run there. When a backward can follow,
 the forward also keeps each window's "state": the coefficients of iterations 2..T and every
@@ -25,6 +26,7 @@ from capsbench.capsules.routing.native import build
 from capsbench.capsules.routing.native.blocks import blocks, ptr, run_blocks
 
 COSTS = ("sum", "mean")  # EM cost options the kernel implements
+RENORMALISE, INITIAL_ONE = 1, 2  # em_window.c's variant flags: yl-1993's weights, SR-CapsNet's R = 1
 SWITCH = "CAPSBENCH_CPU_EM_KERNEL"  # "0": EM's fused CPU path takes the PyTorch blockwise path (benchmarks compare)
 WHAT = "CPU EM kernel"
 
@@ -53,7 +55,7 @@ def usable(pose: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | Non
 class _EMWindows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pose, act, weight, beta_u, beta_a, offsets, lambdas, min_var, cost_div, need_coefficients,
-                keep_state):  # fmt: skip
+                keep_state, variant=0):  # fmt: skip
         kernel = build.load(pose.dtype)
         pose, act, weight = pose.contiguous(), act.contiguous(), weight.contiguous()
         beta_u, beta_a = beta_u.contiguous(), beta_a.contiguous()
@@ -68,12 +70,12 @@ class _EMWindows(torch.autograd.Function):
         # of the window's votes at T = 2), so that it recomputes only the votes; kept when a backward can run
         state = pose.new_empty(p, kernel.state_size(i, j, len(lambdas))) if keep_state else None
         args = (i, j, len(lambdas), pose.data_ptr(), act.data_ptr(), weight.data_ptr(), ptr(offsets),
-                beta_u.data_ptr(), beta_a.data_ptr(), lam.data_ptr(), min_var, cost_div,
+                beta_u.data_ptr(), beta_a.data_ptr(), lam.data_ptr(), min_var, cost_div, variant,
                 out_pose.data_ptr(), out_act.data_ptr(), coef.data_ptr() if need_coefficients else None,
                 ptr(state))  # fmt: skip
         run_blocks(lambda k, start, stop: kernel.forward(start, stop, *args), blocks(p), WHAT)
         ctx.save_for_backward(pose, act, weight, beta_u, beta_a, offsets, lam, state)
-        ctx.settings = (min_var, cost_div)
+        ctx.settings = (min_var, cost_div, variant)
         ctx.mark_non_differentiable(coef)
         return out_pose, out_act, coef
 
@@ -108,11 +110,14 @@ class _EMWindows(torch.autograd.Function):
 
         grad_w = total(part_w).view(weight.shape) if want_w else None
         grad_b = total(part_b)
-        return grad_pose, grad_act, grad_w, grad_b[0], grad_b[1], None, None, None, None, None, None
+        return grad_pose, grad_act, grad_w, grad_b[0], grad_b[1], None, None, None, None, None, None, None
 
 
-def em_routing_cpu(pose, act, weight, beta_u, beta_a, offsets, *, lambdas, min_var, cost, need_coefficients):
+def em_routing_cpu(pose, act, weight, beta_u, beta_a, offsets, *, lambdas, min_var, cost, need_coefficients, variant=0):
     """EM over windows ``pose [P, I, 16]``, ``act [P, I]``, per-child ``weight [I, J, 4, 4]``, ``offsets [I, 16]``.
+
+    ``variant``: 0 (capsbench's EM) or the flags ``RENORMALISE | INITIAL_ONE``; one M-step per lambda
+    (the ``coefficients="uniform"`` control is one lambda, the last).
 
     Returns pose ``[P, J, 16]``, activation ``[P, J]`` and, when ``need_coefficients``, the
     detached coefficients ``[P, J, I]`` (else None). Call only where :func:`usable` holds.
@@ -121,6 +126,6 @@ def em_routing_cpu(pose, act, weight, beta_u, beta_a, offsets, *, lambdas, min_v
     keep_state = torch.is_grad_enabled() and any(t.requires_grad for t in (pose, act, weight, beta_u, beta_a))
     out_pose, out_act, coef = _EMWindows.apply(
         pose, act, weight, beta_u, beta_a, offsets, tuple(lambdas), float(min_var), cost_div, need_coefficients,
-        keep_state,
+        keep_state, variant,
     )  # fmt: skip
     return out_pose, out_act, (coef if need_coefficients else None)

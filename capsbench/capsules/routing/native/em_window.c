@@ -48,6 +48,9 @@
 #define IS_double 0
 
 #define POSE 16
+/* variant flags (em.py's options; 0: capsbench's EM) */
+#define RENORMALISE 1 /* renormalise=True: w_ij = R_ij a_i / (sum_j R_ij a_i + eps) (yl-1993) */
+#define INITIAL_ONE 2 /* initial_coefficients="one": the first M-step with R = 1 (SR-CapsNet) */
 #define EPS ((REAL)1e-8)
 #define LOG_2PI ((REAL)1.8378770664093453)
 
@@ -156,7 +159,7 @@ static inline REAL max_lanes(const REAL *v, int n) {
 /* Per-window statistics of every iteration and the scratch buffers, allocated once per call;
  * arrays over parent types have JP lanes (see the top of the file). */
 typedef struct {
-    int I, J, JP, T;
+    int I, J, JP, T, variant;
     REAL *w;        /* per-child weights transposed: [I, 4 (k), 4 (c), JP] */
     REAL *x;        /* centred votes [I, 16, JP] */
     REAL *gx;       /* their gradient [I, 16, JP] (backward) */
@@ -179,7 +182,7 @@ static int lanes(int J) {
     return (J + step - 1) / step * step;
 }
 
-static int work_alloc(Work *w, int I, int J, int T, const REAL *weight) {
+static int work_alloc(Work *w, int I, int J, int T, int variant, const REAL *weight) {
     const int JP = lanes(J);
     size_t ijd = (size_t)I * POSE * JP, jd = (size_t)POSE * JP;
     size_t total = 4 * ijd + (size_t)T * I * JP + 3 * T * jd + 3 * (size_t)T * JP + jd + 5 * jd + 8 * (size_t)JP;
@@ -187,7 +190,7 @@ static int work_alloc(Work *w, int I, int J, int T, const REAL *weight) {
     REAL *base = (REAL *)aligned_alloc(ALIGN, bytes);
     if (!base) return -1;
     memset(base, 0, bytes); /* padding lanes stay zero */
-    w->I = I, w->J = J, w->JP = JP, w->T = T, w->base = base;
+    w->I = I, w->J = J, w->JP = JP, w->T = T, w->variant = variant, w->base = base;
     w->w = base, base += ijd;
     w->x = base, base += ijd;
     w->gx = base, base += ijd;
@@ -201,10 +204,11 @@ static int work_alloc(Work *w, int I, int J, int T, const REAL *weight) {
     w->logvar = base, base += (size_t)T * JP;
     w->centre = base, base += jd;
     w->tmp = base;
+    const REAL r0 = variant & INITIAL_ONE ? 1 : (REAL)1 / J; /* iteration 0: uniform over parent types, or 1 */
     for (int i = 0; i < I; i++)
         for (int j = 0; j < J; j++) {
             for (int kc = 0; kc < POSE; kc++) w->w[((size_t)i * POSE + kc) * JP + j] = weight[((size_t)i * J + j) * POSE + kc];
-            w->r[(size_t)i * JP + j] = (REAL)1 / J; /* iteration 0: uniform over parent types */
+            w->r[(size_t)i * JP + j] = r0;
         }
     return 0;
 }
@@ -279,6 +283,17 @@ static void e_step(Work *w, int t) {
     }
 }
 
+/* Child i's weights over parent types from its coefficients ri: R a_i, or with RENORMALISE divided by
+ * their sum over parent types (fold4's order) plus eps; returns that divisor (1 without RENORMALISE). */
+static REAL child_weights(const Work *w, const REAL *ri, REAL a, REAL *row) {
+    const int JP = w->JP;
+    for (int q = 0; q < JP; q += VL) V(row + q) = V(ri + q) * a;
+    if (!(w->variant & RENORMALISE)) return 1;
+    const REAL den = fold4(row, JP / 4) + EPS;
+    for (int q = 0; q < JP; q += VL) V(row + q) /= den;
+    return den;
+}
+
 /* M-step t from the coefficients r[t]: mean, variance, mass and activation logit per parent. */
 static void m_step(Work *w, int t, const REAL *a, const REAL *beta_u, const REAL *beta_a, REAL lam, REAL min_var,
                    REAL cost_div) {
@@ -289,10 +304,12 @@ static void m_step(Work *w, int t, const REAL *a, const REAL *beta_u, const REAL
     memset(s1, 0, sizeof(REAL) * POSE * JP);
     memset(s2, 0, sizeof(REAL) * POSE * JP);
     memset(mass, 0, sizeof(REAL) * JP);
+    REAL *row = w->tmp; /* [JP]: child i's weights */
     for (int i = 0; i < I; i++) {
         const REAL *xi = w->x + (size_t)i * POSE * JP;
+        child_weights(w, r + (size_t)i * JP, a[i], row);
         for (int q = 0; q < JP; q += VL) {
-            const vec wt = V(r + (size_t)i * JP + q) * a[i];
+            const vec wt = V(row + q);
             V(mass + q) += wt;
             for (int d = 0; d < POSE; d++) {
                 const vec xv = V(xi + d * JP + q);
@@ -332,9 +349,9 @@ static void window_forward(Work *w, const REAL *u, const REAL *a, const REAL *of
 
 int NAME(em_forward)(long p0, long p1, int I, int J, int T, const REAL *pose, const REAL *act, const REAL *weight,
                      const REAL *offsets, const REAL *beta_u, const REAL *beta_a, const REAL *lambdas, REAL min_var,
-                     REAL cost_div, REAL *out_pose, REAL *out_act, REAL *coef, REAL *state) {
+                     REAL cost_div, int variant, REAL *out_pose, REAL *out_act, REAL *coef, REAL *state) {
     Work w;
-    if (work_alloc(&w, I, J, T, weight)) return -1;
+    if (work_alloc(&w, I, J, T, variant, weight)) return -1;
     const int JP = w.JP;
     for (long p = p0; p < p1; p++) {
         window_forward(&w, pose + (size_t)p * I * POSE, act + (size_t)p * I, offsets, beta_u, beta_a, lambdas,
@@ -346,10 +363,10 @@ int NAME(em_forward)(long p0, long p1, int I, int J, int T, const REAL *pose, co
                 out_pose[((size_t)p * J + j) * POSE + d] = mean[d * JP + j] + w.centre[d * JP + j];
             out_act[(size_t)p * J + j] = sigmoid(w.logit[(size_t)(T - 1) * JP + j]);
         }
-        if (coef) {
+        if (coef) { /* one iteration: the initial uniform 1/J (em.py returns the normaliser's, even with INITIAL_ONE) */
             const REAL *r = w.r + (size_t)(T - 1) * I * JP;
             for (int j = 0; j < J; j++)
-                for (int i = 0; i < I; i++) coef[((size_t)p * J + j) * I + i] = r[(size_t)i * JP + j];
+                for (int i = 0; i < I; i++) coef[((size_t)p * J + j) * I + i] = T > 1 ? r[(size_t)i * JP + j] : (REAL)1 / J;
         }
     }
     free(w.base);
@@ -366,7 +383,7 @@ static void window_backward(Work *w, const REAL *a, const REAL *beta_u, const RE
     REAL *g_mean = w->tmp, *g_var = w->tmp + JD, *g_s1 = w->tmp + 2 * JD, *g_s2 = w->tmp + 3 * JD;
     REAL *inv_var = w->tmp + 4 * JD, *lanes = w->tmp + 5 * JD;
     REAL *g_logvar = lanes, *g_logit = lanes + JP, *g_mass = lanes + 2 * JP, *sum_g = lanes + 3 * JP;
-    REAL *g_r = lanes + 4 * JP, *to_a = lanes + 5 * JP, *to_dot = lanes + 6 * JP;
+    REAL *g_r = lanes + 4 * JP, *to_a = lanes + 5 * JP, *to_dot = lanes + 6 * JP, *row = lanes + 7 * JP;
     memset(w->tmp, 0, sizeof(REAL) * (5 * JD + 8 * JP));
     for (int j = 0; j < J; j++) {
         for (int d = 0; d < POSE; d++) g_mean[d * JP + j] = g_pose[j * POSE + d];
@@ -409,8 +426,9 @@ static void window_backward(Work *w, const REAL *a, const REAL *beta_u, const RE
         for (int i = 0; i < I; i++) {
             const REAL *xi = w->x + (size_t)i * JD, *ri = r + (size_t)i * JP;
             REAL *gi = w->gx + (size_t)i * JD;
+            const REAL den = child_weights(w, ri, a[i], row); /* the forward's weights, same bits */
             for (int q = 0; q < JP; q += VL) {
-                const vec rr = V(ri + q), wt = rr * a[i];
+                const vec wt = V(row + q);
                 vec part[4] = {{0}, {0}, {0}, {0}}; /* sum_d (g1 + g2 x) x = dL/dw - g_mass */
                 for (int d0 = 0; d0 < POSE; d0 += 4)
                     UNROLL4 for (int k = 0; k < 4; k++) {
@@ -419,10 +437,28 @@ static void window_backward(Work *w, const REAL *a, const REAL *beta_u, const RE
                         part[k] += (g1 + g2 * xv) * xv;
                         V(gi + d * JP + q) += wt * (g1 + 2 * g2 * xv);
                     }
-                const vec gw = V(g_mass + q) + ((part[0] + part[1]) + (part[2] + part[3]));
-                V(to_a + q) = gw * rr;
-                V(g_r + q) = gw * a[i];
-                V(to_dot + q) = rr * V(g_r + q);
+                V(g_r + q) = V(g_mass + q) + ((part[0] + part[1]) + (part[2] + part[3])); /* dL/dw, for now */
+                V(to_dot + q) = V(g_r + q) * wt;
+            }
+            if (w->variant & RENORMALISE) {
+                /* w = u / den with u = R a, den = sum_j u_j + eps: dL/du_j = (dL/dw_j - sum_k dL/dw_k w_k) / den.
+                 * Then dL/da = sum_j R_j dL/du_j = eps sum_j R_j dL/dw_j / den^2 exactly (with sum_j u_j =
+                 * a sum_j R_j the rest cancels): written so, not as the difference of two nearly equal
+                 * sums, which in float32 keeps only ~1e-7 / den of it (the reference's autograd does that) */
+                const REAL through = fold4(to_dot, JP / 4), scale = EPS / (den * den);
+                for (int q = 0; q < JP; q += VL) {
+                    const vec rr = V(ri + q), gw = V(g_r + q);
+                    V(to_a + q) = rr * gw * scale;
+                    V(g_r + q) = (gw - through) / den * a[i];
+                    V(to_dot + q) = rr * V(g_r + q);
+                }
+            } else { /* w = R a */
+                for (int q = 0; q < JP; q += VL) {
+                    const vec rr = V(ri + q), gw = V(g_r + q);
+                    V(to_a + q) = gw * rr;
+                    V(g_r + q) = gw * a[i];
+                    V(to_dot + q) = rr * V(g_r + q);
+                }
             }
             g_a[i] += fold4(to_a, JP / 4);
             if (t == 0) continue;
@@ -477,10 +513,10 @@ static void votes_backward(Work *w, const REAL *u, REAL *g_u, int want_w) {
  * partial weight gradient g_w [I, J, 4, 4] and beta gradients g_bu, g_ba [J] (overwritten). */
 int NAME(em_backward)(long p0, long p1, int I, int J, int T, const REAL *pose, const REAL *act, const REAL *weight,
                       const REAL *offsets, const REAL *beta_u, const REAL *beta_a, const REAL *lambdas,
-                      REAL min_var, REAL cost_div, const REAL *g_out_pose, const REAL *g_out_act, REAL *g_pose,
-                      REAL *g_act, REAL *g_w, REAL *g_bu, REAL *g_ba, const REAL *state) {
+                      REAL min_var, REAL cost_div, int variant, const REAL *g_out_pose, const REAL *g_out_act,
+                      REAL *g_pose, REAL *g_act, REAL *g_w, REAL *g_bu, REAL *g_ba, const REAL *state) {
     Work w;
-    if (work_alloc(&w, I, J, T, weight)) return -1;
+    if (work_alloc(&w, I, J, T, variant, weight)) return -1;
     memset(g_bu, 0, sizeof(REAL) * J);
     memset(g_ba, 0, sizeof(REAL) * J);
     for (long p = p0; p < p1; p++) {
