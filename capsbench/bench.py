@@ -9,7 +9,6 @@ forward, loss, backward and optimiser step on one batch of the spec's real data
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -18,16 +17,12 @@ import time
 from omegaconf import OmegaConf
 
 
-def _rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
     """Time ``steps`` training steps of the model ``cfg`` describes; return the measurement."""
     import torch
 
     from capsbench.data import build_data
+    from capsbench.metrics.system import process_peak_rss_mb
     from capsbench.registry import MODELS
     from capsbench.train.losses import build_loss
     from capsbench.train.optim import build_optimizer
@@ -48,7 +43,7 @@ def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.train.amp))
     if cfg.train.compile:
         model = torch.compile(model)
-    base_rss = _rss_mb()
+    base_rss = process_peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -72,7 +67,7 @@ def measure(cfg, steps: int = 5, warmup: int = 1) -> dict:
         if i >= warmup:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else process_peak_rss_mb()
     return {
         "train_step_ms": round(statistics.median(times) * 1000, 2),
         "train_step_ms_min": round(min(times) * 1000, 2),

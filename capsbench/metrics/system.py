@@ -30,5 +30,23 @@ def peak_memory_mb(device: torch.device | str) -> float:
     """
     if is_cuda(device):
         return torch.cuda.max_memory_allocated(device) / 2**20
+    return process_peak_rss_mb()
+
+
+def process_peak_rss_mb() -> float:
+    """Peak resident set size of this process's own address space so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``getrusage``'s ``ru_maxrss``: the kernel carries
+    that across ``fork`` and ``exec``, so a child started by a parent that had already imported torch
+    (``capsbench bench`` measuring each run in a fresh process) would report at least the parent's
+    peak. Elsewhere ``ru_maxrss`` (bytes on macOS, KiB on Linux and the BSDs).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
