@@ -1,6 +1,7 @@
 """Cost of one training step at depths past 10 under the long-cpu protocol: per routing, plain and remedied.
 
     OMP_NUM_THREADS=1 python benchmarks/remedies_depth_cost.py [--depths 20,30] [--arms A,B] [--steps 1] [--tag TAG]
+        [--spec specs/remedies/baselines.yaml]
 
 For each arm of ``specs/remedies/screening.yaml`` named in ``--arms`` (default: every routing's plain preset
 and its heaviest remedy, pre-activation skips with LayerNorm) and each depth, ``capsbench bench`` runs one
@@ -63,14 +64,24 @@ def arguments(doc: str, depths: str, arms: list[str], steps: int) -> argparse.Na
     parser.add_argument("--arms", default=",".join(arms), help="sweep.extends entries of the screening spec")
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--tag", default="cpu1thread")
+    parser.add_argument("--spec", type=Path, default=SPEC,
+                        help="the sweep spec whose sweep.extends entries --arms names (default: the screening)")
     return parser.parse_args()
+
+
+def spec_name(spec: Path) -> str:
+    """The spec as a path from the repository root where it lies inside it (results files name no machine)."""
+    spec = spec.resolve()
+    return str(spec.relative_to(HERE.parent)) if spec.is_relative_to(HERE.parent) else spec.name
 
 
 def main() -> None:
     args = arguments(__doc__, "20,30", DEFAULT_ARMS, 1)
-    rows = [row for arm in args.arms.split(",") for row in measure(SPEC, arm, args.depths, args.steps)]
+    # one seed: a spec that sweeps seeds (the baselines) would otherwise bench every seed's identical step
+    rows = [row for arm in args.arms.split(",")
+            for row in measure(args.spec, arm, args.depths, args.steps, ("sweep.seed=[0]",))]
     out = HERE / "results" / f"remedies-depth-cost-{args.tag}.json"
-    write_json(out, {"machine": machine(), "environment": environment("cpu"), "spec": "specs/remedies/screening.yaml",
+    write_json(out, {"machine": machine(), "environment": environment("cpu"), "spec": spec_name(args.spec),
                      "steps": args.steps, "results": rows})
     print("| arm | depth | CPU s / step | wall s / step | peak RSS GB | CPU h per 30-epoch run |")
     print("|---|--:|--:|--:|--:|--:|")
