@@ -12,7 +12,8 @@ import pytest
 from capsbench.cli import main
 from capsbench.intervals import welch_interval
 from capsbench.report import lifecycle
-from capsbench.report.questions import CONTROL_ARM, DEFAULT_ARM, answer_questions, arm_of, plan_runs
+from capsbench.report.arms import CONTROL_ARM, DEFAULT_ARM, arm_of
+from capsbench.report.questions import answer_questions, plan_runs
 from tests.long_runs import EPOCHS, TYPES, dying_series, layer_series, write_long_run
 
 REPO = Path(__file__).resolve().parent.parent

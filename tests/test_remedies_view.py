@@ -47,6 +47,9 @@ def _board(tmp_path: Path, with_remedies: bool = True) -> Path:
     _runs(runs, "em", depths, lambda d, s: 0.8, lambda d: 2, routing="em")
     _runs(runs, "em-uniform", depths, lambda d, s: 0.7, lambda d: 2, routing="em",
           extra_config={"model.routing_options": {"coefficients": "uniform"}})
+    if with_remedies:  # and one that differs from the default beyond routing options (its arm reads "default" too)
+        _runs(runs, "em-it3", depths, lambda d, s: 0.75, lambda d: 2, routing="em",
+              extra_config={"model.iterations": 3})
     # a CNN baseline trained deeper than the capsule rows: at matched depth only depths 1-4 count
     _runs(runs, "cnn", (1, 2, 4, 6, 8), lambda d, s: 0.99 if d <= 4 else 0.5 - 0.01 * s, lambda d: 0,
           arch="timm_resnet")
@@ -82,9 +85,11 @@ def test_each_routing_and_remedy_gets_the_leaderboards_scores_and_intervals(tmp_
             source = board[(row["method"], row["variant"])]
             assert row["scores"] == source["scores"] and row["score_intervals"] == source["score_intervals"]
     assert init["score_intervals"]["retention"][0] < init["scores"]["retention"] < 1.0
-    # routing and remedy agree, configs differ: the leaderboard's variant tells them apart
+    # routing and remedy agree, configs differ: named by their arm, and by the variant hash where arms agree too
     em = sorted(r["remedy"] for r in tab["rows"] if r["routing"] == "em")
-    assert len(em) == 2 and all(label.startswith("none [") for label in em) and em[0] != em[1]
+    assert em[0] == "none · control (uniform coefficients)" and len(em) == 3 and em[1] != em[2]
+    assert all(label.startswith("none · default [") and len(label) == len("none · default [123456]")
+               for label in em[1:])
 
 
 def test_baselines_are_scored_at_matched_depth(tmp_path):

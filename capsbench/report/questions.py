@@ -24,6 +24,7 @@ from pathlib import Path
 
 from capsbench.errors import UserError
 from capsbench.intervals import mean_std, t_interval, welch_interval
+from capsbench.report.arms import CONTROL_ARM, DEFAULT_ARM, arm_of
 from capsbench.report.lifecycle import run_facts
 from capsbench.report.rundir import RunDir
 
@@ -35,8 +36,6 @@ CHANGED_DEAD = 2.0  # question 5: final avg_dead_conv differs by >= 2 types
 CHANGED_ACCURACY = 0.10  # question 5: test accuracy differs by >= 10 points
 CV_DEPENDS, CV_INDEPENDENT, NEAR_UNIFORM = 0.05, 0.01, 0.99  # question 7
 UNFINISHED = "unfinished"  # started, no record: running now, or interrupted (capsbench status tells which)
-DEFAULT_ARM = "default"
-CONTROL_ARM = "control (uniform coefficients)"
 FLOOR = "uniform"  # the method-independent floor routing of question 6
 # every pre-registered seed in and still undecided: the full-scale protocol decides
 UNDECIDED_FULL = "undecided (seeds disagree or the interval reaches 0)"
@@ -59,18 +58,6 @@ INTERPRETATIONS = [
     "Question 7: 'the majority of its stacked layers' is more than half of them; 'near-uniform' is a separate "
     "label (entropy >= 0.99 in the majority of stacked layers in every seed).",
 ]
-
-
-def arm_of(model: dict) -> str:
-    """The arm a run belongs to, from its resolved model config: default, the control, or the options set."""
-    options = {k: v for k, v in sorted((model.get("routing_options") or {}).items())}
-    control = options.pop("coefficients", "routed") == "uniform"
-    parts = [f"{k}={v}" for k, v in options.items()]
-    if model.get("pose_norm") is not None:
-        parts.append(f"pose_norm={model['pose_norm']}")
-    if control:
-        return CONTROL_ARM + (f" + {', '.join(parts)}" if parts else "")
-    return ", ".join(parts) or DEFAULT_ARM
 
 
 def plan_runs(spec_paths) -> dict[str, dict]:

@@ -24,9 +24,8 @@ from pathlib import Path
 
 from capsbench.io import write_text
 from capsbench.report import activations, depth, mechanism
+from capsbench.report.arms import CONTROL_ARM, DEFAULT_ARM
 from capsbench.report.questions import (
-    CONTROL_ARM,
-    DEFAULT_ARM,
     FLOOR,
     SCREENING_DEPTHS,
     SCREENING_SEED,

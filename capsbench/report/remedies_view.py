@@ -6,7 +6,9 @@ without one gets no view, so its built files do not change. Per data set:
 
 - one row per capsule row of the leaderboard (``scores.aggregate``: a method and config variant),
   labelled by its routing and remedy; rows whose routing and remedy agree but whose configs differ
-  otherwise (a control arm) keep the leaderboard's variant suffix;
+  otherwise (a control or variant arm) add their arm (``capsbench.report.arms.arm_of``: "default",
+  "control (uniform coefficients)", "renormalise=True"), and the leaderboard's variant suffix if that
+  still leaves two alike;
 - its ``collapse_depth`` and ``half_dead_depth`` with their seed ranges, and ``retention`` and
   ``deepest_accuracy`` with their 95% t-intervals over seeds: the leaderboard's own scores and
   intervals (``capsbench.results.scores``, ``capsbench.intervals``), not recomputed differently here;
@@ -31,6 +33,7 @@ from html import escape
 
 from capsbench.models.remedies import remedy_label
 from capsbench.report import leaderboard_tables as tables
+from capsbench.report.arms import DEFAULT_ARM, arm_of
 from capsbench.results.scores import depth_stats, score_intervals, scores
 
 HEADERS = ["routing", "remedy", "collapse depth (seed range)", "half-dead depth (seed range)", "retention [95% CI]",
@@ -50,8 +53,17 @@ def _row_entries(entries: list[dict], dataset: str, row: dict, depths: set[int] 
 
 def _capsule_row(row: dict, group: list[dict], clashes: set[tuple[str, str]]) -> dict:
     routing, remedy = group[0]["routing"], remedy_label(group[0]["config"])
-    shown = remedy + (f" [{row['variant'][:6]}]" if (routing, remedy) in clashes else "")
+    # a routing's control and variant arms (long-cpu) share its remedy: named by their arm, as the questions name them
+    shown = remedy + (f" · {arm_of(group[0]['config'].get('model') or {})}" if (routing, remedy) in clashes else "")
     return {**row, "routing": routing, "remedy": shown, "name": f"{routing} · {shown}"}
+
+
+def _distinct(rows: list[dict]) -> list[dict]:
+    """Rows whose labels still agree (configs that differ beyond routing options) get the variant hash too."""
+    names = [r["name"] for r in rows]
+    return [r if names.count(r["name"]) == 1 else
+            {**r, "remedy": f"{r['remedy']} [{r['variant'][:6]}]", "name": f"{r['name']} [{r['variant'][:6]}]"}
+            for r in rows]
 
 
 def _matched_baseline(row: dict, group: list[dict], num_classes: int | None) -> dict | None:
@@ -73,8 +85,9 @@ def remedies_view(aggregated: dict[str, dict], entries: list[dict]) -> dict[str,
             continue
         keys = [(group[0]["routing"], remedy_label(group[0]["config"])) for _, group in capsule]
         clashes = {k for k in keys if keys.count(k) > 1}
-        rows = sorted((_capsule_row(row, group, clashes) for row, group in capsule),
-                      key=lambda r: (r["routing"], r["remedy"] != "none", r["remedy"]))
+        rows = sorted(_distinct([_capsule_row(row, group, clashes) for row, group in capsule]),
+                      key=lambda r: (r["routing"], not r["remedy"].startswith("none"),
+                                     r["remedy"] not in ("none", f"none · {DEFAULT_ARM}"), r["remedy"]))
         depths = {d["depth"] for row in rows for d in row["depths"]}
         for row in tab["rows"]:
             if row["baseline"]:
