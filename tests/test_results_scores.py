@@ -160,3 +160,14 @@ def test_score_intervals_over_seeds():
     assert ci["half_dead_depth"] == [2, None]
     assert row_of(rows[:2])["score_intervals"] == {"retention": None, "deepest_accuracy": None,
                                                     "collapse_depth": None, "half_dead_depth": None}
+
+
+def test_score_intervals_take_only_seeds_run_at_every_depth():
+    # seeds 0-2 at depths 1 and 2, seed 0 alone at depth 3 (a screening): seeds 1 and 2 have no depth-3 accuracy,
+    # so no interval can say anything about the row's deepest depth
+    base = [entry(d, s, 0.9 - 0.01 * s, [0] * d) for d in (1, 2) for s in (0, 1, 2)]
+    ci = row_of([*base, entry(3, 0, 0.12, [16, 16, 16])])["score_intervals"]
+    assert ci == {"retention": None, "deepest_accuracy": None, "collapse_depth": None, "half_dead_depth": None}
+    # once a second seed reaches depth 3, the two seeds that cover every depth give the intervals
+    ci = row_of([*base, entry(3, 0, 0.12, [16, 16, 16]), entry(3, 1, 0.14, [16, 16, 16])])["score_intervals"]
+    assert ci["collapse_depth"] == [3, 3] and ci["deepest_accuracy"][0] < 0.12 < 0.14 < ci["deepest_accuracy"][1]

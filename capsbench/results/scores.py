@@ -29,7 +29,9 @@ ok seeds at d, and only depths with at least one ok run take part):
 Intervals of the scores (``score_intervals``), from the same scores computed on each seed alone:
 ``retention`` and ``deepest_accuracy`` get the 95% t-interval over seeds; the depth scores
 (``collapse_depth``, ``half_dead_depth``) the range over seeds, ``[shallowest, deepest]``, with
-null for "never" (a mean of depths and "never" means nothing). Null below two seeds.
+null for "never" (a mean of depths and "never" means nothing). Only seeds with runs at every depth
+of the row take part (a seed missing the deepest depth has another "deepest accuracy"); null below
+two such seeds.
 
 Rank (within one data set of one protocol version), in tie groups (``rank_groups``):
 
@@ -126,7 +128,11 @@ def score_intervals(group: list[dict], num_classes: int | None) -> dict:
     per_seed = defaultdict(list)
     for e in group:
         per_seed[e["seed"]].append(e)
-    seeds = [scores(depth_stats(es), num_classes) for _, es in sorted(per_seed.items())]
+    # only seeds run at every depth of the row: a seed without the row's deepest depth (a screening that took one
+    # seed deeper) would put its own shallower "deepest accuracy" and "never collapses" into the interval
+    depths = {e["depth"] for e in group}
+    seeds = [scores(depth_stats(es), num_classes) for _, es in sorted(per_seed.items())
+             if {e["depth"] for e in es} == depths]
     out: dict = {}
     for key, high in (("retention", None), ("deepest_accuracy", 1.0)):
         interval = t_interval((s[key] for s in seeds), 0.0, high)
