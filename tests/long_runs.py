@@ -26,9 +26,10 @@ BASE_MECH = {"activation_percentiles": {"p50": 0.3}, "coefficient_entropy": 0.8,
 def write_long_run(root: Path, *, routing: str = "self", depth: int = 2, seed: int = 0, accuracy: float = 0.9,
                    options: dict | None = None, pose_norm: bool | None = None, acts: dict | None = None,
                    mech: dict | None = None, dead: list[int] | None = None, epochs_done: int | None = None,
-                   name: str | None = None) -> Path:
+                   name: str | None = None, grads: dict | None = None) -> Path:
     """A run folder; ``acts[layer]``: per epoch, the per-type mean activations (default 0.3 everywhere);
-    ``mech[epoch][layer]``: fields that replace ``BASE_MECH``'s; ``epochs_done`` < EPOCHS: unfinished (no record)."""
+    ``mech[epoch][layer]``: fields that replace ``BASE_MECH``'s; ``epochs_done`` < EPOCHS: unfinished (no record);
+    ``grads[epoch]``: that epoch's ``grad_norms`` (none by default)."""
     extra = {"model.routing_options": dict(options or {}), "train.epochs": EPOCHS}
     if pose_norm is not None:
         extra["model.pose_norm"] = pose_norm
@@ -46,7 +47,8 @@ def write_long_run(root: Path, *, routing: str = "self", depth: int = 2, seed: i
             series = acts.get(layer) or [[0.3] * TYPES] * EPOCHS
             arrays[f"val/epoch{e:03d}/{layer}"] = np.array(series[e - 1], dtype=np.float64)
         entries = {layer: {**BASE_MECH, **((mech or {}).get(e, {}).get(layer) or {})} for layer in layers}
-        lines.append(json.dumps({"epoch": e, "val_accuracy": accuracy, "mechanism": entries}))
+        line = {"epoch": e, "val_accuracy": accuracy, "mechanism": entries}
+        lines.append(json.dumps({**line, "grad_norms": grads[e]} if grads and e in grads else line))
     np.savez(path / "activations.npz", **arrays)
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if done < EPOCHS:

@@ -251,7 +251,9 @@ def test_plan_of_the_shipped_specs_names_every_arm():
     plan = plan_runs([REPO / "specs/long" / n for n in ("screening.yaml", "confirmation.yaml",
                                                            "confirmation_arms.yaml")])
     arms = {(p["routing"], p["arm"]) for p in plan.values()}
-    assert len(plan) == 94  # 28 + 60 + 24, less the seed-0 runs the screening shares with the confirmation
+    # 28 + 60 + 30 (24 controls and one variant found to change an answer), less the seed-0 runs the screening shares
+    # with the confirmation
+    assert len(plan) == 98
     assert len(arms) == 14 and ("em", "renormalise=True") in arms and ("uniform", DEFAULT_ARM) in arms
 
 
@@ -282,6 +284,31 @@ def test_relative_death_is_reported_not_decisive(tmp_path):
     assert pick(a["q1"], depth=1)["dying"] == [0, 0]
 
 
+def grads(bottom: float, top: float) -> dict:
+    return {"conv1": {"input": bottom, "weight": 1.0}, "class": {"input": top, "weight": 1.0}}
+
+
+def test_gradient_flow_is_a_geometric_mean_over_seeds(tmp_path):
+    # last epoch: rho = 10, 100, 1000 -> geometric mean 100; epoch 1: 1 in every seed
+    for seed, rho in enumerate((10.0, 100.0, 1000.0)):
+        write_long_run(tmp_path, depth=3, seed=seed, grads={1: grads(2.0, 2.0), EPOCHS: grads(rho * 0.5, 0.5)})
+    # depth 4: no gradient reaches the class capsules (a constant output) in two seeds, underflow to 0 in one
+    write_long_run(tmp_path, depth=4, seed=0, grads={EPOCHS: grads(0.0, 0.0)})
+    write_long_run(tmp_path, depth=4, seed=1, grads={EPOCHS: grads(0.0, 0.0)})
+    write_long_run(tmp_path, depth=4, seed=2, grads={EPOCHS: grads(0.0, 1.0)})
+    flow = answers(tmp_path)["gradient_flow"]
+    d3 = pick(flow, depth=3)
+    assert d3["last"]["per_seed"] == pytest.approx([10.0, 100.0, 1000.0])
+    assert d3["last"]["geometric_mean"] == pytest.approx(100.0)
+    lo, hi = d3["last"]["ci95"]
+    assert lo < 10.0 and hi > 1000.0 and lo * hi == pytest.approx(100.0 ** 2)  # symmetric in log10
+    assert d3["first"]["geometric_mean"] == pytest.approx(1.0) and d3["first"]["ci95"] == pytest.approx([1.0, 1.0])
+    d4 = pick(flow, depth=4)
+    assert d4["last"]["per_seed"] == [None, None, 0.0] and d4["last"]["no_gradient_at_class_input"] == 2
+    assert d4["last"]["geometric_mean"] == 0.0 and d4["last"]["ci95"] is None
+    assert d4["first"]["per_seed"] == [None] * 3 and d4["first"]["geometric_mean"] is None  # no norms at all
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 def test_cli_writes_markdown_json_and_figures(tmp_path, capsys):
@@ -294,7 +321,7 @@ def test_cli_writes_markdown_json_and_figures(tmp_path, capsys):
     assert main(["report", str(runs), "--questions", "long-cpu", "--out", str(planned),
                  "--plan", str(REPO / "specs/long/confirmation_arms.yaml")]) == 0
     data = json.loads((planned / "questions.json").read_text())
-    assert data["missing"]["planned"] == 24 and data["missing"]["finished"] == 0  # other spec hashes than these
+    assert data["missing"]["planned"] == 30 and data["missing"]["finished"] == 0  # other spec hashes than these
     assert all(r["status"] == "excluded: not a planned run (ok)" for r in data["runs"]) and data["q1"] == []
     out = tmp_path / "answers"
     assert main(["report", str(runs), "--questions", "long-cpu", "--out", str(out), "--plan", "none"]) == 0

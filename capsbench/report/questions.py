@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import posixpath
 import statistics
 import sys
@@ -360,6 +361,25 @@ def relative_death(groups) -> list[dict]:
             for k, runs in groups.items()]
 
 
+def gradient_flow(groups) -> list[dict]:
+    """Secondary, reported only (not pre-registered): the gradient ratio at the first and last epoch, per seed,
+    with the geometric mean over seeds and its 95% interval (a t-interval of log10)."""
+    out = []
+    for (routing, arm, depth), runs in groups.items():
+        row = {"routing": routing, "arm": arm, "depth": depth, "seeds": [r["seed"] for r in runs]}
+        for when in ("first", "last"):
+            values = [r["facts"].get(f"gradient_ratio_{when}") for r in runs]
+            no_gradient = sum(r["facts"].get(f"class_input_gradient_{when}") == 0 for r in runs)
+            # a ratio of 0 (underflow to the input) makes the geometric mean 0 and leaves no interval of log10
+            logs = [] if 0 in values else [math.log10(v) for v in values if v is not None]
+            mean = 0.0 if 0 in values else (10 ** (math.fsum(logs) / len(logs)) if logs else None)
+            interval = t_interval(logs)
+            row[when] = {"per_seed": values, "geometric_mean": mean, "no_gradient_at_class_input": no_gradient,
+                         "ci95": None if interval is None else [10 ** interval[0], 10 ** interval[1]]}
+        out.append(row)
+    return out
+
+
 def missing_runs(rows, plan: dict[str, dict]) -> dict:
     """Planned runs with no finished ok record here: not started, unfinished, or ended otherwise."""
     by_name = {r["run"]: r for r in rows}
@@ -416,6 +436,7 @@ def answer_questions(paths: list[Path], plan: dict[str, dict] | None = None, log
         "q6": question6(groups),
         "q7": question7(groups),
         "relative_death": relative_death(groups),
+        "gradient_flow": gradient_flow(groups),
         "per_type": {r["run"]: r["facts"] for r in rows if "facts" in r},
     }
 

@@ -46,6 +46,14 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _ratio(q: dict) -> str:
+    """A geometric mean with its interval, in 3 significant digits (ratios span many decades)."""
+    if q["geometric_mean"] is None and q.get("no_gradient_at_class_input"):
+        return f"no gradient at the class input ({q['no_gradient_at_class_input']} of {len(q['per_seed'])} seeds)"
+    text = _num(q["geometric_mean"], ".3g")
+    return text if not q["ci95"] else f"{text} [{q['ci95'][0]:.3g}, {q['ci95'][1]:.3g}]"
+
+
 def _status(answers: dict) -> list[str]:
     runs = answers["runs"]
     states = Counter(r["status"] for r in runs)
@@ -153,6 +161,16 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
             if any(q["relative_dead_last"])]
     out.append(table_or_note(["method", "arm", "depth", "relatively dead at the last epoch, per seed"], rows,
                              "No type is relatively dead at the last epoch in any finished run."))
+
+    out += ["", "## Gradient flow (secondary, not pre-registered, reported only)", "",
+            "rho = |dL/d input of conv1| / |dL/d input of the class capsules| (epoch means of the gradient-norm "
+            "samples; ~1: the gradient reaches the bottom of the stack, << 1: it vanishes toward the input, >> 1: it "
+            "explodes). Geometric mean over seeds with the 95% interval of log10 rho; the remedies' criterion C "
+            "(docs/remedies.md) calls [0.01, 100] flowing.", ""]
+    rows = [[q["routing"], q["arm"], q["depth"], len(q["seeds"]), _ratio(q["first"]), _ratio(q["last"]),
+             ", ".join(_num(v, ".3g") for v in q["last"]["per_seed"])] for q in answers.get("gradient_flow", [])]
+    out.append(table_or_note(["method", "arm", "depth", "seeds", "rho, epoch 1", "rho, last epoch",
+                              "rho per seed, last epoch"], rows, "No gradient norms recorded."))
 
     out += ["", "## 8. Figures", ""]
     for routing, path in sorted(figures.items()):
