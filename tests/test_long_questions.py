@@ -284,6 +284,16 @@ def test_relative_death_is_reported_not_decisive(tmp_path):
     assert pick(a["q1"], depth=1)["dying"] == [0, 0]
 
 
+def test_baselines_in_the_sweep_folder_are_listed_never_asked(tmp_path):
+    for seed in range(3):
+        write_long_run(tmp_path, depth=3, seed=seed)
+        write_long_run(tmp_path, depth=3, seed=seed, arch="timm_resnet", name=f"timm_resnet-depth3-seed{seed}")
+    a = answers(tmp_path)
+    assert pick(a["q1"], depth=3)["seeds"] == [0, 1, 2]  # the capsule runs only
+    baselines = [r for r in a["runs"] if r["run"].startswith("timm_resnet")]
+    assert len(baselines) == 3 and all(r["status"] == "not a capsule network (timm_resnet, ok)" for r in baselines)
+
+
 def grads(bottom: float, top: float) -> dict:
     return {"conv1": {"input": bottom, "weight": 1.0}, "class": {"input": top, "weight": 1.0}}
 

@@ -102,6 +102,8 @@ def _run_row(run: RunDir) -> dict | None:
     if record is not None:
         row["test_accuracy"] = record["metrics"].get("test_accuracy")
         row["avg_dead_conv"] = record["metrics"].get("avg_dead_conv")
+    if model.get("arch", "capsnet") != "capsnet":  # a baseline in the same sweep folder: no capsules to ask about
+        row["status"] = f"not a capsule network ({model.get('arch')}, {row['status']})"
     if row["status"] == "ok":
         facts = run_facts(run)
         if facts["last_epoch"] != row["epochs"]:
