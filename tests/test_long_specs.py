@@ -63,7 +63,8 @@ def test_confirmation_grid_and_control_arms():
         (m, d, s) for m in ("em", "vb", "self", "dynamic", "uniform") for d in (1, 3, 6, 10) for s in (0, 1, 2)
     }
     arms = load("long/confirmation_arms.yaml")
-    assert {arm(r) for r in arms} == {"em_uniform", "vb_uniform", "self_uniform", "dynamic_uniform"}
+    # every control, plus the variants question 5 found to change an answer (added as pre-registered, dated there)
+    assert {arm(r) for r in arms} == {"em_uniform", "vb_uniform", "self_uniform", "dynamic_uniform", "em_no_pose_norm"}
     assert {r.config.model.depth for r in arms} == {6, 10} and {r.config.seed for r in arms} == {0, 1, 2}
     screened = {(r.spec_hash, r.config.seed) for r in load("long/screening.yaml")}
     assert {(r.spec_hash, r.config.seed) for r in grid if r.config.model.depth in (6, 10) and r.config.seed == 0} <= (
