@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from capsbench.config import ModelConfig
-from capsbench.metrics.grad_norms import GradNorms
+from capsbench.metrics.grad_norms import input_gradient_ratio
 from capsbench.models.capsnet import build_capsnet
 
 
@@ -35,18 +35,13 @@ def mean_lengths(image: int, init: str, depth: int, iterations: int) -> dict[str
     return seen
 
 
-def input_gradient_ratio(depth: int, iterations: int, detach: bool) -> float:
+def ratio_at_init(depth: int, iterations: int, detach: bool) -> float:
     """``|dL/d input of conv1| / |dL/d input of the class capsules|`` at init (length init, 8x8, seed 0)."""
     torch.manual_seed(0)
     cfg = ModelConfig(routing="dynamic", backbone="sr_convnet", depth=depth, primary_types=16, iterations=iterations,
                       init="length", routing_options={"detach_agreement": detach})
     model = build_capsnet(cfg, num_classes=10, in_channels=1, image_size=(8, 8)).train()
-    norms = GradNorms(model, every=1)
-    with norms.watch():
-        (model(torch.randn(8, 1, 8, 8)) * torch.arange(1.0, 11.0)).sum().backward()
-    norms.collect()
-    _, last = norms.flush()
-    return last["conv1"]["input"] / last["class"]["input"]
+    return input_gradient_ratio(model, torch.randn(8, 1, 8, 8))
 
 
 def main() -> None:
@@ -65,7 +60,7 @@ def main() -> None:
     print("| depth | gradient through agreement (3 iterations) | detached agreement (3 iterations) | 1 iteration |")
     print("|--:|--:|--:|--:|")
     for depth in (8, 20):
-        ratios = [input_gradient_ratio(depth, it, det) for it, det in ((3, False), (3, True), (1, False))]
+        ratios = [ratio_at_init(depth, it, det) for it, det in ((3, False), (3, True), (1, False))]
         print(f"| {depth} | " + " | ".join(f"{r:.3g}" for r in ratios) + " |")
 
 

@@ -347,7 +347,7 @@ def test_cli_writes_markdown_json_and_figures(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--questions", "paper"], "--questions: expected one of long-cpu, got 'paper'"),
+    (["--questions", "paper"], "--questions: expected one of long-cpu, remedies, got 'paper'"),
     (["--questions", "long-cpu", "--plan", "nope.yaml"], "--plan: nope.yaml is not a spec file"),
     (["--plan", "x.yaml"], "--plan: only with --questions"),
 ])

@@ -20,6 +20,11 @@ Example::
             loss.backward()
         gn.collect()
     epoch_mean, last = gn.flush()   # {"conv1": {"weight": ..., "input": ...}, "backbone": {...}}
+    rho, top = input_ratio(last, "conv1")     # how much of the gradient reaches the bottom of the stack
+
+``input_ratio`` is the one definition of the gradient ratio rho that the long-cpu questions (gradient flow),
+the remedies verdicts (criterion C) and the initialisation measurements all use; ``input_gradient_ratio``
+measures it with one backward pass.
 """
 
 from __future__ import annotations
@@ -108,6 +113,36 @@ class GradNorms:
             if all(name in s for s in as_float)
         }
         return mean, as_float[-1]
+
+
+def input_ratio(norms: dict | None, first: str | None) -> tuple[float | None, float | None]:
+    """``(rho, top)`` from one sample (or epoch mean) of gradient norms: ``top = |dL/d input of the class
+    capsules|`` and ``rho = |dL/d input of layer first| / top`` (``first``: the first stacked layer, conv1).
+
+    rho says how much of the loss gradient reaches the bottom of the stack relative to its top: ~1 when it flows,
+    << 1 when it vanishes toward the input, >> 1 when it explodes. On the long-cpu grid both inputs are 16 types x
+    16 pose entries at one position, so it is scale-free (docs/remedies.md, criterion C). rho is None without both
+    norms or when ``top`` is 0 (no gradient reaches even the class capsules: a constant output).
+    """
+    norms = norms or {}
+    bottom = (norms.get(first) or {}).get("input") if first else None
+    top = (norms.get("class") or {}).get("input")
+    top = None if top is None else float(top)
+    return (None if bottom is None or not top else float(bottom) / top), top
+
+
+def input_gradient_ratio(model: nn.Module, inputs: torch.Tensor, first: str = "conv1") -> float | None:
+    """rho (``input_ratio``) after one backward pass of a class-weighted sum of ``model(inputs)``: a loss whose
+    gradient differs per class, so a model that treats the classes alike still gets one (the model's state, e.g.
+    BatchNorm's training mode, is the caller's)."""
+    norms = GradNorms(model, every=1)
+    model.zero_grad(set_to_none=True)
+    with norms.watch():
+        out = model(inputs)
+        (out * torch.arange(1.0, 1.0 + out.shape[-1], device=out.device)).sum().backward()
+    norms.collect()
+    _, last = norms.flush()
+    return input_ratio(last, first)[0]
 
 
 def _norm(grads: list[torch.Tensor]) -> torch.Tensor:

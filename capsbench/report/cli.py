@@ -1,11 +1,28 @@
 """``capsbench report RUN_OR_SWEEP_DIR... [--out DIR] [--epochs first,last] [--split val]``.
 
 ``--questions long-cpu`` answers that protocol's pre-registered questions instead
-(``questions_write.py``: questions.md, questions.json and figures); ``--plan SPEC...`` names the
-sweep specs whose planned runs it checks for (default: specs/long/ of this checkout; ``none``: no plan).
+(``questions_write.py``: questions.md, questions.json and figures); ``--questions remedies`` gives the
+remedies verdicts of docs/remedies.md (``remedies_write.py``: remedies.md, remedies.json, figures).
+``--plan SPEC...`` names the sweep specs whose planned runs it checks for (default: specs/long/ or
+specs/remedies/ of this checkout; ``none``: no plan).
 """
 
 from __future__ import annotations
+
+QUESTION_SETS = ("long-cpu", "remedies")
+
+
+def _question_set(name: str):
+    """(writer, default plan) of a set of pre-registered questions; imported only when asked for."""
+    if name == "remedies":
+        from capsbench.report.remedies_verdicts import default_plan
+        from capsbench.report.remedies_write import write_remedy_verdicts
+
+        return write_remedy_verdicts, default_plan
+    from capsbench.report.questions import default_plan
+    from capsbench.report.questions_write import write_questions
+
+    return write_questions, default_plan
 
 
 def add_commands(sub) -> dict:
@@ -23,11 +40,12 @@ def add_commands(sub) -> dict:
     report.add_argument("--split", default="val", choices=("val", "test"),
                         help="activations of the validation epochs (default, as in the paper) or the test epoch")
     report.add_argument("--questions", default=None, metavar="PROTOCOL",
-                        help="answer a protocol's pre-registered questions (long-cpu): questions.md, questions.json, "
-                             "figures")
+                        help="answer pre-registered questions: long-cpu (questions.md, questions.json, figures) or "
+                             "remedies (the verdicts of docs/remedies.md: remedies.md, remedies.json, figures)")
     report.add_argument("--plan", nargs="+", default=None, metavar="SPEC",
-                        help="with --questions: the sweep specs that plan the runs (default: specs/long/*.yaml of "
-                             "this checkout); lists the planned runs that are missing and excludes unplanned ones; "
+                        help="with --questions: the sweep specs that plan the runs (default: specs/long/*.yaml or "
+                             "specs/remedies/*.yaml of this checkout); lists the planned runs that are missing and "
+                             "excludes unplanned ones; "
                              "'none': no plan")
     debug_flag(report)
     return {"report": cmd_report}
@@ -54,17 +72,16 @@ def _questions(args) -> int:
     from pathlib import Path
 
     from capsbench.errors import UserError
-    from capsbench.report.questions import default_plan
-    from capsbench.report.questions_write import QUESTION_SETS, write_questions
 
     if args.questions not in QUESTION_SETS:
         raise UserError(f"--questions: expected one of {', '.join(QUESTION_SETS)}, got '{args.questions}'")
+    write, default_plan = _question_set(args.questions)
     plan = [Path(p) for p in args.plan] if args.plan else default_plan()
     plan = [] if args.plan == ["none"] else plan
     for path in plan:
         if not path.is_file():
             raise UserError(f"--plan: {path} is not a spec file")
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
-    written = write_questions([Path(p) for p in args.paths], out, plan)
+    written = write([Path(p) for p in args.paths], out, plan)
     print(f"wrote {len(written) - 2} figure(s), {written[-2]} and {written[-1]}")
     return 0

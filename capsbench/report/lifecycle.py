@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 
+from capsbench.metrics.grad_norms import input_ratio
 from capsbench.report.rundir import RunDir
 
 DEAD = 0.01  # eq. 13, the paper's threshold (the protocol's metrics.dead_threshold)
@@ -176,27 +177,12 @@ def run_facts(run: RunDir) -> dict:
             "coefficient_entropy": mech_last.get("coefficient_entropy"),
             "hidden_by_bn": hidden,
         })
+    bottom = stacked[0] if stacked else None
     ratio = {f"{key}_{when}": value for when, epoch in (("first", first), ("last", last))
              for key, value in zip(("gradient_ratio", "class_input_gradient"),
-                                   gradient_ratio(history.get(epoch), stacked))}
+                                   input_ratio((history.get(epoch) or {}).get("grad_norms"), bottom))}
     return {"routing": routing, "depth": depth, "first_epoch": first, "last_epoch": last, "layers": layers, **counts,
             **ratio}
-
-
-def gradient_ratio(line: dict | None, stacked: list[str]) -> tuple[float | None, float | None]:
-    """``(rho, top)`` of one epoch's mean gradient norms: ``top = |dL/d input of the class capsules|`` and
-    ``rho = |dL/d input of the first stacked layer| / top``.
-
-    rho says how much of the loss gradient reaches the bottom of the stack relative to its top: ~1 when it flows,
-    << 1 when it vanishes toward the input, >> 1 when it explodes. On the long-cpu grid both inputs are 16 types x
-    16 pose entries at one position, so it is scale-free (docs/remedies.md, criterion C). rho is None without both
-    norms or when ``top`` is 0 (no gradient reaches even the class capsules: a constant output).
-    """
-    norms = (line or {}).get("grad_norms") or {}
-    bottom = (norms.get(stacked[0]) or {}).get("input") if stacked else None
-    top = (norms.get("class") or {}).get("input")
-    top = None if top is None else float(top)
-    return (None if bottom is None or not top else float(bottom) / top), top
 
 
 def _mean(values) -> float:

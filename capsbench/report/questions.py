@@ -19,15 +19,13 @@ from __future__ import annotations
 import math
 import posixpath
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-from capsbench.errors import UserError
 from capsbench.intervals import mean_std, t_interval, welch_interval
 from capsbench.report.arms import CONTROL_ARM, DEFAULT_ARM, arm_of
 from capsbench.report.lifecycle import run_facts
-from capsbench.report.rundir import RunDir
+from capsbench.report.rundir import RunDir, collect_rows
 
 PROTOCOL = "long-cpu"
 REQUIRED_SEEDS = 3
@@ -116,20 +114,7 @@ def _run_row(run: RunDir) -> dict | None:
 
 def collect(paths: list[Path], log=None) -> list[dict]:
     """A row per long-cpu run folder at or below ``paths`` (others skipped with a warning)."""
-    from capsbench.results.store import find_runs
-
-    log = log or (lambda line: print(line, file=sys.stderr))
-    finished, unfinished = find_runs(paths)
-    rows = []
-    for path in sorted(finished + unfinished):
-        row = _run_row(RunDir(path))
-        if row is None:
-            log(f"warning: {path}: not a {PROTOCOL} run, skipped")
-        else:
-            rows.append(row)
-    if not rows:
-        raise UserError(f"{', '.join(map(str, paths))}: no {PROTOCOL} runs found (protocol: {PROTOCOL} in config)")
-    return rows
+    return collect_rows(paths, _run_row, f"{PROTOCOL} run", f" (protocol: {PROTOCOL} in config)", log)
 
 
 def _groups(rows) -> dict[tuple, list[dict]]:

@@ -34,15 +34,15 @@ def details(summary: str, body: str) -> str:
     return f"<details><summary>{summary}</summary>\n\n{body}\n</details>\n"
 
 
-def _num(x, fmt=".2f") -> str:
+def fmt_num(x, fmt=".2f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def _ci(ci, fmt=".2f", scale=1.0) -> str:
+def fmt_ci(ci, fmt=".2f", scale=1.0) -> str:
     return "n/a" if not ci else f"[{format(ci[0] * scale, fmt)}, {format(ci[1] * scale, fmt)}]"
 
 
-def _pct(x) -> str:
+def fmt_pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
@@ -50,7 +50,7 @@ def _ratio(q: dict) -> str:
     """A geometric mean with its interval, in 3 significant digits (ratios span many decades)."""
     if q["geometric_mean"] is None and q.get("no_gradient_at_class_input"):
         return f"no gradient at the class input ({q['no_gradient_at_class_input']} of {len(q['per_seed'])} seeds)"
-    text = _num(q["geometric_mean"], ".3g")
+    text = fmt_num(q["geometric_mean"], ".3g")
     return text if not q["ci95"] else f"{text} [{q['ci95'][0]:.3g}, {q['ci95'][1]:.3g}]"
 
 
@@ -92,7 +92,7 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
         ["method", "arm", "depth", "seeds", "dying per seed", "born dead per seed", "born weak per seed",
          "mean dying [95% CI]", "answer"],
         [[q["routing"], q["arm"], q["depth"], len(q["seeds"]), q["dying"], q["born_dead"], q["born_weak"],
-          f"{_num(q['mean'])} {_ci(q['ci95'])}", f"**{q['answer']}**"] for q in answers["q1"]]))
+          f"{fmt_num(q['mean'])} {fmt_ci(q['ci95'])}", f"**{q['answer']}**"] for q in answers["q1"]]))
 
     full = [q for q in answers["q1"] if q.get("full_scale")]
     if full:
@@ -102,7 +102,7 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
         out += [f"- {q['routing']} ({q['arm']}), depth {q['depth']}: `{q['full_scale']}`" for q in full]
     out += ["", "## 2. When do they die?", "", "Epochs of death (first epoch from which A stays <= 0.01) of every "
             "dying type, over all seeds.", ""]
-    rows = [[q["routing"], q["arm"], q["depth"], len(q["epochs"]), _num(q["median"], ".1f"),
+    rows = [[q["routing"], q["arm"], q["depth"], len(q["epochs"]), fmt_num(q["median"], ".1f"),
              f"{q['range'][0]}-{q['range'][1]}"] for q in answers["q2"] if q["epochs"]]
     out.append(table_or_note(["method", "arm", "depth", "dying types", "median epoch", "range"], rows,
                              NO_DYING))
@@ -142,7 +142,7 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
             "below, otherwise no difference shown.", ""]
     rows = [[q["routing"], q["depth"], q["versus"], f"{q['n'][0]} / {q['n'][1]}",
              "n/a" if q["difference"] is None else f"{100 * q['difference']:+.1f}",
-             _ci(q["ci95"], "+.1f", 100.0), f"**{q['answer']}**"] for q in answers["q6"]]
+             fmt_ci(q["ci95"], "+.1f", 100.0), f"**{q['answer']}**"] for q in answers["q6"]]
     out.append(md_table(["method", "depth", "versus", "seeds (method / other)", "difference (points)",
                          "95% Welch interval", "answer"], rows))
 
@@ -150,8 +150,8 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
             "At the last epoch, per stacked layer: coefficient variation across images (cv) and coupling entropy "
             "(normalised). Depends on the input: cv >= 0.05 in the majority of stacked layers in every seed; "
             "input-independent: cv < 0.01 there; near-uniform: entropy >= 0.99 there.", ""]
-    rows = [[q["routing"], q["arm"], q["depth"], len(q["seeds"]), _ci(q["cv_range"], ".3f"),
-             _ci(q["entropy_range"], ".3f"), f"**{q['answer']}**"] for q in answers["q7"]]
+    rows = [[q["routing"], q["arm"], q["depth"], len(q["seeds"]), fmt_ci(q["cv_range"], ".3f"),
+             fmt_ci(q["entropy_range"], ".3f"), f"**{q['answer']}**"] for q in answers["q7"]]
     out.append(md_table(["method", "arm", "depth", "seeds", "cv range (layers, seeds)", "entropy range",
                          "answer"], rows))
 
@@ -168,7 +168,7 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
             "explodes). Geometric mean over seeds with the 95% interval of log10 rho; the remedies' criterion C "
             "(docs/remedies.md) calls [0.01, 100] flowing.", ""]
     rows = [[q["routing"], q["arm"], q["depth"], len(q["seeds"]), _ratio(q["first"]), _ratio(q["last"]),
-             ", ".join(_num(v, ".3g") for v in q["last"]["per_seed"])] for q in answers.get("gradient_flow", [])]
+             ", ".join(fmt_num(v, ".3g") for v in q["last"]["per_seed"])] for q in answers.get("gradient_flow", [])]
     out.append(table_or_note(["method", "arm", "depth", "seeds", "rho, epoch 1", "rho, last epoch",
                               "rho per seed, last epoch"], rows, "No gradient norms recorded."))
 
@@ -184,7 +184,7 @@ def questions_markdown(answers: dict, figures: dict[str, str], run_figures: dict
 
     out += ["", "## Runs", ""]
     rows = [[r["run"], r["routing"], r["arm"], r["depth"], r["seed"], r["status"], f"{r['epochs_done']}/{r['epochs']}",
-             _pct(r["test_accuracy"]), r.get("dying", "n/a"), r.get("born_dead", "n/a")] for r in answers["runs"]]
+             fmt_pct(r["test_accuracy"]), r.get("dying", "n/a"), r.get("born_dead", "n/a")] for r in answers["runs"]]
     out.append(details(f"{len(rows)} run folders", md_table(
         ["run", "method", "arm", "depth", "seed", "status", "epochs", "test accuracy", "dying", "born dead"], rows)))
     return "\n".join(out).rstrip("\n") + "\n"

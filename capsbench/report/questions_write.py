@@ -39,8 +39,6 @@ from capsbench.report.style import figure_style, save_png
 from capsbench.results.run_record import finite
 from capsbench.results.scores import stats
 
-QUESTION_SETS = ("long-cpu",)
-
 
 def method_depth_data(runs: list[dict], routing: str, num_classes: int, conv_types: int, threshold: float) -> dict:
     """``depth.depth_figure`` data: the method's default, its control and the uniform routing, over seeds;

@@ -143,3 +143,25 @@ class RunDir:
                 elif epoch not in chosen:
                     chosen.append(epoch)
         return sorted(chosen), missing
+
+
+def collect_rows(paths: list[Path], row_of, what: str, hint: str = "", log=None) -> list[dict]:
+    """``row_of(RunDir)`` for every run folder at or below ``paths`` (finished or not), sorted by path; a folder it
+    returns None for is skipped with a warning naming ``what`` it is not. No row at all is bad input (``hint``
+    says what a folder needs)."""
+    import sys
+
+    from capsbench.results.store import find_runs
+
+    log = log or (lambda line: print(line, file=sys.stderr))
+    finished, unfinished = find_runs(paths)
+    rows = []
+    for path in sorted(finished + unfinished):
+        row = row_of(RunDir(path))
+        if row is None:
+            log(f"warning: {path}: not a {what}, skipped")
+        else:
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{', '.join(map(str, paths))}: no {what}s found{hint}")
+    return rows

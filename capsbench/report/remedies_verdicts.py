@@ -1,0 +1,297 @@
+"""The remedies verdicts of docs/remedies.md from a sweep folder: survival (rule S) and cures / hides / unstable.
+
+The rules are docs/remedies.md's ("Pre-registered: when a remedy cures, and when it only hides the symptom"),
+applied as written; where the text leaves a choice open, the choice made here is in ``INTERPRETATIONS`` and printed
+with the verdicts. Everything comes from the run records (test set, final epoch: accuracy, the per-layer dead
+fractions, the last sample of the gradient norms, the mechanism telemetry); nothing is re-trained.
+
+- **Rule S** (screening, seed 0, depth 20): an arm *survives* when its test accuracy is above chance + 5 points
+  and its mean dead fraction over stacked layers is below 0.5.
+- **A** (the symptom is gone), **B** (accuracy is restored), **C** (gradient reaches the early layers) per
+  routing x remedy x depth, and the verdict from them: *cures*, *hides the symptom*, *unstable*, *does not help*,
+  or *no symptom at this depth* when the routing's plain preset is not half-dead there.
+
+A verdict on fewer than ``REQUIRED_SEEDS`` seeds is *provisional* (the screening's seed 0) and says so. A routing's
+plain preset (remedy ``none``, its default arm) is the reference, never judged; the long protocol's control and
+variant arms (remedy ``none`` with routing options) are not remedies and are left out.
+
+Example::
+
+    verdicts = remedy_verdicts([Path("runs/long_cpu")], plan=plan_runs(default_plan()))
+    verdicts["verdicts"][0]["verdict"]        # 'cures', 'hides the symptom', ..., with 'provisional' when < 3 seeds
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from capsbench.intervals import mean_std, t_interval
+from capsbench.metrics.grad_norms import input_ratio
+from capsbench.models.remedies import remedy_label
+from capsbench.report.arms import DEFAULT_ARM, arm_of
+from capsbench.report.rundir import RunDir, collect_rows
+from capsbench.results.entry import dead_fraction_conv
+from capsbench.results.scores import CHANCE_MARGIN, HALF_DEAD
+
+PROTOCOL = "long-cpu"
+REQUIRED_SEEDS = 3
+SURVIVAL_DEPTH = 20  # rule S
+SCREENING_SEED = 0
+REFERENCE_MAX_DEPTH = 10  # B: A_ref is the plain preset's best mean accuracy over depths 1-10
+ACCURACY_SLACK = 0.05  # B: restored when the interval's upper end is >= A_ref - 5 points
+RHO_LOW, RHO_HIGH = 0.01, 100.0  # C
+NEAR_UNIFORM = 0.99  # the "alive, not routing" flag
+PLAIN = "none"
+PLAN_SPECS = ("screening.yaml", "confirmation.yaml")
+_EPS = 1e-12  # as scores.py: an accuracy of exactly chance + 5 points collapses
+
+CURES, HIDES, UNSTABLE, NO_HELP, NO_SYMPTOM = (
+    "cures", "hides the symptom", "unstable", "does not help", "no symptom at this depth")
+
+INTERPRETATIONS = [
+    "Only finished runs decide. A diverged run counts as failed, as on the leaderboard: it enters neither A nor B "
+    "and counts as 'exploding' in C (its gradient blew up); failed and unfinished runs are listed, never counted.",
+    f"'Two of three seeds' (C) reads 'at least two thirds of the seeds'; below {REQUIRED_SEEDS} seeds every rule is "
+    "applied to the seeds there are and the verdict is marked provisional (one seed: its value decides; B uses the "
+    "mean when there is no interval).",
+    "C: a run whose class capsules get no gradient at all (a constant output) counts as 'vanished'; a run without "
+    "gradient norms counts toward no side.",
+    "A compares mean dead fractions (over stacked layers, eq. 13, test set, final epoch) over the seeds each side "
+    "has; the plain preset's side uses every seed run at that depth.",
+    "A_ref (B) is the best mean test accuracy over depths 1-10 among the plain preset's finished runs in the "
+    "folder (the long-cpu confirmation's), whatever their plan.",
+    "'Alive, not routing' needs coupling entropy >= 0.99 in every stacked layer in every seed; it is a flag on a "
+    "verdict, not a verdict.",
+    "The deepest cure per routing counts confirmed verdicts (3 seeds) first; where a routing has none, a provisional "
+    "one is named as such.",
+]
+
+
+def default_plan() -> list[Path]:
+    """The remedies sweep specs of this checkout (specs/remedies/), or none when capsbench is installed alone."""
+    folder = Path(__file__).resolve().parents[2] / "specs" / "remedies"
+    return [folder / name for name in PLAN_SPECS if (folder / name).exists()]
+
+
+def _stacked(run: RunDir) -> list[str]:
+    names = [n for n in run.layer_order() if n.startswith("conv") and n[4:].isdigit()]
+    return sorted(names, key=lambda n: int(n[4:]))
+
+
+def _run_row(run: RunDir) -> dict | None:
+    """A capsule run of the protocol as the rules need it; None for other protocols and for baselines."""
+    cfg = run.config()
+    model = cfg.get("model") or {}
+    if cfg.get("protocol") != PROTOCOL or model.get("arch", "capsnet") != "capsnet":
+        return None
+    record = run.record
+    remedy, arm = remedy_label(cfg), arm_of(model)
+    options = arm_of({**model, "pose_norm": None})  # the pose norm is a remedy of its own, already in the label
+    row = {"run": run.path.name, "routing": str(model.get("routing")), "remedy": remedy, "arm": arm,
+           "name": remedy if options == DEFAULT_ARM else f"{remedy} · {options}", "depth": int(model.get("depth", 0)),
+           "seed": int(cfg.get("seed", 0)), "status": "unfinished" if record is None else record["status"]}
+    if record is None or record["status"] != "ok":
+        return row
+    metrics = record["metrics"]
+    stacked = _stacked(run)
+    rho, top = input_ratio(metrics.get("grad_norms"), stacked[0] if stacked else None)
+    mech = metrics.get("mechanism") or {}
+    deepest = mech.get(stacked[-1]) if stacked else None
+    entropies = [(mech.get(n) or {}).get("coefficient_entropy") for n in stacked]
+    row.update({
+        "num_classes": int(record.get("num_classes") or 10),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "dead_fraction": dead_fraction_conv((metrics.get("layers") or {}).get("test") or {}),
+        "rho": rho, "no_gradient": top == 0.0,
+        "deepest_layer": stacked[-1] if stacked else None,
+        "deepest_p5": ((deepest or {}).get("activation_percentiles") or {}).get("p5"),
+        "deepest_p50": ((deepest or {}).get("activation_percentiles") or {}).get("p50"),
+        "deepest_entropy": (deepest or {}).get("coefficient_entropy"),
+        "near_uniform": bool(entropies) and all(e is not None and e >= NEAR_UNIFORM for e in entropies),
+    })
+    return row
+
+
+def collect(paths: list[Path], log=None) -> list[dict]:
+    """A row per capsule run of the protocol at or below ``paths`` (other run folders skipped with a warning)."""
+    return collect_rows(paths, _run_row, f"{PROTOCOL} capsule run", f" (protocol: {PROTOCOL} in config)", log)
+
+
+def _is_plain(row: dict) -> bool:
+    return row["remedy"] == PLAIN and row["arm"] == DEFAULT_ARM
+
+
+def is_remedy(row: dict) -> bool:
+    """A remedy arm or a plain preset: the long protocol's control and variant arms are neither."""
+    return row["remedy"] != PLAIN or row["arm"] == DEFAULT_ARM
+
+
+def _mean(values) -> float | None:
+    return mean_std([v for v in values if v is not None])[0]
+
+
+def _at_least_two_thirds(count: int, n: int) -> bool:
+    return n > 0 and 3 * count >= 2 * n
+
+
+def reference_accuracy(rows: list[dict], routing: str) -> tuple[float | None, int | None]:
+    """(A_ref, its depth): the plain preset's best mean test accuracy over depths 1-10 (B)."""
+    by_depth: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["routing"] == routing and _is_plain(r) and r["status"] == "ok" and r["depth"] <= REFERENCE_MAX_DEPTH:
+            by_depth[r["depth"]].append(r["test_accuracy"])
+    best = max(((_mean(v), d) for d, v in by_depth.items()), default=(None, None), key=lambda x: (x[0], -x[1]))
+    return best
+
+
+def survival(rows: list[dict]) -> list[dict]:
+    """Rule S on the screening seed at depth 20, one entry per remedy arm (plain presets included, as reference)."""
+    out = []
+    for r in sorted(rows, key=lambda r: (r["routing"], not _is_plain(r), r["name"])):
+        if r["depth"] != SURVIVAL_DEPTH or r["seed"] != SCREENING_SEED or not is_remedy(r):
+            continue
+        entry = {k: r.get(k) for k in ("routing", "remedy", "arm", "name", "run", "status", "preset")}
+        if r["status"] != "ok":
+            entry.update(survives=False, reason=f"run {r['status']}")
+        else:
+            limit = 1.0 / r["num_classes"] + CHANCE_MARGIN + _EPS
+            alive_acc, alive_dead = r["test_accuracy"] > limit, (r["dead_fraction"] or 0.0) < HALF_DEAD
+            reasons = [] if alive_acc else [f"accuracy {100 * r['test_accuracy']:.1f}% at or below chance + 5"]
+            reasons += [] if alive_dead else [f"dead fraction {r['dead_fraction']:.2f} >= {HALF_DEAD}"]
+            entry.update(test_accuracy=r["test_accuracy"], dead_fraction=r["dead_fraction"],
+                         survives=alive_acc and alive_dead, reason="; ".join(reasons))
+        entry["plain"] = _is_plain(r)
+        out.append(entry)
+    return out
+
+
+def _criterion_c(runs: list[dict], diverged: int) -> tuple[str, dict]:
+    values = [r["rho"] for r in runs]
+    vanished = sum(r["no_gradient"] or (v is not None and v < RHO_LOW) for r, v in zip(runs, values))
+    exploding = sum(v is not None and v > RHO_HIGH for v in values) + diverged
+    reaches = sum(v is not None and RHO_LOW <= v <= RHO_HIGH for v in values)
+    n = len(runs) + diverged
+    counts = {"reaches": reaches, "vanished": vanished, "exploding": exploding, "seeds": n}
+    for name, count in (("reaches", reaches), ("vanished", vanished), ("exploding", exploding)):
+        if _at_least_two_thirds(count, n):
+            return name, counts
+    return "undecided (seeds disagree)", counts
+
+
+def _verdict(a: str, b: str, c: str) -> str:
+    if a == NO_SYMPTOM or a.startswith("undecided"):
+        return a
+    if a == "not gone":
+        return NO_HELP
+    if c == "exploding":
+        return UNSTABLE
+    if b == "not restored" or c == "vanished":
+        return HIDES
+    if b == "restored" and c == "reaches":
+        return CURES
+    return "undecided (C: seeds disagree)"
+
+
+def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
+    """A, B, C and the verdict of one routing x remedy arm at one depth (its rows' finished seeds)."""
+    mine = [r for r in rows if (r["routing"], r["name"], r["depth"]) == (routing, name, depth)]
+    ok = sorted((r for r in mine if r["status"] == "ok"), key=lambda r: r["seed"])
+    diverged = [r["seed"] for r in mine if r["status"] == "diverged"]
+    plain = [r for r in rows if r["routing"] == routing and _is_plain(r) and r["depth"] == depth
+             and r["status"] == "ok"]
+    dead, plain_dead = _mean(r["dead_fraction"] for r in ok), _mean(r["dead_fraction"] for r in plain)
+    if not ok:
+        a = "undecided (no finished run)"
+    elif plain_dead is None:
+        a = f"undecided (the plain preset has no finished run at depth {depth})"
+    elif plain_dead < HALF_DEAD:
+        a = NO_SYMPTOM
+    else:
+        a = "gone" if dead < HALF_DEAD else "not gone"
+    accuracy = [r["test_accuracy"] for r in ok]
+    interval = t_interval(accuracy, 0.0, 1.0)
+    a_ref, ref_depth = reference_accuracy(rows, routing)
+    upper = interval[1] if interval else _mean(accuracy)
+    if a_ref is None:
+        b = "undecided (no plain runs at depths 1-10)"
+    elif upper is None:
+        b = "undecided (no finished run)"
+    else:
+        b = "restored" if upper >= a_ref - ACCURACY_SLACK - _EPS else "not restored"
+    c, c_counts = _criterion_c(ok, len(diverged))
+    verdict = _verdict(a, b, c)
+    seeds = len(ok) + len(diverged)
+    return {
+        "routing": routing, "name": name, "depth": depth, "seeds": [r["seed"] for r in ok], "diverged": diverged,
+        "provisional": seeds < REQUIRED_SEEDS, "dead_fraction": dead, "plain_dead_fraction": plain_dead, "A": a,
+        "accuracy": _mean(accuracy), "accuracy_ci95": list(interval) if interval else None, "a_ref": a_ref,
+        "a_ref_depth": ref_depth, "B": b, "rho": [r["rho"] for r in ok], "C": c, "C_counts": c_counts,
+        "verdict": verdict,
+        "alive_not_routing": verdict == CURES and bool(ok) and all(r["near_uniform"] for r in ok),
+        "deepest_p5": _mean(r["deepest_p5"] for r in ok), "deepest_p50": _mean(r["deepest_p50"] for r in ok),
+        "deepest_entropy": _mean(r["deepest_entropy"] for r in ok),
+    }
+
+
+def verdicts(rows: list[dict], depths=(10, 20, 30)) -> list[dict]:
+    """``judge`` for every remedy arm (not the plain presets) at every depth in ``depths`` where it has a finished
+    (or diverged) run; the rest are missing runs."""
+    keys = sorted({(r["routing"], r["name"], r["depth"]) for r in rows if is_remedy(r) and not _is_plain(r)
+                   and r["depth"] in depths and r["status"] in ("ok", "diverged")})
+    return [judge(rows, *key) for key in keys]
+
+
+def deepest_cures(judged: list[dict], rows: list[dict]) -> list[dict]:
+    """Per routing: the arm that cures deepest (ties: higher mean accuracy), and its accuracy cost at depth 10."""
+    out = []
+    for routing in sorted({v["routing"] for v in judged}):
+        cures = [v for v in judged if v["routing"] == routing and v["verdict"] == CURES]
+        confirmed = [v for v in cures if not v["provisional"]]
+        pool = confirmed or cures
+        if not pool:
+            out.append({"routing": routing, "answer": "no remedy cures at any depth run", "arm": None})
+            continue
+        best = max(pool, key=lambda v: (v["depth"], v["accuracy"] or 0.0))
+        at10 = {name: _mean(r["test_accuracy"] for r in rows if r["routing"] == routing and r["name"] == name
+                            and r["depth"] == 10 and r["status"] == "ok") for name in (best["name"], PLAIN)}
+        cost = None if None in at10.values() else at10[best["name"]] - at10[PLAIN]
+        out.append({"routing": routing, "arm": best["name"], "depth": best["depth"], "accuracy": best["accuracy"],
+                    "provisional": best["provisional"], "accuracy_cost_depth10": cost,
+                    "answer": f"{best['name']} cures to depth {best['depth']}"
+                              + (" (provisional)" if best["provisional"] else "")})
+    return out
+
+
+def missing_runs(rows: list[dict], plan: dict[str, dict]) -> dict:
+    by_name = {r["run"]: r for r in rows}
+    missing = []
+    for label, info in sorted(plan.items(), key=lambda kv: (kv[1]["routing"], str(kv[1]["preset"]), kv[1]["depth"],
+                                                           kv[1]["seed"])):
+        row = by_name.get(label)
+        if row is None or row["status"] != "ok":
+            missing.append({"run": label, "state": "not started" if row is None else row["status"], **info})
+    return {"planned": len(plan), "finished": len(plan) - len(missing), "missing": missing}
+
+
+def remedy_verdicts(paths: list[Path], plan: dict[str, dict] | None = None, log=None) -> dict:
+    """Rule S, the verdicts and the deepest cure per routing as plain data (``remedies.json``)."""
+    rows = collect(paths, log)
+    for row in rows:
+        row["preset"] = (plan or {}).get(row["run"], {}).get("preset")
+    judged_rows = rows
+    if plan:  # unplanned remedy runs (a pilot with other settings) are never judged; plain runs stay references
+        judged_rows = [r for r in rows if r["run"] in plan or _is_plain(r)]
+    judged = verdicts(judged_rows)
+    return {
+        "protocol": PROTOCOL, "required_seeds": REQUIRED_SEEDS, "interpretations": INTERPRETATIONS,
+        "runs": rows, "missing": missing_runs(rows, plan) if plan else None,
+        "survival": survival(judged_rows), "verdicts": judged, "deepest": deepest_cures(judged, judged_rows),
+        "rho_bounds": [RHO_LOW, RHO_HIGH],
+    }
+
+
+def geometric_mean(values) -> float | None:
+    vals = [v for v in values if v is not None and v > 0]
+    return 10 ** (math.fsum(math.log10(v) for v in vals) / len(vals)) if vals else None

@@ -1,0 +1,164 @@
+"""``capsbench report SWEEP_DIR --questions remedies``: the remedies verdicts as markdown, JSON and figures.
+
+Writes, under ``out``::
+
+    remedies.md                          rule S, the verdicts A/B/C per routing x remedy x depth, the deepest cure
+                                         (docs/remedies.md's rules; paste into its Results)
+    remedies.json                        the same as data, with every run's row
+    remedies/<routing>-gradient.png      criterion C at a glance: rho per seed against depth, one line per arm
+                                         (geometric mean), the band [0.01, 100] where the gradient "reaches"
+
+Example::
+
+    written = write_remedy_verdicts([Path("runs/long_cpu")], Path("/tmp/verdicts"), plan_specs=default_plan())
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from capsbench.io import write_text
+from capsbench.report.questions import plan_runs
+from capsbench.report.questions_markdown import details, fmt_ci, fmt_num, fmt_pct, md_table, table_or_note
+from capsbench.report.remedies_verdicts import (
+    RHO_HIGH,
+    RHO_LOW,
+    SURVIVAL_DEPTH,
+    geometric_mean,
+    is_remedy,
+    remedy_verdicts,
+)
+from capsbench.report.style import figure_style, line_styles, new_figure, save_png
+from capsbench.results.run_record import finite
+
+
+def gradient_figure(rows: list[dict], routing: str):
+    """rho of every finished run of ``routing`` against depth: dots per seed, a line through the geometric means."""
+    mine = [r for r in rows if r["routing"] == routing and r["status"] == "ok" and r.get("rho") and is_remedy(r)]
+    names = sorted({r["name"] for r in mine}, key=lambda n: (n != "none", n))
+    styles = line_styles(names)
+    fig = new_figure(7.5, 4.2)
+    ax = fig.subplots()
+    ax.axhspan(RHO_LOW, RHO_HIGH, color="#009E73", alpha=0.08, label=f"reaches: [{RHO_LOW:g}, {RHO_HIGH:g}]")
+    for name in names:
+        colour, marker = styles[name]
+        runs = [r for r in mine if r["name"] == name]
+        depths = sorted({r["depth"] for r in runs})
+        ax.scatter([r["depth"] for r in runs], [r["rho"] for r in runs], color=colour, marker=marker, s=18, alpha=0.6)
+        ax.plot(depths, [geometric_mean(r["rho"] for r in runs if r["depth"] == d) for d in depths], color=colour,
+                marker=marker, label=name, linewidth=2.0 if name == "none" else 1.2)
+    ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("stacked ConvCaps layers (depth)")
+    ax.set_ylabel("rho = |grad conv1 input| / |grad class input|")
+    ax.set_title(f"{routing}: gradient reaching the first stacked layer (criterion C), last sample of training")
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    return fig
+
+
+def _survival_rows(verdicts: dict) -> list[list]:
+    return [[s["routing"], s["name"] + (" (plain preset)" if s["plain"] else ""), fmt_pct(s.get("test_accuracy")),
+             fmt_num(s.get("dead_fraction")), f"**{'survives' if s['survives'] else 'does not survive'}**",
+             s["reason"] or ""] for s in verdicts["survival"]]
+
+
+def _verdict_rows(verdicts: dict) -> list[list]:
+    out = []
+    for v in verdicts["verdicts"]:
+        seeds = f"{len(v['seeds'])}" + (f" + {len(v['diverged'])} diverged" if v["diverged"] else "")
+        verdict = v["verdict"] + (" (provisional)" if v["provisional"] else "") + (
+            "; alive, not routing" if v["alive_not_routing"] else "")
+        out.append([v["routing"], v["name"], v["depth"], seeds,
+                    f"{fmt_num(v['dead_fraction'])} vs {fmt_num(v['plain_dead_fraction'])}: {v['A']}",
+                    f"{fmt_pct(v['accuracy'])} {fmt_ci(v['accuracy_ci95'], '.1f', 100.0)} vs A_ref "
+                    f"{fmt_pct(v['a_ref'])} (d{v['a_ref_depth']}): {v['B']}",
+                    f"{', '.join(fmt_num(x, '.3g') for x in v['rho'])}: {v['C']}",
+                    f"**{verdict}**",
+                    " / ".join(fmt_num(v[k], ".3f") for k in ("deepest_p5", "deepest_p50", "deepest_entropy"))])
+    return out
+
+
+def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
+    runs = verdicts["runs"]
+    states = Counter(r["status"] for r in runs)
+    out = ["# long-cpu: remedies verdicts", "",
+           "Decided by the rules of [docs/remedies.md](remedies.md) (\"Pre-registered: when a remedy cures, and when "
+           "it only hides the symptom\"), by `capsbench report SWEEP_DIR --questions remedies`. Intervals: 95% "
+           f"Student-t over seeds; a verdict on fewer than {verdicts['required_seeds']} seeds is provisional.", "",
+           "## Sweep", "", f"{len(runs)} capsule run folder(s) of protocol `{verdicts['protocol']}`: "
+           + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + "."]
+    missing = verdicts.get("missing")
+    if missing is None:
+        out.append("No plan given (`--plan`): which planned runs are missing is not listed.")
+    else:
+        out.append(f"Planned by the remedies sweep specs: {missing['planned']} runs; finished (ok): "
+                   f"{missing['finished']}; missing: {len(missing['missing'])}.")
+        if missing["missing"]:
+            listing = md_table(["run", "routing", "arm file", "depth", "seed", "state"],
+                               [[m["run"], m["routing"], m["preset"], m["depth"], m["seed"], m["state"]]
+                                for m in missing["missing"]])
+            out += ["", details("missing runs", listing)]
+    out += ["", "Where the pre-registered text leaves a choice open, this tool decides as follows:", ""]
+    out += [f"- {line}" for line in verdicts["interpretations"]]
+
+    out += ["", f"## Rule S: survival at depth {SURVIVAL_DEPTH} (screening, seed 0)", "",
+            "Survives: test accuracy above chance + 5 points and mean dead fraction over stacked layers below 0.5. "
+            "The survivors (and their routing's plain preset) go to `specs/remedies/confirmation.yaml`.", ""]
+    out.append(table_or_note(["routing", "arm", "test accuracy", "dead fraction", "rule S", "why not"],
+                             _survival_rows(verdicts), f"No screening run at depth {SURVIVAL_DEPTH} yet."))
+    survivors = [s for s in verdicts["survival"] if s["survives"] and not s["plain"]]
+    if survivors:
+        out.append("Survivors: " + ", ".join(f"{s['routing']} · {s['name']}" for s in survivors) + ".\n")
+        files = [s["preset"] for s in survivors if s["preset"]]
+        if files:
+            out.append("Their arm files, for `sweep.extends` of `specs/remedies/confirmation.yaml` (beside the plain "
+                       f"presets of their routings): `{', '.join(files)}`.\n")
+
+    out += ["", "## Verdicts (A, B, C)", "",
+            "A: mean dead fraction of the arm vs the plain preset at that depth (gone: arm < 0.5 while plain >= 0.5). "
+            "B: accuracy [95% CI] vs A_ref, the plain preset's best mean over depths 1-10 (restored: upper end >= "
+            f"A_ref - 5 points). C: rho per seed (reaches: in [{RHO_LOW:g}, {RHO_HIGH:g}] in >= 2/3 of the seeds). "
+            "Last column, reported only: the deepest stacked layer's activation p5 / p50 / coupling entropy.", ""]
+    out.append(table_or_note(["routing", "arm", "depth", "seeds", "A: dead fraction (arm vs plain)", "B: accuracy",
+                              "C: rho", "verdict", "deepest layer p5 / p50 / entropy"],
+                             _verdict_rows(verdicts), "No remedy run finished yet."))
+
+    out += ["", "## Which remedy keeps capsules alive deepest?", ""]
+    rows = [[d["routing"], d["answer"], fmt_pct(d.get("accuracy")),
+             "n/a" if d.get("accuracy_cost_depth10") is None else f"{100 * d['accuracy_cost_depth10']:+.1f}"]
+            for d in verdicts["deepest"]]
+    out.append(table_or_note(["routing", "deepest cure", "its accuracy there", "accuracy vs plain at depth 10 "
+                              "(points)"], rows, "No verdict yet."))
+
+    out += ["", "## Figures", ""]
+    out += [f"![{routing}: gradient ratio rho against depth]({path})\n" for routing, path in sorted(figures.items())]
+    if not figures:
+        out.append("_No gradient norms recorded._\n")
+    out += ["", "## Runs", ""]
+    rows = [[r["run"], r["routing"], r["name"], r["depth"], r["seed"], r["status"], fmt_pct(r.get("test_accuracy")),
+             fmt_num(r.get("dead_fraction")), fmt_num(r.get("rho"), ".3g")] for r in runs]
+    out.append(details(f"{len(rows)} run folders", md_table(
+        ["run", "routing", "arm", "depth", "seed", "status", "test accuracy", "dead fraction", "rho"], rows)))
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def write_remedy_verdicts(paths: list[Path], out: Path, plan_specs: list[Path] | None = None,
+                          log=None) -> list[Path]:
+    """Judge the remedy runs at or below ``paths``; return the files written (figures, then JSON, then markdown)."""
+    verdicts = remedy_verdicts(paths, plan=plan_runs(plan_specs) if plan_specs else None, log=log)
+    out = Path(out)
+    written: list[Path] = []
+    figures: dict[str, str] = {}
+    with figure_style():
+        for routing in sorted({v["routing"] for v in verdicts["verdicts"]}):
+            path = out / "remedies" / f"{routing}-gradient.png"
+            save_png(gradient_figure(verdicts["runs"], routing), path)
+            written.append(path)
+            figures[routing] = path.relative_to(out).as_posix()
+    js = out / "remedies.json"
+    write_text(js, json.dumps(finite(verdicts), indent=1, sort_keys=True, allow_nan=False) + "\n")
+    md = out / "remedies.md"
+    write_text(md, remedies_markdown(verdicts, figures))
+    return written + [js, md]

@@ -1,0 +1,234 @@
+"""The remedies verdicts (capsbench/report/remedies_verdicts.py): docs/remedies.md's rules S, A, B and C on
+synthetic run records with known answers, each next to a case that flips it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from capsbench.cli import main
+from capsbench.report.questions import plan_runs
+from capsbench.report.remedies_verdicts import (
+    CURES,
+    HIDES,
+    NO_HELP,
+    NO_SYMPTOM,
+    UNSTABLE,
+    collect,
+    default_plan,
+    judge,
+    reference_accuracy,
+    remedy_verdicts,
+    survival,
+)
+from capsbench.results.run_record import seal, write_record
+from capsbench.results.testing import fake_run_record
+
+REPO = Path(__file__).resolve().parent.parent
+TYPES = 4
+REMEDIES = {"res": {"model.residual": True}, "ln": {"model.pose_norm": True, "model.pose_norm_kind": "layer"},
+            "none": {}}
+
+
+def write_run(root: Path, *, remedy: str = "none", routing: str = "dynamic", depth: int = 10, seed: int = 0,
+              accuracy: float = 0.9, dead_types: int = 0, rho: float | None = 1.0, status: str = "ok",
+              entropy: float = 0.5, options: dict | None = None) -> Path:
+    """A finished long-cpu run: ``dead_types`` of TYPES dead in every stacked layer; ``rho`` the ratio of the
+    gradient norms at conv1's and the class capsules' input (None: no norms; 0.0 as top: no gradient at all)."""
+    extra = {**REMEDIES[remedy], "model.routing_options": dict(options or {})}
+    record = fake_run_record(routing=routing, depth=depth, seed=seed, accuracy=accuracy, types=TYPES,
+                             dead=[dead_types] * depth, protocol="long-cpu", status=status, extra_config=extra)
+    norms = record["metrics"]["grad_norms"]
+    if rho == "no gradient":
+        norms["conv1"]["input"], norms["class"]["input"] = 0.0, 0.0
+    elif rho is not None:
+        norms["conv1"]["input"], norms["class"]["input"] = rho * 0.5, 0.5
+    record["metrics"]["mechanism"] = {
+        f"conv{i}": {"coefficient_entropy": entropy, "activation_percentiles": {"p5": 0.1, "p50": 0.3},
+                     "dead_unit_fraction": 0.0, "pose_norm": None, "coefficient_cv_images": 0.1, "terms": None}
+        for i in range(1, depth + 1)}
+    tag = "-".join(f"{k}{v}" for k, v in sorted((options or {}).items()))
+    path = root / f"{routing}_{remedy}{tag}-depth{depth}-seed{seed}"
+    write_record(path / "record.json", seal(record))
+    return path
+
+
+def plain_reference(root: Path, accuracy: float = 0.95, routing: str = "dynamic") -> None:
+    """The plain preset at depths 1-6 (A_ref = ``accuracy``, at depth 1), three seeds."""
+    for depth, acc in ((1, accuracy), (3, accuracy - 0.01), (6, accuracy - 0.3)):
+        for seed in range(3):
+            write_run(root, routing=routing, depth=depth, seed=seed, accuracy=acc)
+
+
+def verdict_of(root: Path, name: str = "res", depth: int = 10, routing: str = "dynamic") -> dict:
+    return judge(collect([root], log=lambda line: None), routing, name, depth)
+
+
+def half_dead_plain(root: Path, depth: int = 10, seeds=range(3)) -> None:
+    for seed in seeds:
+        write_run(root, depth=depth, seed=seed, accuracy=0.1, dead_types=3, rho="no gradient")
+
+
+# --- A: is the symptom gone? -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("plain_dead, arm_dead, expected", [
+    (3, 1, "gone"),       # plain 0.75, arm 0.25
+    (3, 2, "not gone"),   # arm 0.5: not below 0.5
+    (2, 0, "gone"),       # plain exactly 0.5 counts as half-dead
+    (1, 0, NO_SYMPTOM),   # plain 0.25: nothing to cure
+])
+def test_criterion_a(tmp_path, plain_dead, arm_dead, expected):
+    plain_reference(tmp_path)
+    for seed in range(3):
+        write_run(tmp_path, depth=10, seed=seed, accuracy=0.1, dead_types=plain_dead)
+        write_run(tmp_path, remedy="res", seed=seed, dead_types=arm_dead)
+    assert verdict_of(tmp_path)["A"] == expected
+
+
+def test_criterion_a_without_the_plain_preset_is_undecided(tmp_path):
+    plain_reference(tmp_path)
+    write_run(tmp_path, remedy="res", depth=20)
+    v = verdict_of(tmp_path, depth=20)
+    assert v["A"].startswith("undecided") and v["verdict"] == v["A"] and v["provisional"]
+
+
+# --- B: is accuracy restored? ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("accuracies, expected", [
+    ((0.90, 0.90, 0.90), "restored"),      # exactly A_ref - 5 points (0.95 - 0.05)
+    ((0.89, 0.89, 0.89), "not restored"),  # interval collapses to 0.89 < 0.90
+    ((0.80, 0.85, 0.88), "restored"),      # mean 0.843, but the upper end of the 95% interval (0.94) reaches 0.90
+])
+def test_criterion_b_uses_the_upper_end_of_the_interval(tmp_path, accuracies, expected):
+    plain_reference(tmp_path, accuracy=0.95)
+    half_dead_plain(tmp_path)
+    for seed, acc in enumerate(accuracies):
+        write_run(tmp_path, remedy="res", seed=seed, accuracy=acc)
+    v = verdict_of(tmp_path)
+    assert v["a_ref"] == pytest.approx(0.95) and v["a_ref_depth"] == 1
+    assert v["B"] == expected
+
+
+def test_reference_is_the_best_mean_over_depths_up_to_10(tmp_path):
+    plain_reference(tmp_path, accuracy=0.9)
+    for seed in range(3):  # deeper than 10: never the reference, however good
+        write_run(tmp_path, depth=20, seed=seed, accuracy=0.99)
+        write_run(tmp_path, depth=3, seed=seed, accuracy=0.92, options={"coefficients": "uniform"})  # a control
+    assert reference_accuracy(collect([tmp_path], log=lambda line: None), "dynamic") == (pytest.approx(0.9), 1)
+
+
+# --- C: does the gradient reach the early layers? ---------------------------------------------------
+
+@pytest.mark.parametrize("rhos, statuses, expected", [
+    ((1.0, 50.0, 0.02), ("ok",) * 3, "reaches"),
+    ((0.001, 0.005, 1.0), ("ok",) * 3, "vanished"),
+    ((200.0, 1e4, 1.0), ("ok",) * 3, "exploding"),
+    ((200.0, 1.0, 0.001), ("ok",) * 3, "undecided (seeds disagree)"),  # one each way, one in range
+    ((1.0, 1.0, 1.0), ("ok", "diverged", "diverged"), "exploding"),  # divergence counts as exploding
+    (("no gradient", "no gradient", 1.0), ("ok",) * 3, "vanished"),  # a constant output gets no gradient at all
+])
+def test_criterion_c_two_of_three_seeds(tmp_path, rhos, statuses, expected):
+    plain_reference(tmp_path)
+    half_dead_plain(tmp_path)
+    for seed, (rho, status) in enumerate(zip(rhos, statuses)):
+        write_run(tmp_path, remedy="res", seed=seed, rho=rho, status=status)
+    v = verdict_of(tmp_path)
+    assert v["C"] == expected
+    assert v["diverged"] == [s for s, st in enumerate(statuses) if st == "diverged"]
+
+
+# --- the verdict --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arm_dead, accuracy, rho, entropy, verdict, flag", [
+    (0, 0.93, 1.0, 0.5, CURES, False),
+    (0, 0.93, 1.0, 0.995, CURES, True),     # alive through uniform coupling: flagged, still cured
+    (0, 0.50, 1.0, 0.5, HIDES, False),      # alive, accuracy not restored
+    (0, 0.93, 0.001, 0.5, HIDES, False),    # alive, early layers cut off
+    (0, 0.93, 500.0, 0.5, UNSTABLE, False),
+    (3, 0.93, 1.0, 0.5, NO_HELP, False),
+])
+def test_verdicts(tmp_path, arm_dead, accuracy, rho, entropy, verdict, flag):
+    plain_reference(tmp_path, accuracy=0.95)
+    half_dead_plain(tmp_path)
+    for seed in range(3):
+        write_run(tmp_path, remedy="res", seed=seed, dead_types=arm_dead, accuracy=accuracy, rho=rho, entropy=entropy)
+    v = verdict_of(tmp_path)
+    assert (v["verdict"], v["alive_not_routing"], v["provisional"]) == (verdict, flag, False)
+
+
+def test_one_seed_is_provisional(tmp_path):
+    plain_reference(tmp_path)
+    half_dead_plain(tmp_path, seeds=[0])
+    write_run(tmp_path, remedy="res", seed=0, accuracy=0.93)
+    v = verdict_of(tmp_path)
+    assert v["verdict"] == CURES and v["provisional"] and v["accuracy_ci95"] is None
+
+
+# --- rule S and the whole pass --------------------------------------------------------------------
+
+@pytest.mark.parametrize("accuracy, dead_types, survives", [
+    (0.151, 0, True), (0.15, 0, False),  # chance (0.1) + 5 points collapses, as the leaderboard's rule
+    (0.9, 2, False), (0.9, 1, True),     # dead fraction 0.5 is half-dead
+])
+def test_rule_s_at_depth_20(tmp_path, accuracy, dead_types, survives):
+    write_run(tmp_path, remedy="ln", depth=20, accuracy=accuracy, dead_types=dead_types)
+    write_run(tmp_path, remedy="ln", depth=20, seed=1, accuracy=0.1, dead_types=4)  # not the screening seed
+    (entry,) = survival(collect([tmp_path], log=lambda line: None))
+    assert entry["survives"] is survives and bool(entry["reason"]) != survives
+    assert entry["name"] == "pose-norm+norm=layer"
+
+
+def test_controls_and_variants_are_not_remedies_and_options_name_an_arm(tmp_path):
+    plain_reference(tmp_path)
+    half_dead_plain(tmp_path)
+    write_run(tmp_path, seed=0, options={"coefficients": "uniform"})      # the long protocol's control
+    write_run(tmp_path, remedy="res", seed=0, options={"detach_agreement": True})
+    names = {v["name"] for v in remedy_verdicts([tmp_path], log=lambda line: None)["verdicts"]}
+    assert names == {"res · detach_agreement=True"}
+
+
+def test_plan_excludes_unplanned_remedy_runs_and_lists_missing_ones(tmp_path):
+    plain_reference(tmp_path)
+    half_dead_plain(tmp_path)
+    planned = write_run(tmp_path, remedy="res", seed=0)
+    write_run(tmp_path, remedy="ln", seed=0)  # a pilot nobody planned
+    plan = {planned.name: {"routing": "dynamic", "arm": "x", "depth": 10, "seed": 0, "spec": "s", "preset": "a.yaml"},
+            "dynamic_res-depth20-seed0": {"routing": "dynamic", "arm": "x", "depth": 20, "seed": 0, "spec": "s",
+                                          "preset": "a.yaml"}}
+    out = remedy_verdicts([tmp_path], plan=plan, log=lambda line: None)
+    assert {v["name"] for v in out["verdicts"]} == {"res"}
+    assert [m["run"] for m in out["missing"]["missing"]] == ["dynamic_res-depth20-seed0"]
+
+
+def test_shipped_plan_names_the_remedies_screening_and_confirmation():
+    plan = plan_runs(default_plan())
+    assert len(plan) == 56 + 4 * 9 - 8  # screening 28 arms x 2 depths; confirmation 4 presets x 3 depths x 3 seeds
+    assert {p["preset"] for p in plan.values()} >= {"arms/dynamic_init_detach.yaml", "arms/em.yaml"}
+
+
+def test_cli_writes_markdown_json_and_a_figure(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    plain_reference(runs)
+    half_dead_plain(runs)
+    for seed in range(3):
+        write_run(runs, remedy="res", seed=seed, accuracy=0.93)
+    out = tmp_path / "out"
+    assert main(["report", str(runs), "--questions", "remedies", "--plan", "none", "--out", str(out)]) == 0
+    assert "wrote 1 figure(s)" in capsys.readouterr().out
+    data = json.loads((out / "remedies.json").read_text())
+    assert [v["verdict"] for v in data["verdicts"]] == [CURES]
+    text = (out / "remedies.md").read_text()
+    assert "**cures**" in text and "dynamic-gradient.png" in text
+    assert (out / "remedies" / "dynamic-gradient.png").is_file()
+
+
+@pytest.mark.parametrize("arch, protocol", [("timm_resnet", "long-cpu"), ("capsnet", "paper-mini")])
+def test_cli_without_capsule_runs_of_the_protocol_is_one_line(tmp_path, capsys, arch, protocol):
+    record = fake_run_record(arch=arch, depth=10, protocol=protocol)
+    write_record(tmp_path / "runs" / "other" / "record.json", record)
+    assert main(["report", str(tmp_path / "runs"), "--questions", "remedies", "--plan", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "no long-cpu capsule runs" in err[-1]
+    assert "not a long-cpu capsule run, skipped" in err[0]
