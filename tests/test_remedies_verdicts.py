@@ -232,3 +232,12 @@ def test_cli_without_capsule_runs_of_the_protocol_is_one_line(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error:") and "no long-cpu capsule runs" in err[-1]
     assert "not a long-cpu capsule run, skipped" in err[0]
+
+
+def test_every_seed_diverged_is_undecided_not_cured(tmp_path):
+    plain_reference(tmp_path)
+    half_dead_plain(tmp_path)
+    for seed in range(3):
+        write_run(tmp_path, remedy="res", seed=seed, status="diverged")
+    v = verdict_of(tmp_path)
+    assert v["A"] == "undecided (no finished run; 3 diverged)" and v["verdict"] == v["A"] and v["C"] == "exploding"

@@ -203,7 +203,7 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
              and r["status"] == "ok"]
     dead, plain_dead = _mean(r["dead_fraction"] for r in ok), _mean(r["dead_fraction"] for r in plain)
     if not ok:
-        a = "undecided (no finished run)"
+        a = f"undecided (no finished run; {len(diverged)} diverged)" if diverged else "undecided (no finished run)"
     elif plain_dead is None:
         a = f"undecided (the plain preset has no finished run at depth {depth})"
     elif plain_dead < HALF_DEAD:
