@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from capsbench.cli import main
 from capsbench.report.questions import plan_runs
@@ -23,18 +24,19 @@ from capsbench.report.remedies_verdicts import (
     remedy_verdicts,
     survival,
 )
+from capsbench.report.remedies_write import remedies_markdown
 from capsbench.results.run_record import seal, write_record
 from capsbench.results.testing import fake_run_record
 
 REPO = Path(__file__).resolve().parent.parent
 TYPES = 4
 REMEDIES = {"res": {"model.residual": True}, "ln": {"model.pose_norm": True, "model.pose_norm_kind": "layer"},
-            "none": {}}
+            "nopn": {"model.pose_norm": False}, "none": {}}
 
 
 def write_run(root: Path, *, remedy: str = "none", routing: str = "dynamic", depth: int = 10, seed: int = 0,
               accuracy: float = 0.9, dead_types: int = 0, rho: float | None = 1.0, status: str = "ok",
-              entropy: float = 0.5, options: dict | None = None) -> Path:
+              entropy: float | list[float] = 0.5, options: dict | None = None) -> Path:
     """A finished long-cpu run: ``dead_types`` of TYPES dead in every stacked layer; ``rho`` the ratio of the
     gradient norms at conv1's and the class capsules' input (None: no norms; 0.0 as top: no gradient at all)."""
     extra = {**REMEDIES[remedy], "model.routing_options": dict(options or {})}
@@ -45,8 +47,9 @@ def write_run(root: Path, *, remedy: str = "none", routing: str = "dynamic", dep
         norms["conv1"]["input"], norms["class"]["input"] = 0.0, 0.0
     elif rho is not None:
         norms["conv1"]["input"], norms["class"]["input"] = rho * 0.5, 0.5
+    entropies = entropy if isinstance(entropy, list) else [entropy] * depth
     record["metrics"]["mechanism"] = {
-        f"conv{i}": {"coefficient_entropy": entropy, "activation_percentiles": {"p5": 0.1, "p50": 0.3},
+        f"conv{i}": {"coefficient_entropy": entropies[i - 1], "activation_percentiles": {"p5": 0.1, "p50": 0.3},
                      "dead_unit_fraction": 0.0, "pose_norm": None, "coefficient_cv_images": 0.1, "terms": None}
         for i in range(1, depth + 1)}
     tag = "-".join(f"{k}{v}" for k, v in sorted((options or {}).items()))
@@ -125,7 +128,8 @@ def test_reference_is_the_best_mean_over_depths_up_to_10(tmp_path):
     ((1.0, 50.0, 0.02), ("ok",) * 3, "reaches"),
     ((0.001, 0.005, 1.0), ("ok",) * 3, "vanished"),
     ((200.0, 1e4, 1.0), ("ok",) * 3, "exploding"),
-    ((200.0, 1.0, 0.001), ("ok",) * 3, "undecided (seeds disagree)"),  # one each way, one in range
+    ((200.0, 1.0, 0.001), ("ok",) * 3, "fails (seeds disagree)"),  # one each way, one in range: C fails
+    ((None, None, None), ("ok",) * 3, "undecided (no gradient norms)"),
     ((1.0, 1.0, 1.0), ("ok", "diverged", "diverged"), "exploding"),  # divergence counts as exploding
     (("no gradient", "no gradient", 1.0), ("ok",) * 3, "vanished"),  # a constant output gets no gradient at all
 ])
@@ -147,13 +151,17 @@ def test_criterion_c_two_of_three_seeds(tmp_path, rhos, statuses, expected):
     (0, 0.50, 1.0, 0.5, HIDES, False),      # alive, accuracy not restored
     (0, 0.93, 0.001, 0.5, HIDES, False),    # alive, early layers cut off
     (0, 0.93, 500.0, 0.5, UNSTABLE, False),
+    (0, 0.50, 500.0, 0.5, UNSTABLE, False),  # exploding outranks "not restored"
+    (0, 0.93, [200.0, 1.0, 0.001], 0.5, HIDES, False),  # C fails on disagreeing seeds: hides, never undecided
+    (0, 0.93, 1.0, [0.995] * 9 + [0.5], CURES, False),  # one stacked layer still routes: not flagged
     (3, 0.93, 1.0, 0.5, NO_HELP, False),
 ])
 def test_verdicts(tmp_path, arm_dead, accuracy, rho, entropy, verdict, flag):
     plain_reference(tmp_path, accuracy=0.95)
     half_dead_plain(tmp_path)
     for seed in range(3):
-        write_run(tmp_path, remedy="res", seed=seed, dead_types=arm_dead, accuracy=accuracy, rho=rho, entropy=entropy)
+        write_run(tmp_path, remedy="res", seed=seed, dead_types=arm_dead, accuracy=accuracy, entropy=entropy,
+                  rho=rho[seed] if isinstance(rho, list) else rho)
     v = verdict_of(tmp_path)
     assert (v["verdict"], v["alive_not_routing"], v["provisional"]) == (verdict, flag, False)
 
@@ -184,6 +192,7 @@ def test_controls_and_variants_are_not_remedies_and_options_name_an_arm(tmp_path
     plain_reference(tmp_path)
     half_dead_plain(tmp_path)
     write_run(tmp_path, seed=0, options={"coefficients": "uniform"})      # the long protocol's control
+    write_run(tmp_path, remedy="nopn", seed=0)  # EM without its pose BatchNorm: a variant, not a remedy
     write_run(tmp_path, remedy="res", seed=0, options={"detach_agreement": True})
     names = {v["name"] for v in remedy_verdicts([tmp_path], log=lambda line: None)["verdicts"]}
     assert names == {"res · detach_agreement=True"}
@@ -241,3 +250,32 @@ def test_every_seed_diverged_is_undecided_not_cured(tmp_path):
         write_run(tmp_path, remedy="res", seed=seed, status="diverged")
     v = verdict_of(tmp_path)
     assert v["A"] == "undecided (no finished run; 3 diverged)" and v["verdict"] == v["A"] and v["C"] == "exploding"
+
+
+def test_every_seed_diverged_where_the_plain_preset_is_alive_is_no_symptom(tmp_path):
+    plain_reference(tmp_path)
+    for seed in range(3):
+        write_run(tmp_path, depth=10, seed=seed)  # plain preset alive at depth 10
+        write_run(tmp_path, remedy="res", seed=seed, status="diverged")
+    assert verdict_of(tmp_path)["verdict"] == NO_SYMPTOM
+
+
+def test_a_plain_preset_with_one_seed_makes_the_verdict_provisional(tmp_path):
+    plain_reference(tmp_path)
+    half_dead_plain(tmp_path, seeds=[0])
+    for seed in range(3):
+        write_run(tmp_path, remedy="res", seed=seed, accuracy=0.93)
+    v = verdict_of(tmp_path)
+    assert v["verdict"] == CURES and v["provisional"]
+
+
+def test_unfinished_screening_run_is_pending_not_failed(tmp_path):
+    path = write_run(tmp_path, remedy="ln", depth=20)
+    (path / "record.json").rename(path / "metrics.jsonl")  # a run folder without its record: still running
+    (path / "metrics.jsonl").write_text("")
+    record = fake_run_record(depth=20, protocol="long-cpu", extra_config=REMEDIES["ln"])
+    (path / "config.yaml").write_text(yaml.safe_dump(record["config"]))
+    (entry,) = survival(collect([tmp_path], log=lambda line: None))
+    assert entry["survives"] is None and entry["reason"].startswith("pending")
+    text = remedies_markdown(remedy_verdicts([tmp_path], log=lambda line: None), {})
+    assert "**pending**" in text and "Survivors" not in text

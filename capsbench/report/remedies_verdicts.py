@@ -32,7 +32,7 @@ from capsbench.metrics.grad_norms import input_ratio
 from capsbench.models.remedies import remedy_label
 from capsbench.report.arms import DEFAULT_ARM, arm_of
 from capsbench.report.rundir import RunDir, collect_rows
-from capsbench.results.entry import dead_fraction_conv
+from capsbench.results.entry import dead_fraction_conv, num_classes_of
 from capsbench.results.scores import CHANCE_MARGIN, HALF_DEAD
 
 PROTOCOL = "long-cpu"
@@ -44,9 +44,11 @@ ACCURACY_SLACK = 0.05  # B: restored when the interval's upper end is >= A_ref -
 RHO_LOW, RHO_HIGH = 0.01, 100.0  # C
 NEAR_UNIFORM = 0.99  # the "alive, not routing" flag
 PLAIN = "none"
+UNFINISHED = "unfinished"
 PLAN_SPECS = ("screening.yaml", "confirmation.yaml")
 _EPS = 1e-12  # as scores.py: an accuracy of exactly chance + 5 points collapses
 
+C_FAILS = "fails (seeds disagree)"  # not in [0.01, 100] in two of three seeds, nor out on one side
 CURES, HIDES, UNSTABLE, NO_HELP, NO_SYMPTOM = (
     "cures", "hides the symptom", "unstable", "does not help", "no symptom at this depth")
 
@@ -65,7 +67,13 @@ INTERPRETATIONS = [
     "'Alive, not routing' needs coupling entropy >= 0.99 in every stacked layer in every seed; it is a flag on a "
     "verdict, not a verdict.",
     "The deepest cure per routing counts confirmed verdicts (3 seeds) first; where a routing has none, a provisional "
-    "one is named as such.",
+    "one is named as such. A verdict is provisional when either side (the arm or the plain preset at that depth) "
+    "has fewer than 3 seeds.",
+    "With A holding, an exploding gradient makes the verdict 'unstable' even when B also fails; C failing because "
+    "the seeds disagree (no side reaches two thirds) counts as C failing ('hides the symptom').",
+    "A remedy arm is a run with a remedy on (capsbench/models/remedies.py); the long protocol's controls and "
+    "variants (routing options, or a reference part switched off such as EM's pose BatchNorm: 'no-pose-norm') "
+    "are not remedies and are left out. An unfinished run at depth 20 is 'pending' in rule S, not a failure.",
 ]
 
 
@@ -91,7 +99,7 @@ def _run_row(run: RunDir) -> dict | None:
     options = arm_of({**model, "pose_norm": None})  # the pose norm is a remedy of its own, already in the label
     row = {"run": run.path.name, "routing": str(model.get("routing")), "remedy": remedy, "arm": arm,
            "name": remedy if options == DEFAULT_ARM else f"{remedy} · {options}", "depth": int(model.get("depth", 0)),
-           "seed": int(cfg.get("seed", 0)), "status": "unfinished" if record is None else record["status"]}
+           "seed": int(cfg.get("seed", 0)), "status": UNFINISHED if record is None else record["status"]}
     if record is None or record["status"] != "ok":
         return row
     metrics = record["metrics"]
@@ -101,7 +109,8 @@ def _run_row(run: RunDir) -> dict | None:
     deepest = mech.get(stacked[-1]) if stacked else None
     entropies = [(mech.get(n) or {}).get("coefficient_entropy") for n in stacked]
     row.update({
-        "num_classes": int(record.get("num_classes") or 10),
+        "num_classes": num_classes_of(record) or 10,
+        "peak_memory_mb": record.get("peak_memory_mb"),
         "test_accuracy": metrics.get("test_accuracy"),
         "dead_fraction": dead_fraction_conv((metrics.get("layers") or {}).get("test") or {}),
         "rho": rho, "no_gradient": top == 0.0,
@@ -124,8 +133,12 @@ def _is_plain(row: dict) -> bool:
 
 
 def is_remedy(row: dict) -> bool:
-    """A remedy arm or a plain preset: the long protocol's control and variant arms are neither."""
-    return row["remedy"] != PLAIN or row["arm"] == DEFAULT_ARM
+    """A remedy arm or a plain preset. The long protocol's control and variant arms are neither: they set routing
+    options with no remedy on, or switch a part of the reference off (``no-pose-norm``, EM without its pose
+    BatchNorm), which removes rather than adds."""
+    if row["remedy"] == PLAIN:
+        return row["arm"] == DEFAULT_ARM
+    return any(not part.startswith("no-") for part in row["remedy"].split("+"))
 
 
 def _mean(values) -> float | None:
@@ -140,7 +153,7 @@ def reference_accuracy(rows: list[dict], routing: str) -> tuple[float | None, in
     """(A_ref, its depth): the plain preset's best mean test accuracy over depths 1-10 (B)."""
     by_depth: dict[int, list[float]] = defaultdict(list)
     for r in rows:
-        if r["routing"] == routing and _is_plain(r) and r["status"] == "ok" and r["depth"] <= REFERENCE_MAX_DEPTH:
+        if r["routing"] == routing and _is_plain(r) and r["status"] == "ok" and 1 <= r["depth"] <= REFERENCE_MAX_DEPTH:
             by_depth[r["depth"]].append(r["test_accuracy"])
     best = max(((_mean(v), d) for d, v in by_depth.items()), default=(None, None), key=lambda x: (x[0], -x[1]))
     return best
@@ -153,13 +166,17 @@ def survival(rows: list[dict]) -> list[dict]:
         if r["depth"] != SURVIVAL_DEPTH or r["seed"] != SCREENING_SEED or not is_remedy(r):
             continue
         entry = {k: r.get(k) for k in ("routing", "remedy", "arm", "name", "run", "status", "preset")}
-        if r["status"] != "ok":
+        if r["status"] == UNFINISHED:
+            entry.update(survives=None, reason="pending: running or interrupted")
+        elif r["status"] != "ok":
             entry.update(survives=False, reason=f"run {r['status']}")
         else:
             limit = 1.0 / r["num_classes"] + CHANCE_MARGIN + _EPS
-            alive_acc, alive_dead = r["test_accuracy"] > limit, (r["dead_fraction"] or 0.0) < HALF_DEAD
+            dead = r["dead_fraction"]
+            alive_acc, alive_dead = r["test_accuracy"] > limit, dead is not None and dead < HALF_DEAD
             reasons = [] if alive_acc else [f"accuracy {100 * r['test_accuracy']:.1f}% at or below chance + 5"]
-            reasons += [] if alive_dead else [f"dead fraction {r['dead_fraction']:.2f} >= {HALF_DEAD}"]
+            reasons += [] if alive_dead else ["no dead fraction recorded" if dead is None else
+                                              f"dead fraction {dead:.2f} >= {HALF_DEAD}"]
             entry.update(test_accuracy=r["test_accuracy"], dead_fraction=r["dead_fraction"],
                          survives=alive_acc and alive_dead, reason="; ".join(reasons))
         entry["plain"] = _is_plain(r)
@@ -177,7 +194,9 @@ def _criterion_c(runs: list[dict], diverged: int) -> tuple[str, dict]:
     for name, count in (("reaches", reaches), ("vanished", vanished), ("exploding", exploding)):
         if _at_least_two_thirds(count, n):
             return name, counts
-    return "undecided (seeds disagree)", counts
+    if reaches + vanished + exploding == 0:
+        return "undecided (no gradient norms)", counts
+    return C_FAILS, counts
 
 
 def _verdict(a: str, b: str, c: str) -> str:
@@ -187,11 +206,11 @@ def _verdict(a: str, b: str, c: str) -> str:
         return NO_HELP
     if c == "exploding":
         return UNSTABLE
-    if b == "not restored" or c == "vanished":
+    if b == "not restored" or c in ("vanished", C_FAILS):
         return HIDES
     if b == "restored" and c == "reaches":
         return CURES
-    return "undecided (C: seeds disagree)"
+    return f"undecided ({'B: ' + b if b != 'restored' else 'C: ' + c})"
 
 
 def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
@@ -202,12 +221,12 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     plain = [r for r in rows if r["routing"] == routing and _is_plain(r) and r["depth"] == depth
              and r["status"] == "ok"]
     dead, plain_dead = _mean(r["dead_fraction"] for r in ok), _mean(r["dead_fraction"] for r in plain)
-    if not ok:
-        a = f"undecided (no finished run; {len(diverged)} diverged)" if diverged else "undecided (no finished run)"
-    elif plain_dead is None:
+    if plain_dead is None:
         a = f"undecided (the plain preset has no finished run at depth {depth})"
     elif plain_dead < HALF_DEAD:
         a = NO_SYMPTOM
+    elif not ok:
+        a = f"undecided (no finished run; {len(diverged)} diverged)" if diverged else "undecided (no finished run)"
     else:
         a = "gone" if dead < HALF_DEAD else "not gone"
     accuracy = [r["test_accuracy"] for r in ok]
@@ -225,7 +244,8 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     seeds = len(ok) + len(diverged)
     return {
         "routing": routing, "name": name, "depth": depth, "seeds": [r["seed"] for r in ok], "diverged": diverged,
-        "provisional": seeds < REQUIRED_SEEDS, "dead_fraction": dead, "plain_dead_fraction": plain_dead, "A": a,
+        "provisional": seeds < REQUIRED_SEEDS or len(plain) < REQUIRED_SEEDS,
+        "dead_fraction": dead, "plain_dead_fraction": plain_dead, "A": a,
         "accuracy": _mean(accuracy), "accuracy_ci95": list(interval) if interval else None, "a_ref": a_ref,
         "a_ref_depth": ref_depth, "B": b, "rho": [r["rho"] for r in ok], "C": c, "C_counts": c_counts,
         "verdict": verdict,
@@ -244,23 +264,32 @@ def verdicts(rows: list[dict], depths=(10, 20, 30)) -> list[dict]:
 
 
 def deepest_cures(judged: list[dict], rows: list[dict]) -> list[dict]:
-    """Per routing: the arm that cures deepest (ties: higher mean accuracy), and its accuracy cost at depth 10."""
+    """Per routing with remedy runs: the arm that cures deepest (ties: higher mean accuracy; a full tie is named),
+    and its cost at depth 10 against the plain preset: accuracy difference and peak memory (step time: the cost
+    table of docs/remedies.md, measured side by side; the records' images/s were taken under uneven load)."""
     out = []
-    for routing in sorted({v["routing"] for v in judged}):
+    routings = sorted({r["routing"] for r in rows if not _is_plain(r)} | {v["routing"] for v in judged})
+    for routing in routings:
         cures = [v for v in judged if v["routing"] == routing and v["verdict"] == CURES]
-        confirmed = [v for v in cures if not v["provisional"]]
-        pool = confirmed or cures
+        pool = [v for v in cures if not v["provisional"]] or cures
         if not pool:
-            out.append({"routing": routing, "answer": "no remedy cures at any depth run", "arm": None})
+            answer = ("no remedy cures at any depth judged" if any(v["routing"] == routing for v in judged)
+                      else "no remedy run finished yet")
+            out.append({"routing": routing, "answer": answer, "arm": None})
             continue
-        best = max(pool, key=lambda v: (v["depth"], v["accuracy"] or 0.0))
-        at10 = {name: _mean(r["test_accuracy"] for r in rows if r["routing"] == routing and r["name"] == name
-                            and r["depth"] == 10 and r["status"] == "ok") for name in (best["name"], PLAIN)}
-        cost = None if None in at10.values() else at10[best["name"]] - at10[PLAIN]
-        out.append({"routing": routing, "arm": best["name"], "depth": best["depth"], "accuracy": best["accuracy"],
-                    "provisional": best["provisional"], "accuracy_cost_depth10": cost,
-                    "answer": f"{best['name']} cures to depth {best['depth']}"
-                              + (" (provisional)" if best["provisional"] else "")})
+        key = max((v["depth"], v["accuracy"] or 0.0) for v in pool)
+        best = sorted((v for v in pool if (v["depth"], v["accuracy"] or 0.0) == key), key=lambda v: v["name"])
+        at10 = {name: [r for r in rows if r["routing"] == routing and r["name"] == name and r["depth"] == 10
+                       and r["status"] == "ok"] for name in (best[0]["name"], PLAIN)}
+        acc = {k: _mean(r["test_accuracy"] for r in v) for k, v in at10.items()}
+        mem = {k: _mean(r.get("peak_memory_mb") for r in v) for k, v in at10.items()}
+        names = " = ".join(v["name"] for v in best)  # a full tie: every arm named
+        out.append({"routing": routing, "arm": names, "depth": best[0]["depth"], "accuracy": best[0]["accuracy"],
+                    "provisional": best[0]["provisional"],
+                    "accuracy_cost_depth10": None if None in acc.values() else acc[best[0]["name"]] - acc[PLAIN],
+                    "peak_memory_mb_depth10": [mem[best[0]["name"]], mem[PLAIN]],
+                    "answer": f"{names} cure{'s' if len(best) == 1 else ''} to depth {best[0]['depth']}"
+                              + (" (provisional)" if best[0]["provisional"] else "")})
     return out
 
 
@@ -280,13 +309,14 @@ def remedy_verdicts(paths: list[Path], plan: dict[str, dict] | None = None, log=
     rows = collect(paths, log)
     for row in rows:
         row["preset"] = (plan or {}).get(row["run"], {}).get("preset")
-    judged_rows = rows
-    if plan:  # unplanned remedy runs (a pilot with other settings) are never judged; plain runs stay references
-        judged_rows = [r for r in rows if r["run"] in plan or _is_plain(r)]
+    # only remedy arms and plain presets; with a plan, only planned arms (a pilot with other settings is never
+    # judged), while every plain run stays a reference (A_ref comes from the long confirmation's)
+    judged_rows = [r for r in rows if is_remedy(r) and (not plan or r["run"] in plan or _is_plain(r))]
     judged = verdicts(judged_rows)
     return {
         "protocol": PROTOCOL, "required_seeds": REQUIRED_SEEDS, "interpretations": INTERPRETATIONS,
-        "runs": rows, "missing": missing_runs(rows, plan) if plan else None,
+        "runs": rows, "judged_runs": [r["run"] for r in judged_rows],
+        "missing": missing_runs(rows, plan) if plan else None,
         "survival": survival(judged_rows), "verdicts": judged, "deepest": deepest_cures(judged, judged_rows),
         "rho_bounds": [RHO_LOW, RHO_HIGH],
     }

@@ -27,7 +27,6 @@ from capsbench.report.remedies_verdicts import (
     RHO_LOW,
     SURVIVAL_DEPTH,
     geometric_mean,
-    is_remedy,
     remedy_verdicts,
 )
 from capsbench.report.style import figure_style, line_styles, new_figure, save_png
@@ -36,7 +35,7 @@ from capsbench.results.run_record import finite
 
 def gradient_figure(rows: list[dict], routing: str):
     """rho of every finished run of ``routing`` against depth: dots per seed, a line through the geometric means."""
-    mine = [r for r in rows if r["routing"] == routing and r["status"] == "ok" and r.get("rho") and is_remedy(r)]
+    mine = [r for r in rows if r["routing"] == routing and r["status"] == "ok" and r.get("rho")]
     names = sorted({r["name"] for r in mine}, key=lambda n: (n != "none", n))
     styles = line_styles(names)
     fig = new_figure(7.5, 4.2)
@@ -58,9 +57,13 @@ def gradient_figure(rows: list[dict], routing: str):
     return fig
 
 
+def _survives(value: bool | None) -> str:
+    return "pending" if value is None else "survives" if value else "does not survive"
+
+
 def _survival_rows(verdicts: dict) -> list[list]:
     return [[s["routing"], s["name"] + (" (plain preset)" if s["plain"] else ""), fmt_pct(s.get("test_accuracy")),
-             fmt_num(s.get("dead_fraction")), f"**{'survives' if s['survives'] else 'does not survive'}**",
+             fmt_num(s.get("dead_fraction")), f"**{_survives(s['survives'])}**",
              s["reason"] or ""] for s in verdicts["survival"]]
 
 
@@ -108,7 +111,7 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
             "The survivors (and their routing's plain preset) go to `specs/remedies/confirmation.yaml`.", ""]
     out.append(table_or_note(["routing", "arm", "test accuracy", "dead fraction", "rule S", "why not"],
                              _survival_rows(verdicts), f"No screening run at depth {SURVIVAL_DEPTH} yet."))
-    survivors = [s for s in verdicts["survival"] if s["survives"] and not s["plain"]]
+    survivors = [s for s in verdicts["survival"] if s["survives"] is True and not s["plain"]]
     if survivors:
         out.append("Survivors: " + ", ".join(f"{s['routing']} · {s['name']}" for s in survivors) + ".\n")
         files = [s["preset"] for s in survivors if s["preset"]]
@@ -127,10 +130,13 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
 
     out += ["", "## Which remedy keeps capsules alive deepest?", ""]
     rows = [[d["routing"], d["answer"], fmt_pct(d.get("accuracy")),
-             "n/a" if d.get("accuracy_cost_depth10") is None else f"{100 * d['accuracy_cost_depth10']:+.1f}"]
+             "n/a" if d.get("accuracy_cost_depth10") is None else f"{100 * d['accuracy_cost_depth10']:+.1f}",
+             " vs ".join(fmt_num(m, ".0f") for m in d.get("peak_memory_mb_depth10") or [])]
             for d in verdicts["deepest"]]
     out.append(table_or_note(["routing", "deepest cure", "its accuracy there", "accuracy vs plain at depth 10 "
-                              "(points)"], rows, "No verdict yet."))
+                              "(points)", "peak MB at depth 10 (arm vs plain)"], rows, "No verdict yet."))
+    out.append("Step time of each remedy: the cost table of docs/remedies.md (measured side by side in one process "
+               "per arm; the records' images/s were taken under uneven machine load).\n")
 
     out += ["", "## Figures", ""]
     out += [f"![{routing}: gradient ratio rho against depth]({path})\n" for routing, path in sorted(figures.items())]
@@ -154,7 +160,8 @@ def write_remedy_verdicts(paths: list[Path], out: Path, plan_specs: list[Path] |
     with figure_style():
         for routing in sorted({v["routing"] for v in verdicts["verdicts"]}):
             path = out / "remedies" / f"{routing}-gradient.png"
-            save_png(gradient_figure(verdicts["runs"], routing), path)
+            judged = set(verdicts["judged_runs"])
+            save_png(gradient_figure([r for r in verdicts["runs"] if r["run"] in judged], routing), path)
             written.append(path)
             figures[routing] = path.relative_to(out).as_posix()
     js = out / "remedies.json"
