@@ -303,14 +303,16 @@ def test_the_remedies_screening_covers_every_routing_and_remedy_and_reuses_the_l
         assert run.config.model.routing_impl == expected_impl, run.point
     common = {"none", "res", "res+skip=pre", "pose-norm+norm=layer", "res+skip=pre+pose-norm+norm=layer",
               "momentum=0.9"}
+    skips = {"none", "res", "res+skip=pre+pose-norm+norm=layer"}  # the contributed routings: plain and two skips
     assert labels == {"em": common, "self": common, "vb": common | {"pose-norm"},
-                      "dynamic": common | {"pose-norm", "init=length"}}
-    # the plain presets at depth 10 are the long screening's runs (same hash, same sweep folder): reused
-    long_screening = spec.load(REPO / "specs" / "long" / "screening.yaml")
+                      "dynamic": common | {"pose-norm", "init=length"}, "ida": skips, "efficient": skips}
+    # the plain presets at depth 10 are the long screenings' runs (same hash, same sweep folder): reused
+    long_screening = [*spec.load(REPO / "specs" / "long" / "screening.yaml"),
+                      *spec.load(REPO / "specs" / "contrib" / "long_screening.yaml")]
     long_runs = {(r.config.model.routing, r.config.model.depth): r for r in long_screening
                  if remedy_label(r.config) == "none" and not r.config.model.routing_options}
     plain = [r for r in runs.values() if remedy_label(r.config) == "none" and r.config.model.depth == 10]
-    assert len(plain) == 4 and all(r.config.name == "long_cpu" for r in plain)
+    assert len(plain) == 6 and all(r.config.name == "long_cpu" for r in plain)
     for run in plain:
         assert run.spec_hash == long_runs[(run.config.model.routing, 10)].spec_hash, run.config.model.routing
 
@@ -318,7 +320,7 @@ def test_the_remedies_screening_covers_every_routing_and_remedy_and_reuses_the_l
 def test_the_remedies_confirmation_holds_three_seeds_to_depth_30():
     runs = list(spec.load(REPO / "specs" / "remedies" / "confirmation.yaml"))
     assert {r.seed for r in runs} == {0, 1, 2} and {r.config.model.depth for r in runs} == {10, 20, 30}
-    assert {r.config.model.routing for r in runs} == {"em", "vb", "self", "dynamic"}
+    assert {r.config.model.routing for r in runs} == {"em", "vb", "self", "dynamic", "ida", "efficient"}
 
 
 def test_length_init_with_one_iteration_passes_the_gradient_back_undiminished():

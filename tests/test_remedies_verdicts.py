@@ -213,7 +213,9 @@ def test_plan_excludes_unplanned_remedy_runs_and_lists_missing_ones(tmp_path):
 
 def test_shipped_plan_names_the_remedies_screening_and_confirmation():
     plan = plan_runs(default_plan())
-    assert len(plan) == 56 + 4 * 9 - 8  # screening 28 arms x 2 depths; confirmation 4 presets x 3 depths x 3 seeds
+    # screening 34 arms x 2 depths; confirmation 6 plain presets x 3 depths x 3 seeds; both hold the plain presets
+    # seed-0 runs at depths 10 and 20
+    assert len(plan) == 34 * 2 + 6 * 9 - 6 * 2
     assert {p["preset"] for p in plan.values()} >= {"arms/dynamic_init_detach.yaml", "arms/em.yaml"}
 
 
