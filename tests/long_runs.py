@@ -26,11 +26,12 @@ BASE_MECH = {"activation_percentiles": {"p50": 0.3}, "coefficient_entropy": 0.8,
 def write_long_run(root: Path, *, routing: str = "self", depth: int = 2, seed: int = 0, accuracy: float = 0.9,
                    options: dict | None = None, pose_norm: bool | None = None, acts: dict | None = None,
                    mech: dict | None = None, dead: list[int] | None = None, epochs_done: int | None = None,
-                   name: str | None = None, grads: dict | None = None, arch: str = "capsnet") -> Path:
+                   name: str | None = None, grads: dict | None = None, arch: str = "capsnet",
+                   extra: dict | None = None) -> Path:
     """A run folder; ``acts[layer]``: per epoch, the per-type mean activations (default 0.3 everywhere);
     ``mech[epoch][layer]``: fields that replace ``BASE_MECH``'s; ``epochs_done`` < EPOCHS: unfinished (no record);
-    ``grads[epoch]``: that epoch's ``grad_norms`` (none by default)."""
-    extra = {"model.routing_options": dict(options or {}), "train.epochs": EPOCHS}
+    ``grads[epoch]``: that epoch's ``grad_norms`` (none by default); ``extra``: more dotted config keys."""
+    extra = {"model.routing_options": dict(options or {}), "train.epochs": EPOCHS, **(extra or {})}
     if pose_norm is not None:
         extra["model.pose_norm"] = pose_norm
     record = fake_run_record(routing=routing, arch=arch, depth=depth, seed=seed, accuracy=accuracy, types=TYPES,

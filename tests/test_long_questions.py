@@ -381,3 +381,20 @@ def test_depth_figure_data_method_control_and_floor(tmp_path):
     assert method["dead"] == [pytest.approx(0.5)]  # dying 0, 1, 2 over 2 stacked layers: 0.5 per layer
     assert method["accuracy"] == [pytest.approx(0.6)] and method["accuracy_ci95"][0] is not None
     assert floor["seeds"] == [1] and floor["accuracy_ci95"] == [None]  # one seed: no interval
+
+
+def test_remedy_runs_in_the_sweep_folder_are_listed_never_asked(tmp_path):
+    for seed in range(3):
+        write_long_run(tmp_path, routing="self", depth=6, seed=seed, accuracy=0.9)
+        # the remedies sweep shares the folder: a residual self run at the same depth must not join self's seeds
+        write_long_run(tmp_path, routing="self", depth=6, seed=seed, accuracy=0.1, name=f"self-res-{seed}",
+                       extra={"model.residual": True})
+    write_long_run(tmp_path, routing="self", depth=6, seed=0, name="self-ln", pose_norm=True,
+                   extra={"model.pose_norm_kind": "layer"})
+    out = answers(tmp_path)
+    assert pick(out["q1"], routing="self", depth=6)["seeds"] == [0, 1, 2]
+    assert pick(out["gradient_flow"], routing="self", depth=6)["seeds"] == [0, 1, 2]
+    statuses = {r["run"]: r["status"] for r in out["runs"]}
+    assert statuses["self-res-0"] == "a remedy run (res, ok)"
+    assert statuses["self-ln"] == "a remedy run (pose-norm+norm=layer, ok)"
+    assert out["q5"] == []  # no arm of the long protocol among them

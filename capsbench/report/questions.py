@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from capsbench.intervals import mean_std, t_interval, welch_interval
+from capsbench.models.remedies import remedy_label
 from capsbench.report.arms import CONTROL_ARM, DEFAULT_ARM, arm_of
 from capsbench.report.lifecycle import run_facts
 from capsbench.report.rundir import RunDir, collect_rows
@@ -102,6 +103,8 @@ def _run_row(run: RunDir) -> dict | None:
         row["avg_dead_conv"] = record["metrics"].get("avg_dead_conv")
     if model.get("arch", "capsnet") != "capsnet":  # a baseline in the same sweep folder: no capsules to ask about
         row["status"] = f"not a capsule network ({model.get('arch')}, {row['status']})"
+    elif _remedy(cfg):  # a remedies run in the same sweep folder (docs/remedies.md): judged there, never asked here
+        row["status"] = f"a remedy run ({_remedy(cfg)}, {row['status']})"
     if row["status"] == "ok":
         facts = run_facts(run)
         if facts["last_epoch"] != row["epochs"]:
@@ -110,6 +113,13 @@ def _run_row(run: RunDir) -> dict | None:
         for key in ("dying", "born_dead", "born_weak", "born_alive", "relative_dead_last", "hidden_by_bn"):
             row[key] = facts[key]
     return row
+
+
+def _remedy(cfg: dict) -> str:
+    """The remedies a run has on, '' for none; switching the pose BatchNorm off is this protocol's own EM variant
+    (question 5), not a remedy."""
+    on = [part for part in remedy_label(cfg).split("+") if part not in ("none", "no-pose-norm")]
+    return "+".join(on)
 
 
 def collect(paths: list[Path], log=None) -> list[dict]:
@@ -248,7 +258,9 @@ def _screening_run(rows, routing, arm, depth):
 
 
 def question5(rows) -> list[dict]:
-    arms = sorted({(r["routing"], r["arm"]) for r in rows if r["arm"] != DEFAULT_ARM})
+    # arms of runs that are finished or under way: an excluded run (unplanned, a remedy, a baseline) names no arm
+    arms = sorted({(r["routing"], r["arm"]) for r in rows
+                   if r["arm"] != DEFAULT_ARM and r["status"] in ("ok", UNFINISHED)})
     out = []
     for routing, arm in arms:
         depths = []
