@@ -12,7 +12,9 @@ import yaml
 from capsbench.cli import main
 from capsbench.report.questions import plan_runs
 from capsbench.report.remedies_verdicts import (
+    COLLAPSE,
     CURES,
+    DEAD,
     HIDES,
     NO_HELP,
     NO_SYMPTOM,
@@ -76,18 +78,23 @@ def half_dead_plain(root: Path, depth: int = 10, seeds=range(3)) -> None:
 
 # --- A: is the symptom gone? -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("plain_dead, arm_dead, expected", [
-    (3, 1, "gone"),       # plain 0.75, arm 0.25
-    (3, 2, "not gone"),   # arm 0.5: not below 0.5
-    (2, 0, "gone"),       # plain exactly 0.5 counts as half-dead
-    (1, 0, NO_SYMPTOM),   # plain 0.25: nothing to cure
+@pytest.mark.parametrize("plain_dead, plain_acc, arm_dead, arm_acc, expected, symptom", [
+    (3, 0.1, 1, 0.9, "gone", DEAD),        # plain 0.75, arm 0.25
+    (3, 0.1, 2, 0.9, "not gone", DEAD),    # arm 0.5: not below 0.5
+    (2, 0.9, 0, 0.9, "gone", DEAD),        # plain exactly 0.5 counts as half-dead, whatever its accuracy
+    (1, 0.9, 0, 0.9, NO_SYMPTOM, None),    # plain 0.25 and accurate: nothing to cure
+    # amendment 2: alive but collapsed (EM at depth 10 in the long protocol): the symptom is the collapse
+    (0, 0.12, 0, 0.9, "gone", COLLAPSE),
+    (0, 0.12, 0, 0.15, "not gone", COLLAPSE),  # exactly chance + 5 points is still collapsed
+    (1, 0.151, 0, 0.9, NO_SYMPTOM, None),  # just above the collapse line: no symptom
 ])
-def test_criterion_a(tmp_path, plain_dead, arm_dead, expected):
+def test_criterion_a(tmp_path, plain_dead, plain_acc, arm_dead, arm_acc, expected, symptom):
     plain_reference(tmp_path)
     for seed in range(3):
-        write_run(tmp_path, depth=10, seed=seed, accuracy=0.1, dead_types=plain_dead)
-        write_run(tmp_path, remedy="res", seed=seed, dead_types=arm_dead)
-    assert verdict_of(tmp_path)["A"] == expected
+        write_run(tmp_path, depth=10, seed=seed, accuracy=plain_acc, dead_types=plain_dead)
+        write_run(tmp_path, remedy="res", seed=seed, dead_types=arm_dead, accuracy=arm_acc)
+    v = verdict_of(tmp_path)
+    assert (v["A"], v["symptom"]) == (expected, symptom)
 
 
 def test_criterion_a_without_the_plain_preset_is_undecided(tmp_path):

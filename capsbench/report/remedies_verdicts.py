@@ -48,6 +48,7 @@ UNFINISHED = "unfinished"
 PLAN_SPECS = ("screening.yaml", "confirmation.yaml")
 _EPS = 1e-12  # as scores.py: an accuracy of exactly chance + 5 points collapses
 
+DEAD, COLLAPSE = "half-dead", "collapse with live capsules"  # the plain preset's symptom at a depth (A)
 C_FAILS = "fails (seeds disagree)"  # not in [0.01, 100] in two of three seeds, nor out on one side
 CURES, HIDES, UNSTABLE, NO_HELP, NO_SYMPTOM = (
     "cures", "hides the symptom", "unstable", "does not help", "no symptom at this depth")
@@ -61,7 +62,9 @@ INTERPRETATIONS = [
     "C: a run whose class capsules get no gradient at all (a constant output) counts as 'vanished'; a run without "
     "gradient norms counts toward no side.",
     "A compares mean dead fractions (over stacked layers, eq. 13, test set, final epoch) over the seeds each side "
-    "has; the plain preset's side uses every seed run at that depth.",
+    "has; the plain preset's side uses every seed run at that depth. Amendment 2 (docs/remedies.md): where the "
+    "plain preset is not half-dead but has collapsed (mean accuracy <= chance + 5 points), the symptom is 'collapse "
+    "with live capsules' and A holds when the arm's mean accuracy is above chance + 5 points.",
     "A_ref (B) is the best mean test accuracy over depths 1-10 among the plain preset's finished runs in the "
     "folder (the long-cpu confirmation's), whatever their plan.",
     "'Alive, not routing' needs coupling entropy >= 0.99 in every stacked layer in every seed; it is a flag on a "
@@ -221,15 +224,21 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     plain = [r for r in rows if r["routing"] == routing and _is_plain(r) and r["depth"] == depth
              and r["status"] == "ok"]
     dead, plain_dead = _mean(r["dead_fraction"] for r in ok), _mean(r["dead_fraction"] for r in plain)
+    accuracy = [r["test_accuracy"] for r in ok]
+    limit = 1.0 / (plain or ok or [{"num_classes": 10}])[0]["num_classes"] + CHANCE_MARGIN + _EPS
+    plain_accuracy = _mean(r["test_accuracy"] for r in plain)
+    symptom = (None if plain_dead is None else DEAD if plain_dead >= HALF_DEAD else
+               COLLAPSE if plain_accuracy <= limit else None)
     if plain_dead is None:
         a = f"undecided (the plain preset has no finished run at depth {depth})"
-    elif plain_dead < HALF_DEAD:
+    elif symptom is None:
         a = NO_SYMPTOM
     elif not ok:
         a = f"undecided (no finished run; {len(diverged)} diverged)" if diverged else "undecided (no finished run)"
-    else:
+    elif symptom == DEAD:
         a = "gone" if dead < HALF_DEAD else "not gone"
-    accuracy = [r["test_accuracy"] for r in ok]
+    else:  # amendment 2: the arm has not collapsed (mean accuracy above chance + 5 points)
+        a = "gone" if _mean(accuracy) > limit else "not gone"
     interval = t_interval(accuracy, 0.0, 1.0)
     a_ref, ref_depth = reference_accuracy(rows, routing)
     upper = interval[1] if interval else _mean(accuracy)
@@ -245,7 +254,8 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     return {
         "routing": routing, "name": name, "depth": depth, "seeds": [r["seed"] for r in ok], "diverged": diverged,
         "provisional": seeds < REQUIRED_SEEDS or len(plain) < REQUIRED_SEEDS,
-        "dead_fraction": dead, "plain_dead_fraction": plain_dead, "A": a,
+        "symptom": symptom, "dead_fraction": dead, "plain_dead_fraction": plain_dead,
+        "plain_accuracy": plain_accuracy, "A": a,
         "accuracy": _mean(accuracy), "accuracy_ci95": list(interval) if interval else None, "a_ref": a_ref,
         "a_ref_depth": ref_depth, "B": b, "rho": [r["rho"] for r in ok], "C": c, "C_counts": c_counts,
         "verdict": verdict,

@@ -23,6 +23,7 @@ from capsbench.io import write_text
 from capsbench.report.questions import plan_runs
 from capsbench.report.questions_markdown import details, fmt_ci, fmt_num, fmt_pct, md_table, table_or_note
 from capsbench.report.remedies_verdicts import (
+    COLLAPSE,
     RHO_HIGH,
     RHO_LOW,
     SURVIVAL_DEPTH,
@@ -67,6 +68,13 @@ def _survival_rows(verdicts: dict) -> list[list]:
              s["reason"] or ""] for s in verdicts["survival"]]
 
 
+def _a_cell(v: dict) -> str:
+    if v.get("symptom") == COLLAPSE:  # amendment 2: the symptom is the collapse, compared by accuracy
+        return (f"plain collapsed ({fmt_pct(v['plain_accuracy'])}, dead {fmt_num(v['plain_dead_fraction'])}); "
+                f"arm {fmt_pct(v['accuracy'])}: {v['A']}")
+    return f"{fmt_num(v['dead_fraction'])} vs {fmt_num(v['plain_dead_fraction'])}: {v['A']}"
+
+
 def _verdict_rows(verdicts: dict) -> list[list]:
     out = []
     for v in verdicts["verdicts"]:
@@ -74,7 +82,7 @@ def _verdict_rows(verdicts: dict) -> list[list]:
         verdict = v["verdict"] + (" (provisional)" if v["provisional"] else "") + (
             "; alive, not routing" if v["alive_not_routing"] else "")
         out.append([v["routing"], v["name"], v["depth"], seeds,
-                    f"{fmt_num(v['dead_fraction'])} vs {fmt_num(v['plain_dead_fraction'])}: {v['A']}",
+                    _a_cell(v),
                     f"{fmt_pct(v['accuracy'])} {fmt_ci(v['accuracy_ci95'], '.1f', 100.0)} vs A_ref "
                     f"{fmt_pct(v['a_ref'])} (d{v['a_ref_depth']}): {v['B']}",
                     f"{', '.join(fmt_num(x, '.3g') for x in v['rho'])}: {v['C']}",
@@ -120,7 +128,9 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
                        f"presets of their routings): `{', '.join(files)}`.\n")
 
     out += ["", "## Verdicts (A, B, C)", "",
-            "A: mean dead fraction of the arm vs the plain preset at that depth (gone: arm < 0.5 while plain >= 0.5). "
+            "A: mean dead fraction of the arm vs the plain preset at that depth (gone: arm < 0.5 while plain >= 0.5); "
+            "where the plain preset collapsed with live capsules (amendment 2), the arm's accuracy (gone: above chance "
+            "+ 5 points). "
             "B: accuracy [95% CI] vs A_ref, the plain preset's best mean over depths 1-10 (restored: upper end >= "
             f"A_ref - 5 points). C: rho per seed (reaches: in [{RHO_LOW:g}, {RHO_HIGH:g}] in >= 2/3 of the seeds). "
             "Last column, reported only: the deepest stacked layer's activation p5 / p50 / coupling entropy.", ""]
