@@ -120,6 +120,13 @@ def remedy_label(config: Any) -> str:
     return "+".join(on) or "none"
 
 
+def added_remedies(config: Any) -> str:
+    """The remedies ``config`` adds, '+'-joined ('' for none). Switching a part of the method's reference off
+    (``no-...``: EM without its pose BatchNorm, a long-cpu variant) removes rather than adds, so it is a variant
+    of the method, not a remedy: the long-cpu questions ask about it and the remedies verdicts leave it out."""
+    return "+".join(p for p in remedy_label(config).split("+") if p != "none" and not p.startswith("no-"))
+
+
 def check_remedies(cfg: Any) -> None:
     """Every remedy that is on against what it requires; SpecError naming the key otherwise (spec load)."""
     for remedy in REMEDIES:

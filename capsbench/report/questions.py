@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from capsbench.intervals import mean_std, t_interval, welch_interval
-from capsbench.models.remedies import remedy_label
+from capsbench.models.remedies import added_remedies
 from capsbench.report.arms import CONTROL_ARM, DEFAULT_ARM, arm_of
 from capsbench.report.lifecycle import run_facts
 from capsbench.report.rundir import RunDir, collect_rows
@@ -103,8 +103,8 @@ def _run_row(run: RunDir) -> dict | None:
         row["avg_dead_conv"] = record["metrics"].get("avg_dead_conv")
     if model.get("arch", "capsnet") != "capsnet":  # a baseline in the same sweep folder: no capsules to ask about
         row["status"] = f"not a capsule network ({model.get('arch')}, {row['status']})"
-    elif _remedy(cfg):  # a remedies run in the same sweep folder (docs/remedies.md): judged there, never asked here
-        row["status"] = f"a remedy run ({_remedy(cfg)}, {row['status']})"
+    elif added_remedies(cfg):  # a remedies run in the same sweep folder (docs/remedies.md): judged there, not here
+        row["status"] = f"a remedy run ({added_remedies(cfg)}, {row['status']})"
     if row["status"] == "ok":
         facts = run_facts(run)
         if facts["last_epoch"] != row["epochs"]:
@@ -113,13 +113,6 @@ def _run_row(run: RunDir) -> dict | None:
         for key in ("dying", "born_dead", "born_weak", "born_alive", "relative_dead_last", "hidden_by_bn"):
             row[key] = facts[key]
     return row
-
-
-def _remedy(cfg: dict) -> str:
-    """The remedies a run has on, '' for none; switching the pose BatchNorm off is this protocol's own EM variant
-    (question 5), not a remedy."""
-    on = [part for part in remedy_label(cfg).split("+") if part not in ("none", "no-pose-norm")]
-    return "+".join(on)
 
 
 def collect(paths: list[Path], log=None) -> list[dict]:

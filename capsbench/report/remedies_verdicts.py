@@ -29,7 +29,7 @@ from pathlib import Path
 
 from capsbench.intervals import mean_std, t_interval
 from capsbench.metrics.grad_norms import input_ratio
-from capsbench.models.remedies import remedy_label
+from capsbench.models.remedies import added_remedies, remedy_label
 from capsbench.report.arms import DEFAULT_ARM, arm_of
 from capsbench.report.rundir import RunDir, collect_rows
 from capsbench.results.entry import dead_fraction_conv, num_classes_of
@@ -98,9 +98,9 @@ def _run_row(run: RunDir) -> dict | None:
     if cfg.get("protocol") != PROTOCOL or model.get("arch", "capsnet") != "capsnet":
         return None
     record = run.record
-    remedy, arm = remedy_label(cfg), arm_of(model)
+    remedy, arm, added = remedy_label(cfg), arm_of(model), added_remedies(cfg)
     options = arm_of({**model, "pose_norm": None})  # the pose norm is a remedy of its own, already in the label
-    row = {"run": run.path.name, "routing": str(model.get("routing")), "remedy": remedy, "arm": arm,
+    row = {"run": run.path.name, "routing": str(model.get("routing")), "remedy": remedy, "arm": arm, "added": added,
            "name": remedy if options == DEFAULT_ARM else f"{remedy} · {options}", "depth": int(model.get("depth", 0)),
            "seed": int(cfg.get("seed", 0)), "status": UNFINISHED if record is None else record["status"]}
     if record is None or record["status"] != "ok":
@@ -137,11 +137,8 @@ def _is_plain(row: dict) -> bool:
 
 def is_remedy(row: dict) -> bool:
     """A remedy arm or a plain preset. The long protocol's control and variant arms are neither: they set routing
-    options with no remedy on, or switch a part of the reference off (``no-pose-norm``, EM without its pose
-    BatchNorm), which removes rather than adds."""
-    if row["remedy"] == PLAIN:
-        return row["arm"] == DEFAULT_ARM
-    return any(not part.startswith("no-") for part in row["remedy"].split("+"))
+    options with no remedy on, or switch a part of the reference off (``added_remedies``)."""
+    return bool(row["added"]) or _is_plain(row)
 
 
 def _mean(values) -> float | None:
