@@ -126,7 +126,20 @@ def test_reference_is_the_best_mean_over_depths_up_to_10(tmp_path):
     for seed in range(3):  # deeper than 10: never the reference, however good
         write_run(tmp_path, depth=20, seed=seed, accuracy=0.99)
         write_run(tmp_path, depth=3, seed=seed, accuracy=0.92, options={"coefficients": "uniform"})  # a control
+    rows = collect([tmp_path], log=lambda line: None)
+    assert reference_accuracy(rows, "dynamic") == (None, None)  # no depth 10: not the long confirmation's grid
+    for seed in range(3):
+        write_run(tmp_path, depth=10, seed=seed, accuracy=0.5)
     assert reference_accuracy(collect([tmp_path], log=lambda line: None), "dynamic") == (pytest.approx(0.9), 1)
+
+
+def test_a_routing_the_long_protocol_never_confirmed_has_no_reference(tmp_path):
+    # a contributed routing: only its plain depth-10 run, at chance; B must not call chance "restored"
+    for seed in range(3):
+        write_run(tmp_path, routing="ida", depth=10, seed=seed, accuracy=0.1, dead_types=3)
+        write_run(tmp_path, routing="ida", remedy="res", depth=10, seed=seed, accuracy=0.12, rho=1.0)
+    v = verdict_of(tmp_path, routing="ida")
+    assert v["a_ref"] is None and v["B"].startswith("undecided") and v["verdict"].startswith("undecided")
 
 
 # --- C: does the gradient reach the early layers? ---------------------------------------------------

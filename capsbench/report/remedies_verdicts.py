@@ -39,7 +39,7 @@ PROTOCOL = "long-cpu"
 REQUIRED_SEEDS = 3
 SURVIVAL_DEPTH = 20  # rule S
 SCREENING_SEED = 0
-REFERENCE_MAX_DEPTH = 10  # B: A_ref is the plain preset's best mean accuracy over depths 1-10
+REFERENCE_DEPTHS = (1, 3, 6, 10)  # B: A_ref, the plain preset's best mean over the long confirmation's depths
 ACCURACY_SLACK = 0.05  # B: restored when the interval's upper end is >= A_ref - 5 points
 RHO_LOW, RHO_HIGH = 0.01, 100.0  # C
 NEAR_UNIFORM = 0.99  # the "alive, not routing" flag
@@ -65,8 +65,9 @@ INTERPRETATIONS = [
     "has; the plain preset's side uses every seed run at that depth. Amendment 2 (docs/remedies.md): where the "
     "plain preset is not half-dead but has collapsed (mean accuracy <= chance + 5 points), the symptom is 'collapse "
     "with live capsules' and A holds when the arm's mean accuracy is above chance + 5 points.",
-    "A_ref (B) is the best mean test accuracy over depths 1-10 among the plain preset's finished runs in the "
-    "folder (the long-cpu confirmation's), whatever their plan.",
+    "A_ref (B) is the best mean test accuracy over the long-cpu confirmation's depths (1, 3, 6, 10) among the plain "
+    "preset's finished runs in the folder, whatever their plan; a routing without finished plain runs at all four "
+    "(the contributed routings) has no A_ref, so B and the verdict stay undecided.",
     "'Alive, not routing' needs coupling entropy >= 0.99 in every stacked layer in every seed; it is a flag on a "
     "verdict, not a verdict.",
     "The deepest cure per routing counts confirmed verdicts (3 seeds) first; where a routing has none, a provisional "
@@ -150,13 +151,16 @@ def _at_least_two_thirds(count: int, n: int) -> bool:
 
 
 def reference_accuracy(rows: list[dict], routing: str) -> tuple[float | None, int | None]:
-    """(A_ref, its depth): the plain preset's best mean test accuracy over depths 1-10 (B)."""
+    """(A_ref, its depth): the plain preset's best mean test accuracy over depths 1-10 of the long-cpu confirmation
+    (B); (None, None) unless the plain preset has finished runs at every one of its depths (1, 3, 6, 10): a routing
+    the long protocol never confirmed (the contributed ones) has no reference to be restored to."""
     by_depth: dict[int, list[float]] = defaultdict(list)
     for r in rows:
-        if r["routing"] == routing and _is_plain(r) and r["status"] == "ok" and 1 <= r["depth"] <= REFERENCE_MAX_DEPTH:
+        if r["routing"] == routing and _is_plain(r) and r["status"] == "ok" and r["depth"] in REFERENCE_DEPTHS:
             by_depth[r["depth"]].append(r["test_accuracy"])
-    best = max(((_mean(v), d) for d, v in by_depth.items()), default=(None, None), key=lambda x: (x[0], -x[1]))
-    return best
+    if set(by_depth) != set(REFERENCE_DEPTHS):
+        return None, None
+    return max(((_mean(v), d) for d, v in by_depth.items()), key=lambda x: (x[0], -x[1]))
 
 
 def survival(rows: list[dict]) -> list[dict]:
@@ -240,7 +244,7 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     a_ref, ref_depth = reference_accuracy(rows, routing)
     upper = interval[1] if interval else _mean(accuracy)
     if a_ref is None:
-        b = "undecided (no plain runs at depths 1-10)"
+        b = "undecided (no A_ref: the plain preset lacks runs at depths 1, 3, 6 and 10)"
     elif upper is None:
         b = "undecided (no finished run)"
     else:
