@@ -31,9 +31,10 @@ from capsbench.intervals import mean_std, t_interval
 from capsbench.metrics.grad_norms import input_ratio
 from capsbench.models.remedies import added_remedies, remedy_label
 from capsbench.report.arms import DEFAULT_ARM, arm_of
+from capsbench.report.questions import missing_runs
 from capsbench.report.rundir import RunDir, collect_rows
 from capsbench.results.entry import dead_fraction_conv, num_classes_of
-from capsbench.results.scores import CHANCE_MARGIN, HALF_DEAD
+from capsbench.results.scores import HALF_DEAD, collapse_limit
 
 PROTOCOL = "long-cpu"
 REQUIRED_SEEDS = 3
@@ -46,7 +47,7 @@ NEAR_UNIFORM = 0.99  # the "alive, not routing" flag
 PLAIN = "none"
 UNFINISHED = "unfinished"
 PLAN_SPECS = ("screening.yaml", "confirmation.yaml")
-_EPS = 1e-12  # as scores.py: an accuracy of exactly chance + 5 points collapses
+_EPS = 1e-12  # B: an upper end of exactly A_ref - 5 points is restored (0.95 - 0.05 is 0.8999999999999999)
 
 DEAD, COLLAPSE = "half-dead", "collapse with live capsules"  # the plain preset's symptom at a depth (A)
 C_FAILS = "fails (seeds disagree)"  # not in [0.01, 100] in two of three seeds, nor out on one side
@@ -103,7 +104,11 @@ def _run_row(run: RunDir) -> dict | None:
     options = arm_of({**model, "pose_norm": None})  # the pose norm is a remedy of its own, already in the label
     row = {"run": run.path.name, "routing": str(model.get("routing")), "remedy": remedy, "arm": arm, "added": added,
            "name": remedy if options == DEFAULT_ARM else f"{remedy} · {options}", "depth": int(model.get("depth", 0)),
-           "seed": int(cfg.get("seed", 0)), "status": UNFINISHED if record is None else record["status"]}
+           "seed": int(cfg.get("seed", 0)), "status": UNFINISHED if record is None else record["status"],
+           "epochs": int((cfg.get("train") or {}).get("epochs", 0))}
+    # how far an unfinished run got, for the missing-runs listing (a finished run's history is never read here)
+    row["epochs_done"] = row["epochs"] if record is not None else max(
+        (int(line["epoch"]) for line in run.history if "epoch" in line), default=0)
     if record is None or record["status"] != "ok":
         return row
     metrics = record["metrics"]
@@ -175,9 +180,9 @@ def survival(rows: list[dict]) -> list[dict]:
         elif r["status"] != "ok":
             entry.update(survives=False, reason=f"run {r['status']}")
         else:
-            limit = 1.0 / r["num_classes"] + CHANCE_MARGIN + _EPS
             dead = r["dead_fraction"]
-            alive_acc, alive_dead = r["test_accuracy"] > limit, dead is not None and dead < HALF_DEAD
+            alive_acc = r["test_accuracy"] > collapse_limit(r["num_classes"])
+            alive_dead = dead is not None and dead < HALF_DEAD
             reasons = [] if alive_acc else [f"accuracy {100 * r['test_accuracy']:.1f}% at or below chance + 5"]
             reasons += [] if alive_dead else ["no dead fraction recorded" if dead is None else
                                               f"dead fraction {dead:.2f} >= {HALF_DEAD}"]
@@ -226,7 +231,7 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
              and r["status"] == "ok"]
     dead, plain_dead = _mean(r["dead_fraction"] for r in ok), _mean(r["dead_fraction"] for r in plain)
     accuracy = [r["test_accuracy"] for r in ok]
-    limit = 1.0 / (plain or ok or [{"num_classes": 10}])[0]["num_classes"] + CHANCE_MARGIN + _EPS
+    limit = collapse_limit((plain or ok or [{"num_classes": 10}])[0]["num_classes"])
     plain_accuracy = _mean(r["test_accuracy"] for r in plain)
     symptom = (None if plain_dead is None else DEAD if plain_dead >= HALF_DEAD else
                COLLAPSE if plain_accuracy <= limit else None)
@@ -302,17 +307,6 @@ def deepest_cures(judged: list[dict], rows: list[dict]) -> list[dict]:
                     "answer": f"{names} cure{'s' if len(best) == 1 else ''} to depth {best[0]['depth']}"
                               + (" (provisional)" if best[0]["provisional"] else "")})
     return out
-
-
-def missing_runs(rows: list[dict], plan: dict[str, dict]) -> dict:
-    by_name = {r["run"]: r for r in rows}
-    missing = []
-    for label, info in sorted(plan.items(), key=lambda kv: (kv[1]["routing"], str(kv[1]["preset"]), kv[1]["depth"],
-                                                           kv[1]["seed"])):
-        row = by_name.get(label)
-        if row is None or row["status"] != "ok":
-            missing.append({"run": label, "state": "not started" if row is None else row["status"], **info})
-    return {"planned": len(plan), "finished": len(plan) - len(missing), "missing": missing}
 
 
 def remedy_verdicts(paths: list[Path], plan: dict[str, dict] | None = None, log=None) -> dict:

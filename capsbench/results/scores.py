@@ -67,6 +67,12 @@ HALF_DEAD = 0.5
 _EPS = 1e-12  # 0.1 + 0.05 is 0.15000000000000002 in floats: an accuracy of exactly 0.15 collapses
 
 
+def collapse_limit(num_classes: int) -> float:
+    """The accuracy at or below which a model has collapsed: within ``CHANCE_MARGIN`` of chance (the one line the
+    leaderboard's ``collapse_depth``, the remedies' rule S and criterion A all draw)."""
+    return 1.0 / num_classes + CHANCE_MARGIN + _EPS
+
+
 def stats(values, low: float | None = 0.0, high: float | None = None) -> dict:
     """Mean, sample standard deviation (n-1), count and 95% t-interval (null below 2; clipped to [low, high])."""
     values = list(values)
@@ -109,8 +115,7 @@ def scores(depths: list[dict], num_classes: int | None) -> dict:
     deepest = depths[-1]["accuracy"]["mean"] if depths else None
     collapse = None
     if num_classes:
-        limit = 1.0 / num_classes + CHANCE_MARGIN + _EPS
-        collapse = next((depth for depth, value in acc if value <= limit), None)
+        collapse = next((depth for depth, value in acc if value <= collapse_limit(num_classes)), None)
     return {
         "best_accuracy": best,
         "best_depth": best_depth,
