@@ -13,6 +13,10 @@ nothing here needs scipy.
 Welch-Satterthwaite degrees of freedom rounded down, which widens it: conservative); None when
 either side has fewer than two values.
 
+``geometric_interval(values)``: for ratios spanning decades (gradient ratios): the geometric mean of the
+positive finite values and the t-interval of their log10, mapped back; zeros and non-finite values are left out,
+and the caller says what a zero means (a gradient that underflowed is a result, not a missing value).
+
 ``overlap(a, b)``: whether two intervals (``(low, high)``) share a point; ``None`` (no interval)
 overlaps nothing.
 
@@ -66,6 +70,17 @@ def t_interval(values, low: float | None = None, high: float | None = None) -> t
     half = t_quantile(n - 1) * std / math.sqrt(n)
     lo, hi = mean - half, mean + half
     return (lo if low is None else max(low, lo), hi if high is None else min(high, hi))
+
+
+def geometric_interval(values) -> tuple[float | None, tuple[float, float] | None, int]:
+    """Geometric mean, its 95% interval (from log10; None below two values) and the count of the positive finite
+    ``values`` (None, zero, negative and non-finite values are not counted)."""
+    logs = [math.log10(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not logs:
+        return None, None, 0
+    interval = t_interval(logs)
+    return (10 ** mean_std(logs)[0], None if interval is None else (10 ** interval[0], 10 ** interval[1]),
+            len(logs))
 
 
 def overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:

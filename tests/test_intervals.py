@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from capsbench.intervals import overlap, t_interval, t_quantile
+from capsbench.intervals import geometric_interval, overlap, t_interval, t_quantile
 
 
 @pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423), (40, 2.0211),
@@ -37,3 +37,16 @@ def test_t_interval_is_clipped_to_the_range_of_the_quantity():
     assert t_interval([0.5, 0.9], 0.0, 1.0) == (0.0, 1.0)
     lo, hi = t_interval([0.5, 0.9])
     assert lo < 0 and hi > 1
+
+
+def test_geometric_interval_is_the_t_interval_of_log10_mapped_back():
+    mean, (lo, hi), n = geometric_interval([1e-3, 1e-1])
+    assert n == 2 and mean == pytest.approx(1e-2)
+    assert math.log10(lo) == pytest.approx(-2 - 12.7062) and math.log10(hi) == pytest.approx(-2 + 12.7062)
+    assert geometric_interval([4.0]) == (pytest.approx(4.0), None, 1)
+
+
+def test_geometric_interval_leaves_out_what_has_no_logarithm():
+    # zeros, negatives, infinities and missing values are not counted; the caller decides what a zero means
+    assert geometric_interval([0.0, None, -1.0, math.inf, math.nan, 100.0]) == (pytest.approx(100.0), None, 1)
+    assert geometric_interval([0.0, None]) == (None, None, 0)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from capsbench.intervals import mean_std, t_interval
+from capsbench.intervals import geometric_interval
 from capsbench.report.style import COLORS, MARKERS, line_styles, new_figure
 
 KIND_LAYERS = "gradients"
@@ -99,13 +99,10 @@ def depth_data(rows: list[dict], title: str) -> dict:
 
 
 def _geometric(values) -> tuple[float | None, list[float] | None, int]:
-    """Geometric mean of the positive finite ``values``, the 95% interval of it (from log10), and their count."""
-    logs = [math.log10(v) for v in values if v is not None and math.isfinite(v) and v > 0]
-    if not logs:
-        return None, None, 0
-    mean = mean_std(logs)[0]
-    interval = t_interval(logs)
-    return _r(10**mean), (None if interval is None else [_r(10 ** interval[0]), _r(10 ** interval[1])]), len(logs)
+    """Geometric mean of the positive finite ``values``, the 95% interval of it (from log10), and their count;
+    rounded for the figure's data (a log axis shows no zero, so zeros are left out)."""
+    mean, interval, n = geometric_interval(values)
+    return (None if mean is None else _r(mean)), (None if interval is None else [_r(v) for v in interval]), n
 
 
 def depth_figure(data: dict):

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 
+from capsbench.report.markdown import md_table
 from capsbench.results import provenance
 from capsbench.results.entry import FAILURES
 from capsbench.results.scores import CHANCE_MARGIN, HALF_DEAD
@@ -173,10 +174,6 @@ def human_rows(tab: dict) -> list[list[str]]:
     return out
 
 
-def md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
 def markdown(sections: list[dict]) -> str:
     """The README section: one table per (protocol version, data set). ``sections``: see leaderboard.render."""
     if not sections:
@@ -192,11 +189,7 @@ def markdown(sections: list[dict]) -> str:
         for dataset, tab in sorted(sec["tables"].items()):
             chance = "" if tab["chance"] is None else f", chance {pct(tab['chance'])}"
             out.append(f"#### {dataset} ({tab['num_classes'] or '?'} classes{chance})\n")
-            out.append("| " + " | ".join(HEADERS) + " |")
-            out.append("|" + "|".join("---" if i == 1 else "--:" for i in range(len(HEADERS))) + "|")
-            for cells in human_rows(tab):
-                out.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
-            out.append("")
+            out.append(md_table(HEADERS, human_rows(tab), align="rl" + "r" * (len(HEADERS) - 2)))
             for row in tab["rows"]:
                 if row.get("activation"):
                     out.append(f"{ACTIVATION_MARK} {row['name']}: activation: {row['activation']}\n")

@@ -16,13 +16,12 @@ Example::
 
 from __future__ import annotations
 
-import math
 import posixpath
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from capsbench.intervals import mean_std, t_interval, welch_interval
+from capsbench.intervals import geometric_interval, mean_std, t_interval, welch_interval
 from capsbench.models.remedies import added_remedies
 from capsbench.report.arms import CONTROL_ARM, DEFAULT_ARM, arm_of
 from capsbench.report.lifecycle import run_facts
@@ -362,12 +361,11 @@ def gradient_flow(groups) -> list[dict]:
         for when in ("first", "last"):
             values = [r["facts"].get(f"gradient_ratio_{when}") for r in runs]
             no_gradient = sum(r["facts"].get(f"class_input_gradient_{when}") == 0 for r in runs)
-            # a ratio of 0 (underflow to the input) makes the geometric mean 0 and leaves no interval of log10
-            logs = [] if 0 in values else [math.log10(v) for v in values if v is not None]
-            mean = 0.0 if 0 in values else (10 ** (math.fsum(logs) / len(logs)) if logs else None)
-            interval = t_interval(logs)
+            # a ratio of 0 (the gradient underflowed before the input) is an observation: it makes the geometric
+            # mean 0 and leaves no interval of log10
+            mean, interval, _ = (0.0, None, 0) if 0 in values else geometric_interval(values)
             row[when] = {"per_seed": values, "geometric_mean": mean, "no_gradient_at_class_input": no_gradient,
-                         "ci95": None if interval is None else [10 ** interval[0], 10 ** interval[1]]}
+                         "ci95": None if interval is None else list(interval)}
         out.append(row)
     return out
 

@@ -9,41 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+from capsbench.report.markdown import details, fmt_ci, fmt_num, fmt_pct, md_table, table_or_note
+
 NO_DYING = "No type died during training in any finished run."
 RULE_YES = ("yes: dying >= 1 in at least 2 of 3 seeds and the 95% interval of mean dying above 0; "
             "no: dying = 0 in all 3 seeds")
-
-
-def _cell(x) -> str:
-    return str(x).replace("|", "\\|")
-
-
-def md_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def table_or_note(headers: list[str], rows: list[list], note: str) -> str:
-    """The table, or one line when no row has anything to show (a finished sweep with no dying type)."""
-    return md_table(headers, rows) if rows else f"_{note}_\n"
-
-
-def details(summary: str, body: str) -> str:
-    """A folded block: long listings stay out of the way of the answers."""
-    return f"<details><summary>{summary}</summary>\n\n{body}\n</details>\n"
-
-
-def fmt_num(x, fmt=".2f") -> str:
-    return "n/a" if x is None else format(x, fmt)
-
-
-def fmt_ci(ci, fmt=".2f", scale=1.0) -> str:
-    return "n/a" if not ci else f"[{format(ci[0] * scale, fmt)}, {format(ci[1] * scale, fmt)}]"
-
-
-def fmt_pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def _ratio(q: dict) -> str:

@@ -23,11 +23,10 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 
-from capsbench.intervals import mean_std, t_interval
+from capsbench.intervals import geometric_interval, mean_std, t_interval
 from capsbench.metrics.grad_norms import input_ratio
 from capsbench.models.remedies import added_remedies, remedy_label
 from capsbench.report.arms import DEFAULT_ARM, arm_of
@@ -328,5 +327,5 @@ def remedy_verdicts(paths: list[Path], plan: dict[str, dict] | None = None, log=
 
 
 def geometric_mean(values) -> float | None:
-    vals = [v for v in values if v is not None and v > 0]
-    return 10 ** (math.fsum(math.log10(v) for v in vals) / len(vals)) if vals else None
+    """For the rho figure's line (a log axis): zeros and non-finite ratios are left out."""
+    return geometric_interval(values)[0]

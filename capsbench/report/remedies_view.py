@@ -34,6 +34,7 @@ from html import escape
 from capsbench.models.remedies import remedy_label
 from capsbench.report import leaderboard_tables as tables
 from capsbench.report.arms import DEFAULT_ARM, arm_of
+from capsbench.report.markdown import md_table
 from capsbench.results.scores import depth_stats, score_intervals, scores
 
 HEADERS = ["routing", "remedy", "collapse depth (seed range)", "half-dead depth (seed range)", "retention [95% CI]",
@@ -149,11 +150,7 @@ def markdown(sections: list[dict]) -> str:
                    "scored on the depths the capsule rows cover, their depth being their number of blocks.\n")
         for dataset, tab in sorted(view.items()):
             out.append(f"#### {dataset}: remedies (depths {', '.join(map(str, tab['depths']))})\n")
-            out.append("| " + " | ".join(HEADERS) + " |")
-            out.append("|" + "|".join("---" if i < 2 else "--:" for i in range(len(HEADERS))) + "|")
-            for cells in human_rows(tab):
-                out.append("| " + " | ".join(tables.md_cell(c) for c in cells) + " |")
-            out.append("")
+            out.append(md_table(HEADERS, human_rows(tab), align="ll" + "r" * (len(HEADERS) - 2)))
             out.append(f"![remedies on {dataset}: accuracy and dead capsules against depth]"
                        f"({figure_path(sec['folder'], dataset)})\n")
     return "\n" + "\n".join(out).rstrip("\n") + "\n" if out else ""

@@ -20,8 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 from capsbench.io import write_text
+from capsbench.report.markdown import details, fmt_ci, fmt_num, fmt_pct, md_table, table_or_note
 from capsbench.report.questions import plan_runs
-from capsbench.report.questions_markdown import details, fmt_ci, fmt_num, fmt_pct, md_table, table_or_note
 from capsbench.report.remedies_verdicts import (
     COLLAPSE,
     RHO_HIGH,
