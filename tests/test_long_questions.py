@@ -358,12 +358,13 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, message):
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_cli_without_long_runs_is_bad_input(tmp_path, capsys):
+@pytest.mark.parametrize("protocol, version", [("test", "1"), ("long-cpu", "2")])
+def test_cli_without_long_runs_is_bad_input(tmp_path, capsys, protocol, version):
     from capsbench.results.testing import write_fake_run
 
-    write_fake_run(tmp_path / "r", protocol="test")
+    write_fake_run(tmp_path / "r", protocol=protocol, protocol_version=version)
     assert main(["report", str(tmp_path), "--questions", "long-cpu", "--out", str(tmp_path / "o")]) == 2
-    assert "no long-cpu runs found" in capsys.readouterr().err
+    assert "no long-cpu v1 runs found" in capsys.readouterr().err
 
 
 def test_depth_figure_data_method_control_and_floor(tmp_path):

@@ -255,14 +255,16 @@ def test_cli_writes_markdown_json_and_a_figure(tmp_path, capsys):
     assert (out / "remedies" / "dynamic-gradient.png").is_file()
 
 
-@pytest.mark.parametrize("arch, protocol", [("timm_resnet", "long-cpu"), ("capsnet", "paper-mini")])
-def test_cli_without_capsule_runs_of_the_protocol_is_one_line(tmp_path, capsys, arch, protocol):
-    record = fake_run_record(arch=arch, depth=10, protocol=protocol)
+@pytest.mark.parametrize("arch, protocol, version", [("timm_resnet", "long-cpu", "1"), ("capsnet", "paper-mini", "1"),
+                                                     ("capsnet", "long-cpu", "2")])
+def test_cli_without_capsule_runs_of_the_protocol_is_one_line(tmp_path, capsys, arch, protocol, version):
+    # a later protocol version has its own pre-registration: its runs never join v1's verdicts
+    record = fake_run_record(arch=arch, depth=10, protocol=protocol, protocol_version=version)
     write_record(tmp_path / "runs" / "other" / "record.json", record)
     assert main(["report", str(tmp_path / "runs"), "--questions", "remedies", "--plan", "none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error:") and "no long-cpu capsule runs" in err[-1]
-    assert "not a long-cpu capsule run, skipped" in err[0]
+    assert err[-1].startswith("error:") and "no long-cpu v1 capsule runs" in err[-1]
+    assert "not a long-cpu v1 capsule run, skipped" in err[0]
 
 
 def test_every_seed_diverged_is_undecided_not_cured(tmp_path):

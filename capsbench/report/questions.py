@@ -28,6 +28,9 @@ from capsbench.report.lifecycle import run_facts
 from capsbench.report.rundir import RunDir, collect_rows
 
 PROTOCOL = "long-cpu"
+# the questions were pre-registered for this MAJOR version; a later version changes what a run means (its own
+# pre-registration), so its runs never join these answers even when they share a sweep folder
+PROTOCOL_VERSION = "1"
 REQUIRED_SEEDS = 3
 SCREENING_DEPTHS = (6, 10)  # questions 5 and 6
 SCREENING_SEED = 0
@@ -82,9 +85,14 @@ def default_plan() -> list[Path]:
     return [folder / name for name in PLAN_SPECS if (folder / name).exists()]
 
 
+def is_protocol_run(cfg: dict) -> bool:
+    """Whether a run's resolved config is of the pre-registered protocol version."""
+    return cfg.get("protocol") == PROTOCOL and str(cfg.get("protocol_version")) == PROTOCOL_VERSION
+
+
 def _run_row(run: RunDir) -> dict | None:
     cfg = run.config()
-    if cfg.get("protocol") != PROTOCOL:
+    if not is_protocol_run(cfg):
         return None
     model = cfg.get("model") or {}
     record = run.record
@@ -116,7 +124,8 @@ def _run_row(run: RunDir) -> dict | None:
 
 def collect(paths: list[Path], log=None) -> list[dict]:
     """A row per long-cpu run folder at or below ``paths`` (others skipped with a warning)."""
-    return collect_rows(paths, _run_row, f"{PROTOCOL} run", f" (protocol: {PROTOCOL} in config)", log)
+    return collect_rows(paths, _run_row, f"{PROTOCOL} v{PROTOCOL_VERSION} run",
+                        f" (protocol: {PROTOCOL}, protocol_version: '{PROTOCOL_VERSION}' in config)", log)
 
 
 def _groups(rows) -> dict[tuple, list[dict]]:
@@ -412,7 +421,7 @@ def answer_questions(paths: list[Path], plan: dict[str, dict] | None = None, log
     groups = _groups(rows)
     missing = missing_runs(rows, plan) if plan else None
     return {
-        "protocol": PROTOCOL,
+        "protocol": PROTOCOL, "protocol_version": PROTOCOL_VERSION,
         "required_seeds": REQUIRED_SEEDS,
         "interpretations": INTERPRETATIONS,
         "runs": [{k: v for k, v in r.items() if k != "facts"} for r in rows],

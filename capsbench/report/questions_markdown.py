@@ -27,7 +27,7 @@ def _ratio(q: dict) -> str:
 def _status(answers: dict) -> list[str]:
     runs = answers["runs"]
     states = Counter(r["status"] for r in runs)
-    out = [f"{len(runs)} run folder(s) of protocol `{answers['protocol']}`: "
+    out = [f"{len(runs)} run folder(s) of protocol `{answers['protocol']}` v{answers['protocol_version']}: "
            + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + "."]
     missing = answers.get("missing")
     if missing is None:

@@ -30,12 +30,11 @@ from capsbench.intervals import geometric_interval, mean_std, t_interval
 from capsbench.metrics.grad_norms import input_ratio
 from capsbench.models.remedies import added_remedies, remedy_label
 from capsbench.report.arms import DEFAULT_ARM, arm_of
-from capsbench.report.questions import missing_runs
+from capsbench.report.questions import PROTOCOL, PROTOCOL_VERSION, is_protocol_run, missing_runs
 from capsbench.report.rundir import RunDir, collect_rows
 from capsbench.results.entry import dead_fraction_conv, num_classes_of
 from capsbench.results.scores import HALF_DEAD, collapse_limit
 
-PROTOCOL = "long-cpu"
 REQUIRED_SEEDS = 3
 SURVIVAL_DEPTH = 20  # rule S
 SCREENING_SEED = 0
@@ -96,7 +95,7 @@ def _run_row(run: RunDir) -> dict | None:
     """A capsule run of the protocol as the rules need it; None for other protocols and for baselines."""
     cfg = run.config()
     model = cfg.get("model") or {}
-    if cfg.get("protocol") != PROTOCOL or model.get("arch", "capsnet") != "capsnet":
+    if not is_protocol_run(cfg) or model.get("arch", "capsnet") != "capsnet":
         return None
     record = run.record
     remedy, arm, added = remedy_label(cfg), arm_of(model), added_remedies(cfg)
@@ -133,7 +132,8 @@ def _run_row(run: RunDir) -> dict | None:
 
 def collect(paths: list[Path], log=None) -> list[dict]:
     """A row per capsule run of the protocol at or below ``paths`` (other run folders skipped with a warning)."""
-    return collect_rows(paths, _run_row, f"{PROTOCOL} capsule run", f" (protocol: {PROTOCOL} in config)", log)
+    return collect_rows(paths, _run_row, f"{PROTOCOL} v{PROTOCOL_VERSION} capsule run",
+                        f" (protocol: {PROTOCOL}, protocol_version: '{PROTOCOL_VERSION}' in config)", log)
 
 
 def _is_plain(row: dict) -> bool:
@@ -318,7 +318,8 @@ def remedy_verdicts(paths: list[Path], plan: dict[str, dict] | None = None, log=
     judged_rows = [r for r in rows if is_remedy(r) and (not plan or r["run"] in plan or _is_plain(r))]
     judged = verdicts(judged_rows)
     return {
-        "protocol": PROTOCOL, "required_seeds": REQUIRED_SEEDS, "interpretations": INTERPRETATIONS,
+        "protocol": PROTOCOL, "protocol_version": PROTOCOL_VERSION, "required_seeds": REQUIRED_SEEDS,
+        "interpretations": INTERPRETATIONS,
         "runs": rows, "judged_runs": [r["run"] for r in judged_rows],
         "missing": missing_runs(rows, plan) if plan else None,
         "survival": survival(judged_rows), "verdicts": judged, "deepest": deepest_cures(judged, judged_rows),

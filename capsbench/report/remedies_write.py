@@ -98,7 +98,8 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
            "Decided by the rules of [docs/remedies.md](remedies.md) (\"Pre-registered: when a remedy cures, and when "
            "it only hides the symptom\"), by `capsbench report SWEEP_DIR --questions remedies`. Intervals: 95% "
            f"Student-t over seeds; a verdict on fewer than {verdicts['required_seeds']} seeds is provisional.", "",
-           "## Sweep", "", f"{len(runs)} capsule run folder(s) of protocol `{verdicts['protocol']}`: "
+           "## Sweep", "",
+           f"{len(runs)} capsule run folder(s) of protocol `{verdicts['protocol']}` v{verdicts['protocol_version']}: "
            + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + "."]
     missing = verdicts.get("missing")
     if missing is None:
