@@ -12,6 +12,7 @@ import yaml
 from capsbench.cli import main
 from capsbench.report.questions import plan_runs
 from capsbench.report.remedies_verdicts import (
+    AMENDMENT_3,
     COLLAPSE,
     CURES,
     DEAD,
@@ -196,16 +197,28 @@ def test_one_seed_is_provisional(tmp_path):
 
 # --- rule S and the whole pass --------------------------------------------------------------------
 
-@pytest.mark.parametrize("accuracy, dead_types, survives", [
-    (0.151, 0, True), (0.15, 0, False),  # chance (0.1) + 5 points collapses, as the leaderboard's rule
-    (0.9, 2, False), (0.9, 1, True),     # dead fraction 0.5 is half-dead
+@pytest.mark.parametrize("accuracy, dead_types, survives, confirmed_by", [
+    (0.151, 0, True, "rule S"), (0.15, 0, False, ""),  # chance (0.1) + 5 points collapses, as the leaderboard's rule
+    (0.9, 1, True, "rule S"),
+    (0.9, 2, False, AMENDMENT_3),  # dead fraction 0.5 is half-dead; accurate all the same: amendment 3 confirms it
+    (0.15, 2, False, ""),          # half-dead and collapsed: nothing to confirm
 ])
-def test_rule_s_at_depth_20(tmp_path, accuracy, dead_types, survives):
+def test_rule_s_at_depth_20(tmp_path, accuracy, dead_types, survives, confirmed_by):
     write_run(tmp_path, remedy="ln", depth=20, accuracy=accuracy, dead_types=dead_types)
     write_run(tmp_path, remedy="ln", depth=20, seed=1, accuracy=0.1, dead_types=4)  # not the screening seed
     (entry,) = survival(collect([tmp_path], log=lambda line: None))
     assert entry["survives"] is survives and bool(entry["reason"]) != survives
+    assert entry["confirmed_by"] == confirmed_by
     assert entry["name"] == "pose-norm+norm=layer"
+
+
+def test_the_confirmation_list_holds_survivors_and_accurate_half_dead_arms(tmp_path):
+    write_run(tmp_path, depth=20, accuracy=0.1, dead_types=4)              # the plain preset: reference only
+    write_run(tmp_path, remedy="ln", depth=20, accuracy=0.9)               # survives
+    write_run(tmp_path, remedy="res", depth=20, accuracy=0.95, dead_types=3)  # accurate, half-dead
+    text = remedies_markdown(remedy_verdicts([tmp_path], log=lambda line: None), {})
+    assert ("To confirm: dynamic · pose-norm+norm=layer (rule S), dynamic · res (amendment 3: accurate, half-dead)."
+            in text)
 
 
 def test_controls_and_variants_are_not_remedies_and_options_name_an_arm(tmp_path):
@@ -302,4 +315,4 @@ def test_unfinished_screening_run_is_pending_not_failed(tmp_path):
     (entry,) = survival(collect([tmp_path], log=lambda line: None))
     assert entry["survives"] is None and entry["reason"].startswith("pending")
     text = remedies_markdown(remedy_verdicts([tmp_path], log=lambda line: None), {})
-    assert "**pending**" in text and "Survivors" not in text
+    assert "**pending**" in text and "To confirm" not in text

@@ -42,6 +42,7 @@ REFERENCE_DEPTHS = (1, 3, 6, 10)  # B: A_ref, the plain preset's best mean over 
 ACCURACY_SLACK = 0.05  # B: restored when the interval's upper end is >= A_ref - 5 points
 RHO_LOW, RHO_HIGH = 0.01, 100.0  # C
 NEAR_UNIFORM = 0.99  # the "alive, not routing" flag
+AMENDMENT_3 = "amendment 3: accurate, half-dead"  # confirmed although rule S fails on the dead fraction alone
 PLAIN = "none"
 UNFINISHED = "unfinished"
 PLAN_SPECS = ("screening.yaml", "confirmation.yaml")
@@ -174,6 +175,7 @@ def survival(rows: list[dict]) -> list[dict]:
         if r["depth"] != SURVIVAL_DEPTH or r["seed"] != SCREENING_SEED or not is_remedy(r):
             continue
         entry = {k: r.get(k) for k in ("routing", "remedy", "arm", "name", "run", "status", "preset")}
+        accurate_half_dead = False
         if r["status"] == UNFINISHED:
             entry.update(survives=None, reason="pending: running or interrupted")
         elif r["status"] != "ok":
@@ -187,6 +189,13 @@ def survival(rows: list[dict]) -> list[dict]:
                                               f"dead fraction {dead:.2f} >= {HALF_DEAD}"]
             entry.update(test_accuracy=r["test_accuracy"], dead_fraction=r["dead_fraction"],
                          survives=alive_acc and alive_dead, reason="; ".join(reasons))
+            # amendment 3 (docs/remedies.md): an arm that keeps its accuracy with half-dead routed layers is
+            # confirmed too; its verdict stays "does not help" unless three seeds say otherwise, but whether dead
+            # capsules cost accuracy is the study's question, and one seed should not answer it
+            accurate_half_dead = alive_acc and dead is not None and not alive_dead
+        # what sends the arm to the confirmation: None while pending, "" when nothing does
+        entry["confirmed_by"] = (None if entry["survives"] is None else "rule S" if entry["survives"]
+                                 else AMENDMENT_3 if accurate_half_dead else "")
         entry["plain"] = _is_plain(r)
         out.append(entry)
     return out

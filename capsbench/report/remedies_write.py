@@ -64,8 +64,9 @@ def _survives(value: bool | None) -> str:
 
 def _survival_rows(verdicts: dict) -> list[list]:
     return [[s["routing"], s["name"] + (" (plain preset)" if s["plain"] else ""), fmt_pct(s.get("test_accuracy")),
-             fmt_num(s.get("dead_fraction")), f"**{_survives(s['survives'])}**",
-             s["reason"] or ""] for s in verdicts["survival"]]
+             fmt_num(s.get("dead_fraction")), f"**{_survives(s['survives'])}**", s["reason"] or "",
+             "(reference)" if s["plain"] else "pending" if s["confirmed_by"] is None else s["confirmed_by"] or "no"]
+            for s in verdicts["survival"]]
 
 
 def _a_cell(v: dict) -> str:
@@ -117,13 +118,16 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
 
     out += ["", f"## Rule S: survival at depth {SURVIVAL_DEPTH} (screening, seed 0)", "",
             "Survives: test accuracy above chance + 5 points and mean dead fraction over stacked layers below 0.5. "
-            "The survivors (and their routing's plain preset) go to `specs/remedies/confirmation.yaml`.", ""]
-    out.append(table_or_note(["routing", "arm", "test accuracy", "dead fraction", "rule S", "why not"],
+            "The survivors, the arms that keep their accuracy with half-dead stacked layers (amendment 3), and their "
+            "routings' plain presets go to `specs/remedies/confirmation.yaml`.", ""]
+    out.append(table_or_note(["routing", "arm", "test accuracy", "dead fraction", "rule S", "why not",
+                              "confirmed by"],
                              _survival_rows(verdicts), f"No screening run at depth {SURVIVAL_DEPTH} yet."))
-    survivors = [s for s in verdicts["survival"] if s["survives"] is True and not s["plain"]]
-    if survivors:
-        out.append("Survivors: " + ", ".join(f"{s['routing']} · {s['name']}" for s in survivors) + ".\n")
-        files = [s["preset"] for s in survivors if s["preset"]]
+    confirmed = [s for s in verdicts["survival"] if s["confirmed_by"] and not s["plain"]]
+    if confirmed:
+        out.append("To confirm: " + ", ".join(f"{s['routing']} · {s['name']} ({s['confirmed_by']})"
+                                               for s in confirmed) + ".\n")
+        files = [s["preset"] for s in confirmed if s["preset"]]
         if files:
             out.append("Their arm files, for `sweep.extends` of `specs/remedies/confirmation.yaml` (beside the plain "
                        f"presets of their routings): `{', '.join(files)}`.\n")
