@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from capsbench import spec
 from capsbench.cli import main
@@ -317,10 +318,37 @@ def test_the_remedies_screening_covers_every_routing_and_remedy_and_reuses_the_l
         assert run.spec_hash == long_runs[(run.config.model.routing, 10)].spec_hash, run.config.model.routing
 
 
+def _plain(run) -> bool:
+    return remedy_label(run.config) == "none" and not run.config.model.routing_options
+
+
 def test_the_remedies_confirmation_holds_three_seeds_to_depth_30():
     runs = list(spec.load(REPO / "specs" / "remedies" / "confirmation.yaml"))
     assert {r.seed for r in runs} == {0, 1, 2} and {r.config.model.depth for r in runs} == {10, 20, 30}
-    assert {r.config.model.routing for r in runs} == {"em", "vb", "self", "dynamic", "ida", "efficient"}
+    assert {r.config.model.routing for r in runs} == {"em", "vb", "self", "dynamic", "ida"}  # efficient: no arm
+    # every arm to confirm sits beside its routing's plain preset, and its seed-0 runs at depths 10 and 20 are the
+    # screening's (same hash, same folder): reused, not run again
+    with_arms = {r.config.model.routing for r in runs if not _plain(r)}
+    assert with_arms <= {r.config.model.routing for r in runs if _plain(r)}
+    screening = {r.spec_hash for r in spec.load(REPO / "specs" / "remedies" / "screening.yaml")}
+    for run in runs:
+        if run.seed == 0 and run.config.model.depth in (10, 20):
+            assert run.spec_hash in screening, run.point
+
+
+def test_the_contributed_reference_runs_are_the_confirmations_plain_presets_at_shallow_depths():
+    """Amendment 4: A_ref of a contributed routing needs its plain preset at depths 1, 3, 6 (10 is confirmed)."""
+    reference = list(spec.load(REPO / "specs" / "remedies" / "contrib_reference.yaml"))
+    screening = {r.config.model.routing: r for r in spec.load(REPO / "specs" / "remedies" / "screening.yaml")
+                 if _plain(r) and r.config.model.depth == 10}
+    assert len(reference) == 2 * 3 * 3 and all(_plain(r) for r in reference)
+    assert {r.config.model.routing for r in reference} == {"ida", "efficient"}
+    for run in reference:
+        assert run.config.model.depth in (1, 3, 6) and run.config.name == "long_cpu"
+        twin = screening[run.config.model.routing]  # the plain preset at depth 10, seed 0: all else equal
+        mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (run.config, twin.config))
+        mine["model"]["depth"], mine["seed"] = 10, 0
+        assert mine == theirs, run.point
 
 
 def test_length_init_with_one_iteration_passes_the_gradient_back_undiminished():

@@ -246,9 +246,9 @@ def test_plan_excludes_unplanned_remedy_runs_and_lists_missing_ones(tmp_path):
 
 def test_shipped_plan_names_the_remedies_screening_and_confirmation():
     plan = plan_runs(default_plan())
-    # screening 34 arms x 2 depths; confirmation 6 plain presets x 3 depths x 3 seeds; both hold the plain presets
-    # seed-0 runs at depths 10 and 20
-    assert len(plan) == 34 * 2 + 6 * 9 - 6 * 2
+    # screening 34 arms x 2 depths; confirmation 13 arms (5 plain presets, 8 to confirm) x 3 depths x 3 seeds, whose
+    # seed-0 runs at depths 10 and 20 are the screening's; the contributed plain presets at depths 1, 3, 6 x 3 seeds
+    assert len(plan) == 34 * 2 + 13 * 9 - 13 * 2 + 2 * 3 * 3
     assert {p["preset"] for p in plan.values()} >= {"arms/dynamic_init_detach.yaml", "arms/em.yaml"}
 
 

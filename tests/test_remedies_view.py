@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from capsbench.report import leaderboard
-from capsbench.report.remedies_view import applies, remedies_view
+from capsbench.report.remedies_view import applies, human_rows, remedies_view
 from capsbench.results import store
 from capsbench.results.scores import aggregate
 from capsbench.results.store import read_records
@@ -92,6 +92,18 @@ def test_each_routing_and_remedy_gets_the_leaderboards_scores_and_intervals(tmp_
                for label in em[1:])
 
 
+def test_each_row_names_the_depths_its_scores_are_over(tmp_path):
+    """A screened remedy covers fewer depths than its plain preset: its retention is over its own depths only."""
+    root = _board(tmp_path)
+    runs = tmp_path / "more"
+    _runs(runs, "dyn-ln", (3, 4), lambda d, s: 0.1, lambda d: 0, routing="dynamic",
+          extra_config={"model.pose_norm": True, "model.pose_norm_kind": "layer"})
+    store.add(root, [runs], note="a screened remedy")
+    rows = {cells[1]: cells for cells in human_rows(_view(root)["digits"])}
+    assert rows["none"][2] == "1, 2, 3, 4" and rows["pose-norm+norm=layer"][2] == "3, 4"
+    assert rows["pose-norm+norm=layer"][5] == "1.00 [1.00, 1.00]"  # at chance at both: retention says nothing else
+
+
 def test_baselines_are_scored_at_matched_depth(tmp_path):
     tab = _view(_board(tmp_path))["digits"]
     (cnn,) = [r for r in tab["rows"] if r["baseline"]]
@@ -109,7 +121,7 @@ def test_build_writes_the_view_and_check_keeps_it_fresh(tmp_path):
     assert init["routing"] == "dynamic" and init["collapse_depth"] == "" and init["matched_depths"] == "1 2 3 4"
     assert (root / "test/v1/digits-remedies.png").is_file()
     readme = (root / "README.md").read_text()
-    assert "### test v1: remedies" in readme and "| dynamic | init=length | never | never |" in readme
+    assert "### test v1: remedies" in readme and "| dynamic | init=length | 1, 2, 3, 4 | never | never |" in readme
     assert "| timm_resnet | baseline |" in readme and "](test/v1/digits-remedies.png)" in readme
     assert "<h2>Remedies</h2>" in (root / "index.html").read_text()
     (root / "test/v1/remedies.csv").write_text("edited\n")
