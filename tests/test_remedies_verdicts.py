@@ -140,7 +140,9 @@ def test_a_routing_the_long_protocol_never_confirmed_has_no_reference(tmp_path):
         write_run(tmp_path, routing="ida", depth=10, seed=seed, accuracy=0.1, dead_types=3)
         write_run(tmp_path, routing="ida", remedy="res", depth=10, seed=seed, accuracy=0.12, rho=1.0)
     v = verdict_of(tmp_path, routing="ida")
-    assert v["a_ref"] is None and v["B"].startswith("undecided") and v["verdict"].startswith("undecided")
+    assert v["a_ref"] is None and v["B"].startswith("undecided") and v["verdict"] == "undecided on B"
+    text = remedies_markdown(remedy_verdicts([tmp_path], log=lambda line: None), {})
+    assert "vs A_ref n/a: undecided (no A_ref" in text and "dNone" not in text
 
 
 # --- C: does the gradient reach the early layers? ---------------------------------------------------

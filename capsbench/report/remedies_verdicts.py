@@ -227,7 +227,8 @@ def _verdict(a: str, b: str, c: str) -> str:
         return HIDES
     if b == "restored" and c == "reaches":
         return CURES
-    return f"undecided ({'B: ' + b if b != 'restored' else 'C: ' + c})"
+    # the column of the undecided criterion says why; the verdict names which one
+    return "undecided on B" if b != "restored" else "undecided on C"
 
 
 def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:

@@ -85,7 +85,8 @@ def _verdict_rows(verdicts: dict) -> list[list]:
         out.append([v["routing"], v["name"], v["depth"], seeds,
                     _a_cell(v),
                     f"{fmt_pct(v['accuracy'])} {fmt_ci(v['accuracy_ci95'], '.1f', 100.0)} vs A_ref "
-                    f"{fmt_pct(v['a_ref'])} (d{v['a_ref_depth']}): {v['B']}",
+                    + ("n/a" if v["a_ref"] is None else f"{fmt_pct(v['a_ref'])} (d{v['a_ref_depth']})")
+                    + f": {v['B']}",
                     f"{', '.join(fmt_num(x, '.3g') for x in v['rho'])}: {v['C']}",
                     f"**{verdict}**",
                     " / ".join(fmt_num(v[k], ".3f") for k in ("deepest_p5", "deepest_p50", "deepest_entropy"))])
