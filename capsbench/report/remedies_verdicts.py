@@ -6,10 +6,12 @@ with the verdicts. Everything comes from the run records (test set, final epoch:
 fractions, the last sample of the gradient norms, the mechanism telemetry); nothing is re-trained.
 
 - **Rule S** (screening, seed 0, depth 20): an arm *survives* when its test accuracy is above chance + 5 points
-  and its mean dead fraction over stacked layers is below 0.5.
+  and its mean dead fraction over stacked layers is below 0.5. The confirmation takes the survivors and, by
+  amendment 3, the arms above chance + 5 points with half-dead stacked layers (``confirmed_by`` says which).
 - **A** (the symptom is gone), **B** (accuracy is restored), **C** (gradient reaches the early layers) per
   routing x remedy x depth, and the verdict from them: *cures*, *hides the symptom*, *unstable*, *does not help*,
-  or *no symptom at this depth* when the routing's plain preset is not half-dead there.
+  or *no symptom at this depth* when the routing's plain preset is neither half-dead there nor collapsed with live
+  capsules (amendment 2); *undecided on B* (or *C*) when that criterion cannot be applied (no A_ref, no norms).
 
 A verdict on fewer than ``REQUIRED_SEEDS`` seeds is *provisional* (the screening's seed 0) and says so. A routing's
 plain preset (remedy ``none``, its default arm) is the reference, never judged; the long protocol's control and
