@@ -5,22 +5,36 @@
  * with -mavx2 / -mavx512f), as em_window.c. The maths is vb.py's (see its module docstring);
  * cpu_vb.py is the autograd glue.
  *
- * Every build gives the same bits: the vectors here are one 4-wide row of a pose whatever VBYTES
- * is, every sum has one order fixed in this file, and -ffp-contract=off forbids FMA; the wider
- * builds gain only from the VEX encoding and the compiler's scheduling (~10% measured on the
- * kernel). Vectors across parent types, as em_window.c's, are what would use the width.
- *
  * Why one pass per iteration and not one per window: VB's default normalises the
  * coefficients over every parent that receives a child, and overlapping windows share
  * children, so iteration t+1 of a window needs the E-step of its neighbours. What crosses
  * windows is only the coefficients R [P, J, I] (1/16 of the votes): a pass reads R_t,
  * recomputes each window's votes from the child poses and weights into a private buffer
- * (I x J x 16 values, L2-resident), runs the M-step and, except in the last pass, the
+ * (I x 16 x JP values, L2-resident), runs the M-step and, except in the last pass, the
  * E-step, and writes the log-weights [P, J, I]; the caller normalises them (in PyTorch)
  * into R_{t+1}. The backward of a pass recomputes the same window and goes back through
  * the E-step and M-step; nothing votes-sized is ever stored.
  *
- * Layouts: pose [P, I, 16] (U[i, r, k] at 4r + k), act [P, I], weight [I, J, 4, 4]
+ * Vectors run across the parent types j, as em_window.c's: inside a window every array is
+ * [..., JP] with JP the number of parent types rounded up to a multiple of the vector width
+ * (padding lanes hold zero weights, coefficients and gradients and are never read back), so a
+ * build uses its whole width (a 4x4 pose row, this file's vector until 2026-12, filled a quarter
+ * of an AVX-512 register in float32). The weights are transposed once per call to [I, 16, JP],
+ * a window's coefficients (and log-weight gradients) once per window to [I, JP].
+ *
+ * Same bits as that row-vector version, and in every build: each lane runs, for its parent,
+ * exactly the scalar sequence of operations the row-vector code ran for that parent (no FMA:
+ * -ffp-contract=off; no -ffast-math). Within a vote row the sums run left to right,
+ * ((u0 w0 + u1 w1) + u2 w2) + u3 w3; a sum over the 16 pose entries (the distance, the weight
+ * gradient's moment term) keeps the row version's pairing, four partial sums over the rows r
+ * (one per column c, entry 4r + c) and then (p0 + p1) + (p2 + p3); every sum over children runs
+ * in child order, lane by lane. The sums over parent types (a child's pose and activation
+ * gradients) are formed lane by lane and then added in parent order from zero, as the row
+ * version's loop over j did; the per-parent scalars (the M-step's closed forms, digamma and the
+ * log-determinant) are the row version's code, reading lane j. So the SSE2, AVX2 and AVX-512
+ * builds, which differ only in how many lanes one instruction covers, give the same bits.
+ *
+ * Layouts (arguments): pose [P, I, 16] (U[i, r, k] at 4r + k), act [P, I], weight [I, J, 4, 4]
  * (W[i, j, k, c]), offsets [I, 16] or NULL, coef and logits [P, J, I], mass [P, J],
  * mean, prec and centre [P, J, 16]. prior = {alpha0, kappa0, nu0, psi0, m0}.
  * Every sum over children runs in child order, so a window's results do not depend on
@@ -48,19 +62,25 @@
 
 #define LOGR(x) _Generic((x), float: logf, default: log)(x)
 
-/* One row of a 4x4 pose as a vector (GCC/Clang vector extension: 4 floats are one SSE2 register,
- * 4 doubles two). Element-wise operations round exactly as the scalar ones; only the order of
- * the sums is this file's own, fixed at compile time. Loads and stores go through memcpy (no
- * alignment or aliasing assumption; they compile to unaligned moves). */
+/* VL lanes over parent types (GCC/Clang vector extension). Element-wise operations round exactly as
+ * the scalar ones; a scalar operand is broadcast as it is (no arithmetic). Every array a vector is
+ * read from lies at a multiple of JP (itself a multiple of VL) from a 64-byte aligned base. */
+typedef REAL vec __attribute__((vector_size(VBYTES), may_alias));
+#define VL ((int)(VBYTES / sizeof(REAL)))
+#define V(p) (*(vec *)(p))
+#define ALIGN 64
+
+/* Four values of one array over parent types (the sums in parent order, sum_rows_in_order); loads through
+ * memcpy, so no alignment is assumed. */
 typedef REAL vec4 __attribute__((vector_size(4 * sizeof(REAL))));
 static inline vec4 load4(const REAL *p) {
     vec4 v;
     memcpy(&v, p, sizeof v);
     return v;
 }
-static inline void store4(REAL *p, vec4 v) { memcpy(p, &v, sizeof v); }
-static inline vec4 splat(REAL s) { return (vec4){s, s, s, s}; }
-static inline REAL total4(vec4 v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+/* Lanes per array over parent types: J rounded up to a multiple of the vector width. */
+static int lanes(int J) { return (J + VL - 1) / VL * VL; }
 
 /* digamma and trigamma of x > 0, in double whatever REAL is: shift x up to >= 10 with the
  * recurrences, then the asymptotic series (error below 1e-16 there). They act on per-parent
@@ -91,91 +111,127 @@ static void log_det_digammas(double nu, int wishart, double *value, double *slop
     for (int d = 0; d < PD; d++) *value += digamma_d(0.5 * (nu - d)), *slope += 0.5 * trigamma_d(0.5 * (nu - d));
 }
 
-/* One window's centred votes and the statistics of one M-step; per-parent gradients in the backward. */
+/* One window's votes and the statistics of one M-step; per-parent gradients in the backward. Arrays
+ * over parent types have JP lanes, lane j for parent j. */
 typedef struct {
-    int I, J;
-    REAL *x;      /* centred votes [I, J, 16] */
-    REAL *centre; /* [J, 16]: activation-weighted mean vote (detached, as vb.py's prepare_votes) */
-    REAL *s1, *s2, *xbar, *raw, *m0c, *mean, *prec; /* [J, 16] */
-    REAL *mass, *kappa, *nu, *alpha, *bias;          /* [J]; bias: the per-parent part of ln rho */
-    REAL *g_mean, *g_prec, *g_s1, *g_s2;             /* [J, 16] */
-    REAL *g_mass, *g_bias, *g_nu;                    /* [J] */
+    int I, J, JP;
+    REAL *wl;     /* the weights [I, 16 (4k + c), JP]: W[i, j, k, c] in lane j (once per call) */
+    REAL *x;      /* the votes, then centred, [I, 16, JP] */
+    REAL *gw;     /* the block's weight gradient [I, 16, JP] (backward, when wanted) */
+    REAL *coef;   /* this window's coefficients [I, JP] */
+    REAL *g;      /* this window's dL/d ln rho [I, JP] (backward) */
+    REAL *centre; /* [16, JP]: activation-weighted mean vote (detached, as vb.py's prepare_votes) */
+    REAL *s1, *s2, *xbar, *raw, *m0c, *mean, *prec; /* [16, JP] */
+    REAL *g_mean, *g_prec, *g_s1, *g_s2;             /* [16, JP] */
+    REAL *gv, *gu;                                   /* [16, JP]: one child's vote gradient, its dL/dU terms */
+    REAL *mass, *kappa, *nu, *alpha, *bias;          /* [JP]; bias: the per-parent part of ln rho */
+    REAL *g_mass, *g_bias, *g_nu;                    /* [JP] */
+    REAL *row, *row2;                                /* [JP]: one child's per-parent values */
+    REAL *base;
 } Window;
 
-static int window_alloc(Window *w, int I, int J) {
-    const size_t jd = (size_t)J * PD;
-    REAL *p = (REAL *)malloc(((size_t)I * jd + 12 * jd + 8 * (size_t)J) * sizeof(REAL));
+#define PER_ENTRY 14 /* [16, JP] arrays */
+#define PER_PARENT 10 /* [JP] arrays */
+
+/* The buffers, and the weights in lanes (padding lanes zero). with_gw: room for the weight gradient. */
+static int window_alloc(Window *w, int I, int J, const REAL *weight, int with_gw) {
+    const int JP = lanes(J);
+    const size_t ijd = (size_t)I * PD * JP, jd = (size_t)PD * JP;
+    const size_t big = (2 + (with_gw ? 1 : 0)) * ijd, small = 2 * (size_t)I * JP + PER_ENTRY * jd + PER_PARENT * (size_t)JP;
+    const size_t bytes = ((big + small) * sizeof(REAL) + ALIGN - 1) / ALIGN * ALIGN;
+    REAL *p = (REAL *)aligned_alloc(ALIGN, bytes);
     if (!p) return -1;
-    w->I = I, w->J = J;
-    w->x = p, p += (size_t)I * jd;
-    REAL **per_entry[] = {&w->centre, &w->s1, &w->s2, &w->xbar, &w->raw, &w->m0c, &w->mean, &w->prec,
-                          &w->g_mean, &w->g_prec, &w->g_s1, &w->g_s2};
-    for (int k = 0; k < 12; k++) *per_entry[k] = p, p += jd;
-    REAL **per_parent[] = {&w->mass, &w->kappa, &w->nu, &w->alpha, &w->bias, &w->g_mass, &w->g_bias, &w->g_nu};
-    for (int k = 0; k < 8; k++) *per_parent[k] = p, p += J;
+    w->I = I, w->J = J, w->JP = JP, w->base = p;
+    w->wl = p, p += ijd;
+    w->x = p, p += ijd;
+    w->gw = with_gw ? p : NULL, p += with_gw ? ijd : 0;
+    memset(p, 0, small * sizeof(REAL)); /* padding lanes stay zero */
+    w->coef = p, p += (size_t)I * JP;
+    w->g = p, p += (size_t)I * JP;
+    REAL **per_entry[PER_ENTRY] = {&w->centre, &w->s1, &w->s2, &w->xbar, &w->raw, &w->m0c, &w->mean, &w->prec,
+                                   &w->g_mean, &w->g_prec, &w->g_s1, &w->g_s2, &w->gv, &w->gu};
+    for (int k = 0; k < PER_ENTRY; k++) *per_entry[k] = p, p += jd;
+    REAL **per_parent[PER_PARENT] = {&w->mass, &w->kappa, &w->nu, &w->alpha, &w->bias,
+                                     &w->g_mass, &w->g_bias, &w->g_nu, &w->row, &w->row2};
+    for (int k = 0; k < PER_PARENT; k++) *per_parent[k] = p, p += JP;
+    for (int i = 0; i < I; i++) {
+        REAL *wi = w->wl + (size_t)i * PD * JP;
+        for (int kc = 0; kc < PD; kc++) {
+            for (int j = 0; j < J; j++) wi[kc * JP + j] = weight[((size_t)i * J + j) * PD + kc];
+            for (int j = J; j < JP; j++) wi[kc * JP + j] = 0;
+        }
+    }
     return 0;
 }
 
-/* v[4r + c] = sum_k U[r, k] W[k, c] (+ offset): row r of the vote is sum_k U[r, k] (row k of W) */
-static inline void vote(REAL *restrict v, const REAL *restrict u, const REAL *restrict mat, const REAL *restrict off) {
-    const vec4 w0 = load4(mat), w1 = load4(mat + 4), w2 = load4(mat + 8), w3 = load4(mat + 12);
-    for (int r = 0; r < 4; r++) {
-        vec4 row = splat(u[4 * r]) * w0 + splat(u[4 * r + 1]) * w1 + splat(u[4 * r + 2]) * w2 + splat(u[4 * r + 3]) * w3;
-        if (off) row += load4(off + 4 * r);
-        store4(v + 4 * r, row);
+/* Child i's votes into xi [16, JP]: v[4r + c] = ((U[r, 0] W[0, c] + U[r, 1] W[1, c]) + U[r, 2] W[2, c])
+ * + U[r, 3] W[3, c] (+ offset), in lane j with parent j's W (wi: child i's weights in lanes). */
+static inline void vote(REAL *restrict xi, const REAL *restrict ui, const REAL *restrict wi, const REAL *off, int JP) {
+    for (int rc = 0; rc < PD; rc++) {
+        const int r = rc / 4, c = rc % 4;
+        for (int q = 0; q < JP; q += VL) {
+            vec v = ui[4 * r] * V(wi + c * JP + q) + ui[4 * r + 1] * V(wi + (4 + c) * JP + q) +
+                    ui[4 * r + 2] * V(wi + (8 + c) * JP + q) + ui[4 * r + 3] * V(wi + (12 + c) * JP + q);
+            if (off) v += off[rc];
+            V(xi + rc * JP + q) = v;
+        }
     }
 }
 
 /* The centre: the activation-weighted mean vote per parent. The window's votes are left in w->x
  * (uncentred). A child with activation 0 adds exactly 0. */
-static void window_centre(Window *w, const REAL *u, const REAL *a, const REAL *weight, const REAL *offsets) {
-    const int I = w->I, J = w->J, JD = J * PD;
+static void window_centre(Window *w, const REAL *u, const REAL *a, const REAL *offsets) {
+    const int I = w->I, JP = w->JP, JD = PD * JP;
     REAL total = 0;
     memset(w->centre, 0, sizeof(REAL) * JD);
     for (int i = 0; i < I; i++) {
-        for (int j = 0; j < J; j++) {
-            REAL *restrict v = w->x + ((size_t)i * J + j) * PD, *restrict cj = w->centre + j * PD;
-            vote(v, u + (size_t)i * PD, weight + ((size_t)i * J + j) * PD, offsets ? offsets + (size_t)i * PD : NULL);
-            for (int d = 0; d < PD; d++) cj[d] += a[i] * v[d];
-        }
+        REAL *xi = w->x + (size_t)i * JD;
+        vote(xi, u + (size_t)i * PD, w->wl + (size_t)i * JD, offsets ? offsets + (size_t)i * PD : NULL, JP);
+        for (int k = 0; k < JD; k += VL) V(w->centre + k) += a[i] * V(xi + k);
         total += a[i];
     }
-    for (int k = 0; k < JD; k++) w->centre[k] /= (total + EPS);
+    for (int k = 0; k < JD; k += VL) V(w->centre + k) /= (total + EPS);
 }
 
-/* The M-step from the weights R_ij a_i (coef [J, I] of this window), as vb.py's _update_parameters,
+/* The M-step from the weights R_ij a_i (w->coef, this window's), as vb.py's _update_parameters,
  * then the per-parent part of ln rho (vb.py's _log_rho). One sweep writes the centred votes into
  * w->x (from the uncentred ones there when have_votes, else recomputed) and sums their moments. */
-static void m_step(Window *w, const REAL *u, const REAL *a, const REAL *weight, const REAL *offsets, int have_votes,
-                   const REAL *coef, const REAL *prior, int wishart) {
-    const int I = w->I, J = w->J;
+static void m_step(Window *w, const REAL *u, const REAL *a, const REAL *offsets, int have_votes, const REAL *prior,
+                   int wishart) {
+    const int I = w->I, J = w->J, JP = w->JP, JD = PD * JP;
     const REAL alpha0 = prior[0], kappa0 = prior[1], nu0 = prior[2], psi0 = prior[3], m0 = prior[4];
-    memset(w->mass, 0, sizeof(REAL) * J);
-    memset(w->s1, 0, sizeof(REAL) * J * PD);
-    memset(w->s2, 0, sizeof(REAL) * J * PD);
-    for (int i = 0; i < I; i++)
-        for (int j = 0; j < J; j++) {
-            const REAL wt = coef[(size_t)j * I + i] * a[i];
-            REAL *restrict x = w->x + ((size_t)i * J + j) * PD;
-            const REAL *restrict cj = w->centre + j * PD;
-            REAL *restrict s1 = w->s1 + j * PD, *restrict s2 = w->s2 + j * PD;
-            if (!have_votes)
-                vote(x, u + (size_t)i * PD, weight + ((size_t)i * J + j) * PD, offsets ? offsets + (size_t)i * PD : NULL);
-            w->mass[j] += wt;
-            const vec4 wv = splat(wt);
-            for (int r = 0; r < 4; r++) {
-                const vec4 xr = load4(x + 4 * r) - load4(cj + 4 * r);
-                store4(x + 4 * r, xr);
-                store4(s1 + 4 * r, load4(s1 + 4 * r) + wv * xr);
-                store4(s2 + 4 * r, load4(s2 + 4 * r) + wv * (xr * xr));
+    if (!have_votes)
+        for (int i = 0; i < I; i++)
+            vote(w->x + (size_t)i * JD, u + (size_t)i * PD, w->wl + (size_t)i * JD,
+                 offsets ? offsets + (size_t)i * PD : NULL, JP);
+    /* per lane: mass, S1 and S2 summed over children in child order, from zero; four pose entries at a
+     * time, so their sums stay in registers */
+    for (int q = 0; q < JP; q += VL) {
+        vec mass = {0};
+        for (int i = 0; i < I; i++) mass += V(w->coef + (size_t)i * JP + q) * a[i];
+        V(w->mass + q) = mass;
+        for (int d0 = 0; d0 < PD; d0 += 4) {
+            vec centre[4], s1[4] = {{0}, {0}, {0}, {0}}, s2[4] = {{0}, {0}, {0}, {0}};
+            for (int e = 0; e < 4; e++) centre[e] = V(w->centre + (d0 + e) * JP + q);
+            for (int i = 0; i < I; i++) {
+                const vec wt = V(w->coef + (size_t)i * JP + q) * a[i];
+                REAL *xi = w->x + (size_t)i * JD + d0 * JP + q;
+                for (int e = 0; e < 4; e++) {
+                    const vec xr = V(xi + e * JP) - centre[e];
+                    V(xi + e * JP) = xr;
+                    s1[e] += wt * xr;
+                    s2[e] += wt * (xr * xr);
+                }
             }
+            for (int e = 0; e < 4; e++) V(w->s1 + (d0 + e) * JP + q) = s1[e], V(w->s2 + (d0 + e) * JP + q) = s2[e];
         }
+    }
     double alpha_sum = 0;
     for (int j = 0; j < J; j++) {
         const REAL mass = w->mass[j], den = mass + EPS, kappa = kappa0 + mass, shrink = kappa0 * mass / kappa;
         REAL log_prec = 0;
         for (int d = 0; d < PD; d++) {
-            const int k = j * PD + d;
+            const int k = d * JP + j;
             const REAL xbar = w->s1[k] / den, raw = w->s2[k] - w->s1[k] * xbar, m0c = m0 - w->centre[k];
             const REAL gap = xbar - m0c;
             w->xbar[k] = xbar, w->raw[k] = raw, w->m0c[k] = m0c;
@@ -194,86 +250,97 @@ static void m_step(Window *w, const REAL *u, const REAL *a, const REAL *weight, 
     for (int j = 0; j < J; j++) w->bias[j] -= all;
 }
 
-/* sum_d prec_d (x_d - mean_d)^2 */
-static inline REAL distance(const REAL *restrict x, const REAL *restrict mean, const REAL *restrict prec) {
-    vec4 q = splat(0);
-    for (int r = 0; r < 4; r++) {
-        const vec4 diff = load4(x + 4 * r) - load4(mean + 4 * r);
-        q += load4(prec + 4 * r) * (diff * diff);
-    }
-    return total4(q);
-}
-
-/* ln rho[j, i] = bias_j - nu_j / 2 sum_d prec_jd (x_ijd - mean_jd)^2 */
+/* ln rho[j, i] = bias_j - nu_j / 2 sum_d prec_jd (x_ijd - mean_jd)^2, the sum as four partial sums over
+ * the rows (one per column c of entry 4r + c), then (p0 + p1) + (p2 + p3). logits: [J, I]. */
 static void e_step(const Window *w, REAL *logits) {
-    const int I = w->I, J = w->J;
-    for (int i = 0; i < I; i++)
-        for (int j = 0; j < J; j++) {
-            const REAL q = distance(w->x + ((size_t)i * J + j) * PD, w->mean + j * PD, w->prec + j * PD);
-            logits[(size_t)j * I + i] = w->bias[j] - (REAL)0.5 * (w->nu[j] * q);
+    const int I = w->I, J = w->J, JP = w->JP;
+    for (int i = 0; i < I; i++) {
+        const REAL *xi = w->x + (size_t)i * PD * JP;
+        for (int q = 0; q < JP; q += VL) {
+            vec part[4] = {{0}, {0}, {0}, {0}};
+            for (int r = 0; r < 4; r++)
+                for (int c = 0; c < 4; c++) {
+                    const int d = 4 * r + c;
+                    const vec diff = V(xi + d * JP + q) - V(w->mean + d * JP + q);
+                    part[c] += V(w->prec + d * JP + q) * (diff * diff);
+                }
+            const vec dist = (part[0] + part[1]) + (part[2] + part[3]);
+            V(w->row + q) = V(w->bias + q) - (REAL)0.5 * (V(w->nu + q) * dist);
         }
+        for (int j = 0; j < J; j++) logits[(size_t)j * I + i] = w->row[j];
+    }
 }
 
-/* One window's centre (computed when centre_in is NULL, then written to centre_out) and M-step. */
-static void window_forward(Window *w, long p, int I, int J, int wishart, const REAL *pose, const REAL *act,
-                           const REAL *weight, const REAL *offsets, const REAL *coef, const REAL *prior,
-                           const REAL *centre_in, REAL *centre_out) {
-    const size_t JD = (size_t)J * PD;
-    const REAL *u = pose + (size_t)p * I * PD, *a = act + (size_t)p * I;
+/* One window's centre (computed when centre_in is NULL, then written to centre_out), its coefficients
+ * in lanes, and the M-step. */
+static void window_forward(Window *w, long p, int wishart, const REAL *pose, const REAL *act, const REAL *offsets,
+                           const REAL *coef, const REAL *prior, const REAL *centre_in, REAL *centre_out) {
+    const int I = w->I, J = w->J, JP = w->JP;
+    const size_t JD = (size_t)J * PD, JI = (size_t)J * I;
+    const REAL *u = pose + (size_t)p * I * PD, *a = act + (size_t)p * I, *cf = coef + p * JI;
     if (centre_in) {
-        memcpy(w->centre, centre_in + p * JD, sizeof(REAL) * JD);
+        for (int j = 0; j < J; j++)
+            for (int d = 0; d < PD; d++) w->centre[d * JP + j] = centre_in[p * JD + (size_t)j * PD + d];
     } else {
-        window_centre(w, u, a, weight, offsets);
-        if (centre_out) memcpy(centre_out + p * JD, w->centre, sizeof(REAL) * JD);
+        window_centre(w, u, a, offsets);
+        if (centre_out)
+            for (int j = 0; j < J; j++)
+                for (int d = 0; d < PD; d++) centre_out[p * JD + (size_t)j * PD + d] = w->centre[d * JP + j];
     }
-    m_step(w, u, a, weight, offsets, !centre_in, coef + p * (size_t)J * I, prior, wishart);
+    for (int i = 0; i < I; i++)
+        for (int j = 0; j < J; j++) w->coef[(size_t)i * JP + j] = cf[(size_t)j * I + i];
+    m_step(w, u, a, offsets, !centre_in, prior, wishart);
 }
 
 int EXPORT(vb_pass)(long p0, long p1, int I, int J, int wishart, const REAL *pose, const REAL *act,
                     const REAL *weight, const REAL *offsets, const REAL *coef, const REAL *prior,
                     const REAL *centre_in, REAL *centre_out, REAL *logits, REAL *mass, REAL *mean, REAL *prec) {
     Window w;
-    if (window_alloc(&w, I, J)) return -1;
+    if (window_alloc(&w, I, J, weight, 0)) return -1;
+    const int JP = w.JP;
     const size_t JD = (size_t)J * PD, JI = (size_t)J * I;
     for (long p = p0; p < p1; p++) {
-        window_forward(&w, p, I, J, wishart, pose, act, weight, offsets, coef, prior, centre_in, centre_out);
+        window_forward(&w, p, wishart, pose, act, offsets, coef, prior, centre_in, centre_out);
         if (logits) e_step(&w, logits + p * JI);
-        if (mass) {
-            memcpy(mass + p * J, w.mass, sizeof(REAL) * J);
-            memcpy(mean + p * JD, w.mean, sizeof(REAL) * JD);
-            memcpy(prec + p * JD, w.prec, sizeof(REAL) * JD);
-        }
+        if (mass)
+            for (int j = 0; j < J; j++) {
+                mass[p * J + j] = w.mass[j];
+                for (int d = 0; d < PD; d++) {
+                    mean[p * JD + (size_t)j * PD + d] = w.mean[d * JP + j];
+                    prec[p * JD + (size_t)j * PD + d] = w.prec[d * JP + j];
+                }
+            }
     }
-    free(w.x);
+    free(w.base);
     return 0;
 }
 
-/* Back through the E-step, given g = dL/d ln rho [J, I]: the per-parent sums it needs (w->g_bias,
+/* Back through the E-step, given g = dL/d ln rho (w->g, [I, JP]): the per-parent sums it needs (w->g_bias,
  * w->g_nu) and the gradients of the M-step's outputs: w->g_mean, w->g_prec and w->g_mass (through
  * alpha, nu, kappa). The votes' share is computed again in gradient_sweep. */
-static void e_step_backward(Window *w, const REAL *g, int wishart) {
-    const int I = w->I, J = w->J;
-    memset(w->g_mean, 0, sizeof(REAL) * J * PD);
-    memset(w->g_prec, 0, sizeof(REAL) * J * PD);
-    memset(w->g_bias, 0, sizeof(REAL) * J);
-    memset(w->g_nu, 0, sizeof(REAL) * J);
-    for (int i = 0; i < I; i++)
-        for (int j = 0; j < J; j++) {
-            const REAL gij = g[(size_t)j * I + i], g_q = (REAL)-0.5 * w->nu[j] * gij;
-            const REAL *restrict x = w->x + ((size_t)i * J + j) * PD;
-            const REAL *restrict mean = w->mean + j * PD, *restrict prec = w->prec + j * PD;
-            REAL *restrict g_mean = w->g_mean + j * PD, *restrict g_prec = w->g_prec + j * PD;
-            const vec4 gq = splat(g_q), gq2 = splat(2 * g_q);
-            vec4 q = splat(0);
-            for (int r = 0; r < 4; r++) {
-                const vec4 diff = load4(x + 4 * r) - load4(mean + 4 * r), pr = load4(prec + 4 * r);
-                q += pr * (diff * diff);
-                store4(g_prec + 4 * r, load4(g_prec + 4 * r) + gq * (diff * diff));
-                store4(g_mean + 4 * r, load4(g_mean + 4 * r) - gq2 * pr * diff);
-            }
-            w->g_bias[j] += gij;
-            w->g_nu[j] += (REAL)-0.5 * total4(q) * gij;
+static void e_step_backward(Window *w, int wishart) {
+    const int I = w->I, J = w->J, JP = w->JP, JD = PD * JP;
+    memset(w->g_mean, 0, sizeof(REAL) * JD);
+    memset(w->g_prec, 0, sizeof(REAL) * JD);
+    memset(w->g_bias, 0, sizeof(REAL) * JP);
+    memset(w->g_nu, 0, sizeof(REAL) * JP);
+    for (int i = 0; i < I; i++) {
+        const REAL *xi = w->x + (size_t)i * JD;
+        for (int q = 0; q < JP; q += VL) {
+            const vec gij = V(w->g + (size_t)i * JP + q), g_q = (REAL)-0.5 * V(w->nu + q) * gij, gq2 = 2 * g_q;
+            vec part[4] = {{0}, {0}, {0}, {0}};
+            for (int r = 0; r < 4; r++)
+                for (int c = 0; c < 4; c++) {
+                    const int k = (4 * r + c) * JP + q;
+                    const vec diff = V(xi + k) - V(w->mean + k), pr = V(w->prec + k);
+                    part[c] += pr * (diff * diff);
+                    V(w->g_prec + k) += g_q * (diff * diff);
+                    V(w->g_mean + k) -= gq2 * pr * diff;
+                }
+            V(w->g_bias + q) += gij;
+            V(w->g_nu + q) += (REAL)-0.5 * ((part[0] + part[1]) + (part[2] + part[3])) * gij;
         }
+    }
     double alpha_sum = 0, g_all = 0;
     for (int j = 0; j < J; j++) alpha_sum += w->alpha[j], g_all += w->g_bias[j];
     const REAL tri_all = (REAL)trigamma_d(alpha_sum);
@@ -284,7 +351,7 @@ static void e_step_backward(Window *w, const REAL *g, int wishart) {
         const REAL g_alpha = gb * (REAL)trigamma_d(w->alpha[j]) - tri_all * (REAL)g_all;
         const REAL g_kappa = gb * (REAL)0.5 * PD / (w->kappa[j] * w->kappa[j]);
         const REAL g_nu = w->g_nu[j] + (REAL)0.5 * gb * (REAL)slope;
-        for (int d = 0; d < PD; d++) w->g_prec[j * PD + d] += (REAL)0.5 * gb / w->prec[j * PD + d];
+        for (int d = 0; d < PD; d++) w->g_prec[d * JP + j] += (REAL)0.5 * gb / w->prec[d * JP + j];
         w->g_mass[j] = g_alpha + g_nu + g_kappa; /* alpha, nu and kappa are each a prior plus the mass */
     }
 }
@@ -293,11 +360,12 @@ static void e_step_backward(Window *w, const REAL *g, int wishart) {
  * the sums over children, w->g_s1, w->g_s2 and (total) w->g_mass. */
 static void m_step_backward(Window *w, const REAL *prior) {
     const REAL kappa0 = prior[1];
+    const int JP = w->JP;
     for (int j = 0; j < w->J; j++) {
         const REAL mass = w->mass[j], den = mass + EPS, kappa = w->kappa[j], shrink = kappa0 * mass / kappa;
         REAL g_kappa = 0, g_shrink = 0, g_mass = w->g_mass[j];
         for (int d = 0; d < PD; d++) {
-            const int k = j * PD + d;
+            const int k = d * JP + j;
             const REAL g_inv = -w->g_prec[k] * w->prec[k] * w->prec[k], gap = w->xbar[k] - w->m0c[k];
             const REAL g_raw = w->raw[k] >= 0 ? g_inv : 0; /* clamp_min(0)'s gradient, as torch's */
             REAL g_xbar = 2 * g_inv * shrink * gap - g_raw * w->s1[k];
@@ -312,45 +380,76 @@ static void m_step_backward(Window *w, const REAL *prior) {
     }
 }
 
-/* One sweep over the children: each vote's gradient (through the E-step when g, through the sums
- * over children always), formed in registers and sent straight on to the child pose (g_u [I, 16])
- * and the weights (added into g_weight [I, J, 16]); dL/dR [J, I] (g_coef) and dL/da [I] (g_a).
- * weight_t: every 4x4 weight transposed. */
-static void gradient_sweep(const Window *w, const REAL *u, const REAL *a, const REAL *weight_t, const REAL *coef,
-                           const REAL *g, REAL *g_u, REAL *g_a, REAL *g_coef, REAL *g_weight) {
-    const int I = w->I, J = w->J;
-    for (int i = 0; i < I; i++) {
-        vec4 gu[4] = {splat(0), splat(0), splat(0), splat(0)};
-        REAL acc = 0;
-        const REAL *ui = u + (size_t)i * PD;
-        for (int j = 0; j < J; j++) {
-            const REAL rij = coef[(size_t)j * I + i], wt = rij * a[i];
-            const REAL g_q2 = g ? -w->nu[j] * g[(size_t)j * I + i] : 0; /* 2 dL/dq */
-            const REAL *restrict x = w->x + ((size_t)i * J + j) * PD, *restrict mat_t = weight_t + ((size_t)i * J + j) * PD;
-            const REAL *restrict g1 = w->g_s1 + j * PD, *restrict g2 = w->g_s2 + j * PD;
-            const REAL *restrict mean = w->mean + j * PD, *restrict prec = w->prec + j * PD;
-            const vec4 wv = splat(wt), gqv = splat(g_q2);
-            vec4 gv[4], g_wt = splat(0);
-            for (int r = 0; r < 4; r++) {
-                const vec4 xr = load4(x + 4 * r), a1 = load4(g1 + 4 * r), a2 = load4(g2 + 4 * r);
-                g_wt += (a1 + a2 * xr) * xr;
-                gv[r] = gqv * load4(prec + 4 * r) * (xr - load4(mean + 4 * r)) + wv * (a1 + splat(2) * a2 * xr);
-            }
-            const REAL g_w = w->g_mass[j] + total4(g_wt);
-            g_coef[(size_t)j * I + i] = g_w * a[i];
-            acc += g_w * rij;
-            /* dU[r, k] = sum_c gv[r, c] W[k, c]: row r of dU is sum_c gv[r, c] (row c of W^T) */
-            const vec4 t0 = load4(mat_t), t1 = load4(mat_t + 4), t2 = load4(mat_t + 8), t3 = load4(mat_t + 12);
-            for (int r = 0; r < 4; r++)
-                gu[r] += splat(gv[r][0]) * t0 + splat(gv[r][1]) * t1 + splat(gv[r][2]) * t2 + splat(gv[r][3]) * t3;
-            if (!g_weight) continue;
-            REAL *restrict gm = g_weight + ((size_t)i * J + j) * PD; /* row k of dW: sum_r U[r, k] gv[r] */
-            for (int k = 0; k < 4; k++)
-                store4(gm + 4 * k, load4(gm + 4 * k) + splat(ui[k]) * gv[0] + splat(ui[4 + k]) * gv[1] +
-                                       splat(ui[8 + k]) * gv[2] + splat(ui[12 + k]) * gv[3]);
+/* out[m] = ((0 + t[m, 0]) + t[m, 1]) + ... + t[m, J - 1] for the 16 rows m of t [16, JP]: each row's sum in
+ * parent order from zero, as a scalar loop over j would add it. Blocks of 4 rows x 4 parents are transposed
+ * so that four rows' sums advance as one vector, the four groups of rows as four independent chains. */
+static inline void sum_rows_in_order(REAL *out, const REAL *t, int J, int JP) {
+    vec4 s[4] = {{0}, {0}, {0}, {0}};
+    int j = 0;
+    for (; j + 4 <= J; j += 4)
+        for (int m = 0; m < 4; m++) {
+            const vec4 p0 = load4(t + 4 * m * JP + j), p1 = load4(t + (4 * m + 1) * JP + j);
+            const vec4 p2 = load4(t + (4 * m + 2) * JP + j), p3 = load4(t + (4 * m + 3) * JP + j);
+            s[m] += (vec4){p0[0], p1[0], p2[0], p3[0]};
+            s[m] += (vec4){p0[1], p1[1], p2[1], p3[1]};
+            s[m] += (vec4){p0[2], p1[2], p2[2], p3[2]};
+            s[m] += (vec4){p0[3], p1[3], p2[3], p3[3]};
         }
-        for (int r = 0; r < 4; r++) store4(g_u + (size_t)i * PD + 4 * r, gu[r]);
+    for (; j < J; j++)
+        for (int m = 0; m < 4; m++)
+            s[m] += (vec4){t[4 * m * JP + j], t[(4 * m + 1) * JP + j], t[(4 * m + 2) * JP + j], t[(4 * m + 3) * JP + j]};
+    for (int m = 0; m < 4; m++) memcpy(out + 4 * m, &s[m], sizeof s[m]);
+}
+
+/* One sweep over the children: each vote's gradient (through the E-step when have_g, through the sums
+ * over children always), formed in lanes (w->gv [16, JP]) and sent on to the child pose (g_u [I, 16])
+ * and the weights (added into w->gw when wanted); dL/dR [J, I] (g_coef) and dL/da [I] (g_a). The sums
+ * over parent types (g_u, g_a) are formed per lane, then added in parent order. */
+static void gradient_sweep(Window *w, const REAL *u, const REAL *a, int have_g, REAL *g_u, REAL *g_a, REAL *g_coef) {
+    const int I = w->I, J = w->J, JP = w->JP, JD = PD * JP;
+    REAL *restrict gv = w->gv, *restrict gu = w->gu;
+    for (int i = 0; i < I; i++) {
+        const REAL *ui = u + (size_t)i * PD, *xi = w->x + (size_t)i * JD, *wi = w->wl + (size_t)i * JD;
+        for (int q = 0; q < JP; q += VL) {
+            const vec rij = V(w->coef + (size_t)i * JP + q), wt = rij * a[i];
+            vec g_q2 = {0}; /* 2 dL/dq; +0 without an E-step, as the row version's */
+            if (have_g) g_q2 = -V(w->nu + q) * V(w->g + (size_t)i * JP + q);
+            vec part[4] = {{0}, {0}, {0}, {0}};
+            for (int r = 0; r < 4; r++)
+                for (int c = 0; c < 4; c++) {
+                    const int k = (4 * r + c) * JP + q;
+                    const vec xr = V(xi + k), a1 = V(w->g_s1 + k), a2 = V(w->g_s2 + k);
+                    part[c] += (a1 + a2 * xr) * xr;
+                    V(gv + k) = g_q2 * V(w->prec + k) * (xr - V(w->mean + k)) + wt * (a1 + 2 * a2 * xr);
+                }
+            const vec g_w = V(w->g_mass + q) + ((part[0] + part[1]) + (part[2] + part[3]));
+            V(w->row + q) = g_w * a[i];
+            V(w->row2 + q) = g_w * rij;
+        }
+        REAL acc = 0;
+        for (int j = 0; j < J; j++) {
+            g_coef[(size_t)j * I + i] = w->row[j];
+            acc += w->row2[j];
+        }
         g_a[i] = acc;
+        /* dU[r, k] = sum_j ((gv[r, 0] W[k, 0] + gv[r, 1] W[k, 1]) + gv[r, 2] W[k, 2]) + gv[r, 3] W[k, 3] */
+        for (int rk = 0; rk < PD; rk++) {
+            const int r = rk / 4, k = rk % 4;
+            for (int q = 0; q < JP; q += VL)
+                V(gu + rk * JP + q) = V(gv + 4 * r * JP + q) * V(wi + 4 * k * JP + q) +
+                                      V(gv + (4 * r + 1) * JP + q) * V(wi + (4 * k + 1) * JP + q) +
+                                      V(gv + (4 * r + 2) * JP + q) * V(wi + (4 * k + 2) * JP + q) +
+                                      V(gv + (4 * r + 3) * JP + q) * V(wi + (4 * k + 3) * JP + q);
+        }
+        sum_rows_in_order(g_u + (size_t)i * PD, gu, J, JP);
+        if (!w->gw) continue;
+        REAL *gwi = w->gw + (size_t)i * JD; /* dW[k, c] += ((U[0, k] gv[0, c] + ...: the row version's order */
+        for (int kc = 0; kc < PD; kc++) {
+            const int k = kc / 4, c = kc % 4;
+            for (int q = 0; q < JP; q += VL)
+                V(gwi + kc * JP + q) = V(gwi + kc * JP + q) + ui[k] * V(gv + c * JP + q) + ui[4 + k] * V(gv + (4 + c) * JP + q) +
+                                       ui[8 + k] * V(gv + (8 + c) * JP + q) + ui[12 + k] * V(gv + (12 + c) * JP + q);
+        }
     }
 }
 
@@ -363,30 +462,36 @@ int EXPORT(vb_pass_backward)(long p0, long p1, int I, int J, int wishart, const 
                              const REAL *centre, const REAL *g_logits, const REAL *g_mass, const REAL *g_mean,
                              const REAL *g_prec, REAL *g_pose, REAL *g_act, REAL *g_coef, REAL *g_weight) {
     Window w;
+    if (window_alloc(&w, I, J, weight, g_weight != NULL)) return -1;
+    const int JP = w.JP;
     const size_t JD = (size_t)J * PD, JI = (size_t)J * I;
-    REAL *weight_t = (REAL *)malloc(sizeof(REAL) * I * JD);
-    if (!weight_t) return -1;
-    if (window_alloc(&w, I, J)) return free(weight_t), -1;
-    for (size_t m = 0; m < (size_t)I * J; m++)
-        for (int k = 0; k < 4; k++)
-            for (int c = 0; c < 4; c++) weight_t[m * PD + 4 * c + k] = weight[m * PD + 4 * k + c];
-    if (g_weight) memset(g_weight, 0, sizeof(REAL) * I * JD);
+    if (w.gw) memset(w.gw, 0, sizeof(REAL) * I * PD * JP);
     for (long p = p0; p < p1; p++) {
-        window_forward(&w, p, I, J, wishart, pose, act, weight, offsets, coef, prior, centre, NULL);
+        window_forward(&w, p, wishart, pose, act, offsets, coef, prior, centre, NULL);
         const REAL *g = g_logits ? g_logits + p * JI : NULL;
         if (g) {
-            e_step_backward(&w, g, wishart);
+            for (int i = 0; i < I; i++)
+                for (int j = 0; j < J; j++) w.g[(size_t)i * JP + j] = g[(size_t)j * I + i];
+            e_step_backward(&w, wishart);
         } else {
-            memcpy(w.g_mass, g_mass + p * J, sizeof(REAL) * J);
-            memcpy(w.g_mean, g_mean + p * JD, sizeof(REAL) * JD);
-            memcpy(w.g_prec, g_prec + p * JD, sizeof(REAL) * JD);
+            for (int j = 0; j < J; j++) {
+                w.g_mass[j] = g_mass[p * J + j];
+                for (int d = 0; d < PD; d++) {
+                    w.g_mean[d * JP + j] = g_mean[p * JD + (size_t)j * PD + d];
+                    w.g_prec[d * JP + j] = g_prec[p * JD + (size_t)j * PD + d];
+                }
+            }
         }
         m_step_backward(&w, prior);
-        gradient_sweep(&w, pose + (size_t)p * I * PD, act + (size_t)p * I, weight_t, coef + p * JI, g,
-                       g_pose + (size_t)p * I * PD, g_act + (size_t)p * I, g_coef + p * JI, g_weight);
+        gradient_sweep(&w, pose + (size_t)p * I * PD, act + (size_t)p * I, g != NULL, g_pose + (size_t)p * I * PD,
+                       g_act + (size_t)p * I, g_coef + p * JI);
     }
-    free(w.x);
-    free(weight_t);
+    if (g_weight)
+        for (int i = 0; i < I; i++)
+            for (int j = 0; j < J; j++)
+                for (int kc = 0; kc < PD; kc++)
+                    g_weight[((size_t)i * J + j) * PD + kc] = w.gw[((size_t)i * PD + kc) * JP + j];
+    free(w.base);
     return 0;
 }
 
