@@ -1,7 +1,7 @@
 """The CPU VB kernel (``routing/native/vb_window.c``) against the row-vector version it replaced: same bits, and cost.
 
     OMP_NUM_THREADS=1 python benchmarks/vb_kernel_lanes.py [--old-ref 569d0b5] [--quick] [--no-timing]
-        [--reps 15] [--steps 5] [--depths 10,20] [--tag cpu1thread]
+        [--reps 15] [--steps 5] [--rounds 2] [--depths 10,20] [--tag cpu1thread]
 
 The old kernel is the source of ``vb_window.c`` at ``--old-ref`` (default: the last commit whose vectors were one
 4-wide row of a pose), compiled by the same machinery (``native/build.py``) from a copy named
@@ -23,7 +23,7 @@ Timing (CPU seconds of this single-threaded process, ``time.process_time``, medi
 change in a shared machine's load hits both alike): forward + backward of one VB routed layer at the long-cpu
 shape (ConvCaps 16 -> 16 types, 3x3 windows on a 2x2 grid, batch 32: 128 windows of 144 children and 16
 parents, float32), for every instruction set; and one training step (as ``capsbench bench``: one warm-up step,
-then ``--steps``, each kernel in its own fresh process) of ``specs/remedies/arms/vb.yaml`` under the remedies
+then ``--steps``, each kernel in its own fresh process, ``--rounds`` processes per kernel alternating) of ``specs/remedies/arms/vb.yaml`` under the remedies
 screening spec at ``--depths``. Writes ``results/vb-kernel-lanes-<tag>.json`` with the machine.
 """
 
@@ -216,8 +216,10 @@ def time_layer(old: Path, new: Path, isas: list[str], reps: int) -> list[dict]:
     return rows
 
 
-def training_steps(old: Path, new: Path, depths: str, steps: int) -> list[dict]:
-    """One training step of the VB arm per depth, per kernel, each in a fresh process (as ``capsbench bench``)."""
+def training_steps(old: Path, new: Path, depths: str, steps: int, rounds: int) -> list[dict]:
+    """One training step of the VB arm per depth and kernel, each measurement in a fresh process (as ``capsbench
+    bench``: one warm-up step, then ``steps``, their median); ``rounds`` such processes per kernel, alternating,
+    and the median of their medians."""
     from omegaconf import OmegaConf
 
     from capsbench import spec
@@ -229,17 +231,22 @@ def training_steps(old: Path, new: Path, depths: str, steps: int) -> list[dict]:
     overrides = [f"sweep.extends=[{ARM}]", f"sweep.model.depth=[{depths}]", "sweep.seed=[0]"]
     for run in spec.load(str(SPEC), overrides):
         payload = json.dumps({"config": OmegaConf.to_container(run.config), "steps": steps, "warmup": 1})
-        row = {"arm": ARM, "depth": run.point.get("model.depth"), "spec_hash": run.spec_hash, "steps": steps}
-        for name, source in (("old", old), ("new", new)):
-            child = subprocess.run([sys.executable, __file__, "--child", str(source)], input=payload,
-                                   capture_output=True, text=True, env=env)  # fmt: skip
-            if child.returncode != 0:
-                raise RuntimeError(f"training step ({name}, {row['depth']}) failed: {child.stderr.strip()[-2000:]}")
-            result = json.loads(child.stdout.strip().splitlines()[-1])
-            row[f"{name}_cpu_s"] = result["train_step_cpu_ms"] / 1000
-            row[f"{name}_wall_s"] = result["train_step_ms"] / 1000
-            row[f"{name}_backend"] = sorted(set((result.get("routing_backend") or {}).values()) - {None})
-            row[f"{name}_last_loss"] = result["last_loss"]
+        row = {"arm": ARM, "depth": run.point.get("model.depth"), "spec_hash": run.spec_hash, "steps": steps,
+               "rounds": rounds}  # fmt: skip
+        measured = {"old": [], "new": []}
+        for _ in range(rounds):
+            for name, source in (("old", old), ("new", new)):
+                child = subprocess.run([sys.executable, __file__, "--child", str(source)], input=payload,
+                                       capture_output=True, text=True, env=env)  # fmt: skip
+                if child.returncode != 0:
+                    raise RuntimeError(f"training step ({name}, {row['depth']}) failed: {child.stderr.strip()[-2000:]}")
+                measured[name].append(json.loads(child.stdout.strip().splitlines()[-1]))
+        for name, results in measured.items():
+            row[f"{name}_cpu_s"] = statistics.median(r["train_step_cpu_ms"] for r in results) / 1000
+            row[f"{name}_wall_s"] = statistics.median(r["train_step_ms"] for r in results) / 1000
+            row[f"{name}_cpu_s_per_round"] = [r["train_step_cpu_ms"] / 1000 for r in results]
+            row[f"{name}_backend"] = sorted({b for r in results for b in (r.get("routing_backend") or {}).values()} - {None})
+            row[f"{name}_last_loss"] = [r["last_loss"] for r in results]
         row["speedup"] = row["old_cpu_s"] / row["new_cpu_s"]
         print(f"training step depth {row['depth']}: old {row['old_cpu_s']:.3f} s, new {row['new_cpu_s']:.3f} s, "
               f"{row['speedup']:.2f}x ({row['new_backend']})", flush=True)  # fmt: skip
@@ -264,7 +271,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller bit-equality grid")
     parser.add_argument("--no-timing", action="store_true", help="only the bit-equality grid")
     parser.add_argument("--reps", type=int, default=15, help="layer forward + backward repetitions per kernel")
-    parser.add_argument("--steps", type=int, default=5, help="measured training steps per kernel and depth")
+    parser.add_argument("--steps", type=int, default=5, help="measured training steps per process")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per kernel and depth (alternating)")
     parser.add_argument("--depths", default="10,20")
     parser.add_argument("--tag", default="cpu1thread")
     args = parser.parse_args()
@@ -278,7 +286,7 @@ def main() -> int:
     if args.no_timing:
         return 0 if same else 1
     layer_rows = time_layer(old, new, isas, args.reps)
-    step_rows = training_steps(old, new, args.depths, args.steps)
+    step_rows = training_steps(old, new, args.depths, args.steps, args.rounds)
     from remedies_depth_cost import machine
 
     from capsbench.env import environment

@@ -16,23 +16,30 @@
  * the E-step and M-step; nothing votes-sized is ever stored.
  *
  * Vectors run across the parent types j, as em_window.c's: inside a window every array is
- * [..., JP] with JP the number of parent types rounded up to a multiple of the vector width
- * (padding lanes hold zero weights, coefficients and gradients and are never read back), so a
- * build uses its whole width (a 4x4 pose row, this file's vector until 2026-12, filled a quarter
- * of an AVX-512 register in float32). The weights are transposed once per call to [I, 16, JP],
- * a window's coefficients (and log-weight gradients) once per window to [I, JP].
+ * [..., JP] with JP the number of parent types rounded up to a multiple of 4 and of the vector
+ * width (padding lanes hold zero weights, coefficients and gradients; nothing in them is ever
+ * added to a real lane's result or written out), so a build uses its whole width. Until 2026-12
+ * the vectors here were one 4-wide row of a pose, a quarter of an AVX-512 register in float32.
+ * The weights are transposed once per call to [I, 16, JP], a window's coefficients (and
+ * log-weight gradients) once per window to [I, JP]; sums over children that every child adds to
+ * (S1, S2, the E-step's gradients) are kept in registers four pose entries at a time.
  *
  * Same bits as that row-vector version, and in every build: each lane runs, for its parent,
  * exactly the scalar sequence of operations the row-vector code ran for that parent (no FMA:
  * -ffp-contract=off; no -ffast-math). Within a vote row the sums run left to right,
  * ((u0 w0 + u1 w1) + u2 w2) + u3 w3; a sum over the 16 pose entries (the distance, the weight
  * gradient's moment term) keeps the row version's pairing, four partial sums over the rows r
- * (one per column c, entry 4r + c) and then (p0 + p1) + (p2 + p3); every sum over children runs
- * in child order, lane by lane. The sums over parent types (a child's pose and activation
- * gradients) are formed lane by lane and then added in parent order from zero, as the row
- * version's loop over j did; the per-parent scalars (the M-step's closed forms, digamma and the
- * log-determinant) are the row version's code, reading lane j. So the SSE2, AVX2 and AVX-512
- * builds, which differ only in how many lanes one instruction covers, give the same bits.
+ * (one per column c, entry 4r + c) and then (p0 + p1) + (p2 + p3); the weight gradient adds its
+ * four terms to the running sum one by one, ((((g + U0 gv0) + U1 gv1) + ...), as the row version
+ * did; every sum over children runs in child order from zero, lane by lane. The sums over parent
+ * types (a child's pose and activation gradients) are formed lane by lane and then added in
+ * parent order from zero, as the row version's loop over j did (sum_rows_in_order: 4 x 4 blocks
+ * transposed, exact moves, so that four such sums advance as one vector); the per-parent scalars
+ * (the M-step's closed forms, digamma and the log-determinant) are the row version's code, reading
+ * lane j. So the SSE2, AVX2 and AVX-512 builds, which differ only in how many lanes one
+ * instruction covers, give the same bits, and the same as before: benchmarks/vb_kernel_lanes.py
+ * checks both claims bit for bit and times the two versions
+ * (benchmarks/results/vb-kernel-lanes-cpu1thread.json).
  *
  * Layouts (arguments): pose [P, I, 16] (U[i, r, k] at 4r + k), act [P, I], weight [I, J, 4, 4]
  * (W[i, j, k, c]), offsets [I, 16] or NULL, coef and logits [P, J, I], mass [P, J],
@@ -69,18 +76,41 @@ typedef REAL vec __attribute__((vector_size(VBYTES), may_alias));
 #define VL ((int)(VBYTES / sizeof(REAL)))
 #define V(p) (*(vec *)(p))
 #define ALIGN 64
+#define PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define UNROLL16 PRAGMA(unroll 16)
+#else
+#define UNROLL16 PRAGMA(GCC unroll 16)
+#endif
 
 /* Four values of one array over parent types (the sums in parent order, sum_rows_in_order); loads through
  * memcpy, so no alignment is assumed. */
 typedef REAL vec4 __attribute__((vector_size(4 * sizeof(REAL))));
+#if defined(__clang__) || __GNUC__ >= 12
+#define SHUFFLE4(a, b, i0, i1, i2, i3) __builtin_shufflevector(a, b, i0, i1, i2, i3)
+#else /* GCC before 12: __builtin_shuffle, with lane indices as wide as REAL (em_window.c's IREAL) */
+#define PCAT2(a, b) a##b
+#define PCAT(a, b) PCAT2(a, b)
+#define IS_float 1
+#define IS_double 0
+#if PCAT(IS_, REAL)
+typedef int ivec4 __attribute__((vector_size(4 * sizeof(REAL))));
+#else
+typedef long long ivec4 __attribute__((vector_size(4 * sizeof(REAL))));
+#endif
+#define SHUFFLE4(a, b, i0, i1, i2, i3) __builtin_shuffle(a, b, (ivec4){i0, i1, i2, i3})
+#endif
 static inline vec4 load4(const REAL *p) {
     vec4 v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-/* Lanes per array over parent types: J rounded up to a multiple of the vector width. */
-static int lanes(int J) { return (J + VL - 1) / VL * VL; }
+/* Lanes per array over parent types: J rounded up to a multiple of 4 (sum_rows_in_order) and of the vector width. */
+static int lanes(int J) {
+    const int step = VL > 4 ? VL : 4;
+    return (J + step - 1) / step * step;
+}
 
 /* digamma and trigamma of x > 0, in double whatever REAL is: shift x up to >= 10 with the
  * recurrences, then the asymptotic series (error below 1e-16 there). They act on per-parent
@@ -123,14 +153,14 @@ typedef struct {
     REAL *centre; /* [16, JP]: activation-weighted mean vote (detached, as vb.py's prepare_votes) */
     REAL *s1, *s2, *xbar, *raw, *m0c, *mean, *prec; /* [16, JP] */
     REAL *g_mean, *g_prec, *g_s1, *g_s2;             /* [16, JP] */
-    REAL *gv, *gu;                                   /* [16, JP]: one child's vote gradient, its dL/dU terms */
+    REAL *gu;                                        /* [16, JP]: one child's per-parent terms of dL/dU */
     REAL *mass, *kappa, *nu, *alpha, *bias;          /* [JP]; bias: the per-parent part of ln rho */
     REAL *g_mass, *g_bias, *g_nu;                    /* [JP] */
     REAL *row, *row2;                                /* [JP]: one child's per-parent values */
     REAL *base;
 } Window;
 
-#define PER_ENTRY 14 /* [16, JP] arrays */
+#define PER_ENTRY 13 /* [16, JP] arrays */
 #define PER_PARENT 10 /* [JP] arrays */
 
 /* The buffers, and the weights in lanes (padding lanes zero). with_gw: room for the weight gradient. */
@@ -149,7 +179,7 @@ static int window_alloc(Window *w, int I, int J, const REAL *weight, int with_gw
     w->coef = p, p += (size_t)I * JP;
     w->g = p, p += (size_t)I * JP;
     REAL **per_entry[PER_ENTRY] = {&w->centre, &w->s1, &w->s2, &w->xbar, &w->raw, &w->m0c, &w->mean, &w->prec,
-                                   &w->g_mean, &w->g_prec, &w->g_s1, &w->g_s2, &w->gv, &w->gu};
+                                   &w->g_mean, &w->g_prec, &w->g_s1, &w->g_s2, &w->gu};
     for (int k = 0; k < PER_ENTRY; k++) *per_entry[k] = p, p += jd;
     REAL **per_parent[PER_PARENT] = {&w->mass, &w->kappa, &w->nu, &w->alpha, &w->bias,
                                      &w->g_mass, &w->g_bias, &w->g_nu, &w->row, &w->row2};
@@ -167,7 +197,7 @@ static int window_alloc(Window *w, int I, int J, const REAL *weight, int with_gw
 /* Child i's votes into xi [16, JP]: v[4r + c] = ((U[r, 0] W[0, c] + U[r, 1] W[1, c]) + U[r, 2] W[2, c])
  * + U[r, 3] W[3, c] (+ offset), in lane j with parent j's W (wi: child i's weights in lanes). */
 static inline void vote(REAL *restrict xi, const REAL *restrict ui, const REAL *restrict wi, const REAL *off, int JP) {
-    for (int rc = 0; rc < PD; rc++) {
+    UNROLL16 for (int rc = 0; rc < PD; rc++) {
         const int r = rc / 4, c = rc % 4;
         for (int q = 0; q < JP; q += VL) {
             vec v = ui[4 * r] * V(wi + c * JP + q) + ui[4 * r + 1] * V(wi + (4 + c) * JP + q) +
@@ -180,7 +210,7 @@ static inline void vote(REAL *restrict xi, const REAL *restrict ui, const REAL *
 
 /* The centre: the activation-weighted mean vote per parent. The window's votes are left in w->x
  * (uncentred). A child with activation 0 adds exactly 0. */
-static void window_centre(Window *w, const REAL *u, const REAL *a, const REAL *offsets) {
+static void window_centre(Window *restrict w, const REAL *u, const REAL *a, const REAL *offsets) {
     const int I = w->I, JP = w->JP, JD = PD * JP;
     REAL total = 0;
     memset(w->centre, 0, sizeof(REAL) * JD);
@@ -194,9 +224,9 @@ static void window_centre(Window *w, const REAL *u, const REAL *a, const REAL *o
 }
 
 /* The M-step from the weights R_ij a_i (w->coef, this window's), as vb.py's _update_parameters,
- * then the per-parent part of ln rho (vb.py's _log_rho). One sweep writes the centred votes into
- * w->x (from the uncentred ones there when have_votes, else recomputed) and sums their moments. */
-static void m_step(Window *w, const REAL *u, const REAL *a, const REAL *offsets, int have_votes, const REAL *prior,
+ * then the per-parent part of ln rho (vb.py's _log_rho). The votes are in w->x (uncentred) when
+ * have_votes, else recomputed there; one sweep centres them in place and sums their moments. */
+static void m_step(Window *restrict w, const REAL *u, const REAL *a, const REAL *offsets, int have_votes, const REAL *prior,
                    int wishart) {
     const int I = w->I, J = w->J, JP = w->JP, JD = PD * JP;
     const REAL alpha0 = prior[0], kappa0 = prior[1], nu0 = prior[2], psi0 = prior[3], m0 = prior[4];
@@ -252,7 +282,7 @@ static void m_step(Window *w, const REAL *u, const REAL *a, const REAL *offsets,
 
 /* ln rho[j, i] = bias_j - nu_j / 2 sum_d prec_jd (x_ijd - mean_jd)^2, the sum as four partial sums over
  * the rows (one per column c of entry 4r + c), then (p0 + p1) + (p2 + p3). logits: [J, I]. */
-static void e_step(const Window *w, REAL *logits) {
+static void e_step(const Window *restrict w, REAL *logits) {
     const int I = w->I, J = w->J, JP = w->JP;
     for (int i = 0; i < I; i++) {
         const REAL *xi = w->x + (size_t)i * PD * JP;
@@ -318,27 +348,40 @@ int EXPORT(vb_pass)(long p0, long p1, int I, int J, int wishart, const REAL *pos
 /* Back through the E-step, given g = dL/d ln rho (w->g, [I, JP]): the per-parent sums it needs (w->g_bias,
  * w->g_nu) and the gradients of the M-step's outputs: w->g_mean, w->g_prec and w->g_mass (through
  * alpha, nu, kappa). The votes' share is computed again in gradient_sweep. */
-static void e_step_backward(Window *w, int wishart) {
+static void e_step_backward(Window *restrict w, int wishart) {
     const int I = w->I, J = w->J, JP = w->JP, JD = PD * JP;
-    memset(w->g_mean, 0, sizeof(REAL) * JD);
-    memset(w->g_prec, 0, sizeof(REAL) * JD);
-    memset(w->g_bias, 0, sizeof(REAL) * JP);
-    memset(w->g_nu, 0, sizeof(REAL) * JP);
-    for (int i = 0; i < I; i++) {
-        const REAL *xi = w->x + (size_t)i * JD;
-        for (int q = 0; q < JP; q += VL) {
-            const vec gij = V(w->g + (size_t)i * JP + q), g_q = (REAL)-0.5 * V(w->nu + q) * gij, gq2 = 2 * g_q;
+    /* per lane, in child order from zero: g_bias, g_nu (the distance as in e_step), then g_prec and g_mean
+     * four pose entries at a time, so that their sums stay in registers (diff recomputed, the same bits) */
+    for (int q = 0; q < JP; q += VL) {
+        vec g_bias = {0}, g_nu = {0};
+        for (int i = 0; i < I; i++) {
+            const REAL *xi = w->x + (size_t)i * JD;
+            const vec gij = V(w->g + (size_t)i * JP + q);
             vec part[4] = {{0}, {0}, {0}, {0}};
             for (int r = 0; r < 4; r++)
                 for (int c = 0; c < 4; c++) {
                     const int k = (4 * r + c) * JP + q;
-                    const vec diff = V(xi + k) - V(w->mean + k), pr = V(w->prec + k);
-                    part[c] += pr * (diff * diff);
-                    V(w->g_prec + k) += g_q * (diff * diff);
-                    V(w->g_mean + k) -= gq2 * pr * diff;
+                    const vec diff = V(xi + k) - V(w->mean + k);
+                    part[c] += V(w->prec + k) * (diff * diff);
                 }
-            V(w->g_bias + q) += gij;
-            V(w->g_nu + q) += (REAL)-0.5 * ((part[0] + part[1]) + (part[2] + part[3])) * gij;
+            g_bias += gij;
+            g_nu += (REAL)-0.5 * ((part[0] + part[1]) + (part[2] + part[3])) * gij;
+        }
+        V(w->g_bias + q) = g_bias, V(w->g_nu + q) = g_nu;
+        const vec nu = V(w->nu + q);
+        for (int d0 = 0; d0 < PD; d0 += 4) {
+            vec mean[4], prec[4], g_prec[4] = {{0}, {0}, {0}, {0}}, g_mean[4] = {{0}, {0}, {0}, {0}};
+            for (int e = 0; e < 4; e++) mean[e] = V(w->mean + (d0 + e) * JP + q), prec[e] = V(w->prec + (d0 + e) * JP + q);
+            for (int i = 0; i < I; i++) {
+                const REAL *xi = w->x + (size_t)i * JD + d0 * JP + q;
+                const vec g_q = (REAL)-0.5 * nu * V(w->g + (size_t)i * JP + q), gq2 = 2 * g_q;
+                for (int e = 0; e < 4; e++) {
+                    const vec diff = V(xi + e * JP) - mean[e];
+                    g_prec[e] += g_q * (diff * diff);
+                    g_mean[e] -= gq2 * prec[e] * diff;
+                }
+            }
+            for (int e = 0; e < 4; e++) V(w->g_prec + (d0 + e) * JP + q) = g_prec[e], V(w->g_mean + (d0 + e) * JP + q) = g_mean[e];
         }
     }
     double alpha_sum = 0, g_all = 0;
@@ -358,7 +401,7 @@ static void e_step_backward(Window *w, int wishart) {
 
 /* Back through the M-step's per-parent part, from w->g_mean, w->g_prec, w->g_mass: the gradients of
  * the sums over children, w->g_s1, w->g_s2 and (total) w->g_mass. */
-static void m_step_backward(Window *w, const REAL *prior) {
+static void m_step_backward(Window *restrict w, const REAL *prior) {
     const REAL kappa0 = prior[1];
     const int JP = w->JP;
     for (int j = 0; j < w->J; j++) {
@@ -382,49 +425,60 @@ static void m_step_backward(Window *w, const REAL *prior) {
 
 /* out[m] = ((0 + t[m, 0]) + t[m, 1]) + ... + t[m, J - 1] for the 16 rows m of t [16, JP]: each row's sum in
  * parent order from zero, as a scalar loop over j would add it. Blocks of 4 rows x 4 parents are transposed
- * so that four rows' sums advance as one vector, the four groups of rows as four independent chains. */
+ * (exact moves) so that four rows' sums advance as one vector, the four groups of rows as four chains. */
 static inline void sum_rows_in_order(REAL *out, const REAL *t, int J, int JP) {
     vec4 s[4] = {{0}, {0}, {0}, {0}};
-    int j = 0;
-    for (; j + 4 <= J; j += 4)
+    for (int j = 0; j < J; j += 4) /* JP is a multiple of 4: the last block reads padding lanes, not added */
         for (int m = 0; m < 4; m++) {
             const vec4 p0 = load4(t + 4 * m * JP + j), p1 = load4(t + (4 * m + 1) * JP + j);
             const vec4 p2 = load4(t + (4 * m + 2) * JP + j), p3 = load4(t + (4 * m + 3) * JP + j);
-            s[m] += (vec4){p0[0], p1[0], p2[0], p3[0]};
-            s[m] += (vec4){p0[1], p1[1], p2[1], p3[1]};
-            s[m] += (vec4){p0[2], p1[2], p2[2], p3[2]};
-            s[m] += (vec4){p0[3], p1[3], p2[3], p3[3]};
+            const vec4 t0 = SHUFFLE4(p0, p1, 0, 4, 1, 5), t1 = SHUFFLE4(p2, p3, 0, 4, 1, 5); /* columns 0, 1 */
+            const vec4 t2 = SHUFFLE4(p0, p1, 2, 6, 3, 7), t3 = SHUFFLE4(p2, p3, 2, 6, 3, 7); /* columns 2, 3 */
+            s[m] += SHUFFLE4(t0, t1, 0, 1, 4, 5);
+            if (j + 1 < J) s[m] += SHUFFLE4(t0, t1, 2, 3, 6, 7);
+            if (j + 2 < J) s[m] += SHUFFLE4(t2, t3, 0, 1, 4, 5);
+            if (j + 3 < J) s[m] += SHUFFLE4(t2, t3, 2, 3, 6, 7);
         }
-    for (; j < J; j++)
-        for (int m = 0; m < 4; m++)
-            s[m] += (vec4){t[4 * m * JP + j], t[(4 * m + 1) * JP + j], t[(4 * m + 2) * JP + j], t[(4 * m + 3) * JP + j]};
     for (int m = 0; m < 4; m++) memcpy(out + 4 * m, &s[m], sizeof s[m]);
 }
 
 /* One sweep over the children: each vote's gradient (through the E-step when have_g, through the sums
- * over children always), formed in lanes (w->gv [16, JP]) and sent on to the child pose (g_u [I, 16])
+ * over children always), formed in lanes (gv, in registers) and sent on to the child pose (g_u [I, 16])
  * and the weights (added into w->gw when wanted); dL/dR [J, I] (g_coef) and dL/da [I] (g_a). The sums
  * over parent types (g_u, g_a) are formed per lane, then added in parent order. */
-static void gradient_sweep(Window *w, const REAL *u, const REAL *a, int have_g, REAL *g_u, REAL *g_a, REAL *g_coef) {
+static void gradient_sweep(Window *restrict w, const REAL *u, const REAL *a, int have_g, REAL *g_u, REAL *g_a, REAL *g_coef) {
     const int I = w->I, J = w->J, JP = w->JP, JD = PD * JP;
-    REAL *restrict gv = w->gv, *restrict gu = w->gu;
+    REAL *restrict gu = w->gu;
     for (int i = 0; i < I; i++) {
         const REAL *ui = u + (size_t)i * PD, *xi = w->x + (size_t)i * JD, *wi = w->wl + (size_t)i * JD;
+        REAL *gwi = w->gw ? w->gw + (size_t)i * JD : NULL;
         for (int q = 0; q < JP; q += VL) {
             const vec rij = V(w->coef + (size_t)i * JP + q), wt = rij * a[i];
             vec g_q2 = {0}; /* 2 dL/dq; +0 without an E-step, as the row version's */
             if (have_g) g_q2 = -V(w->nu + q) * V(w->g + (size_t)i * JP + q);
-            vec part[4] = {{0}, {0}, {0}, {0}};
+            vec part[4] = {{0}, {0}, {0}, {0}}, gv[PD]; /* gv: the vote's gradient, entry 4r + c */
             for (int r = 0; r < 4; r++)
                 for (int c = 0; c < 4; c++) {
                     const int k = (4 * r + c) * JP + q;
                     const vec xr = V(xi + k), a1 = V(w->g_s1 + k), a2 = V(w->g_s2 + k);
                     part[c] += (a1 + a2 * xr) * xr;
-                    V(gv + k) = g_q2 * V(w->prec + k) * (xr - V(w->mean + k)) + wt * (a1 + 2 * a2 * xr);
+                    gv[4 * r + c] = g_q2 * V(w->prec + k) * (xr - V(w->mean + k)) + wt * (a1 + 2 * a2 * xr);
                 }
             const vec g_w = V(w->g_mass + q) + ((part[0] + part[1]) + (part[2] + part[3]));
             V(w->row + q) = g_w * a[i];
             V(w->row2 + q) = g_w * rij;
+            /* parent j's term of dU[r, k]: ((gv[r, 0] W[k, 0] + gv[r, 1] W[k, 1]) + gv[r, 2] W[k, 2]) + gv[r, 3] W[k, 3] */
+            UNROLL16 for (int rk = 0; rk < PD; rk++) {
+                const int r = rk / 4, k = rk % 4;
+                V(gu + rk * JP + q) = gv[4 * r] * V(wi + 4 * k * JP + q) + gv[4 * r + 1] * V(wi + (4 * k + 1) * JP + q) +
+                                      gv[4 * r + 2] * V(wi + (4 * k + 2) * JP + q) + gv[4 * r + 3] * V(wi + (4 * k + 3) * JP + q);
+            }
+            if (!gwi) continue;
+            UNROLL16 for (int kc = 0; kc < PD; kc++) { /* dW[k, c] += U[0, k] gv[0, c] + ... added one by one: the row version's order */
+                const int k = kc / 4, c = kc % 4;
+                V(gwi + kc * JP + q) = V(gwi + kc * JP + q) + ui[k] * gv[c] + ui[4 + k] * gv[4 + c] + ui[8 + k] * gv[8 + c] +
+                                       ui[12 + k] * gv[12 + c];
+            }
         }
         REAL acc = 0;
         for (int j = 0; j < J; j++) {
@@ -432,24 +486,7 @@ static void gradient_sweep(Window *w, const REAL *u, const REAL *a, int have_g, 
             acc += w->row2[j];
         }
         g_a[i] = acc;
-        /* dU[r, k] = sum_j ((gv[r, 0] W[k, 0] + gv[r, 1] W[k, 1]) + gv[r, 2] W[k, 2]) + gv[r, 3] W[k, 3] */
-        for (int rk = 0; rk < PD; rk++) {
-            const int r = rk / 4, k = rk % 4;
-            for (int q = 0; q < JP; q += VL)
-                V(gu + rk * JP + q) = V(gv + 4 * r * JP + q) * V(wi + 4 * k * JP + q) +
-                                      V(gv + (4 * r + 1) * JP + q) * V(wi + (4 * k + 1) * JP + q) +
-                                      V(gv + (4 * r + 2) * JP + q) * V(wi + (4 * k + 2) * JP + q) +
-                                      V(gv + (4 * r + 3) * JP + q) * V(wi + (4 * k + 3) * JP + q);
-        }
-        sum_rows_in_order(g_u + (size_t)i * PD, gu, J, JP);
-        if (!w->gw) continue;
-        REAL *gwi = w->gw + (size_t)i * JD; /* dW[k, c] += ((U[0, k] gv[0, c] + ...: the row version's order */
-        for (int kc = 0; kc < PD; kc++) {
-            const int k = kc / 4, c = kc % 4;
-            for (int q = 0; q < JP; q += VL)
-                V(gwi + kc * JP + q) = V(gwi + kc * JP + q) + ui[k] * V(gv + c * JP + q) + ui[4 + k] * V(gv + (4 + c) * JP + q) +
-                                       ui[8 + k] * V(gv + (8 + c) * JP + q) + ui[12 + k] * V(gv + (12 + c) * JP + q);
-        }
+        sum_rows_in_order(g_u + (size_t)i * PD, gu, J, JP); /* dU: the parents' terms in parent order */
     }
 }
 
