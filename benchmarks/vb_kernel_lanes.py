@@ -20,11 +20,14 @@ whole VB layers (ConvCaps on the fused path, outputs and every parameter and inp
 non-zero if any value differs.
 
 Timing (CPU seconds of this single-threaded process, ``time.process_time``, median; old and new alternate, so a
-change in a shared machine's load hits both alike): forward + backward of one VB routed layer at the long-cpu
-shape (ConvCaps 16 -> 16 types, 3x3 windows on a 2x2 grid, batch 32: 128 windows of 144 children and 16
-parents, float32), for every instruction set; and one training step (as ``capsbench bench``: one warm-up step,
-then ``--steps``, each kernel in its own fresh process, ``--rounds`` processes per kernel alternating) of ``specs/remedies/arms/vb.yaml`` under the remedies
-screening spec at ``--depths``. Writes ``results/vb-kernel-lanes-<tag>.json`` with the machine.
+change in a shared machine's load hits both alike): the kernel alone, one pass over the long-cpu layer's windows
+and its backward called straight through ctypes, per dtype and instruction set; forward + backward of one VB
+routed layer at the long-cpu shape (ConvCaps 16 -> 16 types, 3x3 windows on a 2x2 grid, batch 32: 128 windows
+of 144 children and 16 parents, float32), per instruction set; and one training step (as ``capsbench bench``:
+one warm-up step, then ``--steps``, in a fresh process; ``--rounds`` processes per kernel, alternating, and the
+median of their medians) of ``specs/remedies/arms/vb.yaml`` under the remedies screening spec at ``--depths``,
+on the instruction set the kernels pick by themselves (the widest). Writes ``results/vb-kernel-lanes-<tag>.json``
+with the machine.
 """
 
 from __future__ import annotations
@@ -216,6 +219,56 @@ def time_layer(old: Path, new: Path, isas: list[str], reps: int) -> list[dict]:
     return rows
 
 
+def time_passes(old: Path, new: Path, isas: list[str], reps: int) -> list[dict]:
+    """The kernel alone: one pass over the long-cpu layer's 128 windows (I = 144, J = 16; the centre computed,
+    the log-weights written) and its backward (from log-weight gradients, with the weight gradient), called
+    straight through ctypes in the blocks ``cpu_vb`` cuts, per dtype and ISA, both kernels alternating."""
+    from capsbench.capsules.routing.native.blocks import blocks
+
+    windows, children, parents = 128, 144, 16
+    rows = []
+    for dtype, isa in itertools.product((torch.float32, torch.float64), isas):
+        use_isa(isa)
+        g = torch.Generator().manual_seed(0)
+        pose = torch.randn(windows, children, 16, generator=g, dtype=dtype)
+        act = torch.rand(windows, children, generator=g, dtype=dtype)
+        weight = 0.3 * torch.randn(children, parents, 16, generator=g, dtype=dtype)
+        coef = torch.softmax(torch.randn(windows, parents, children, generator=g, dtype=dtype), dim=1)
+        g_logits = torch.randn(windows, parents, children, generator=g, dtype=dtype)
+        prior = torch.tensor(PRIORS[0], dtype=dtype)
+        centre, logits = pose.new_empty(windows, parents, 16), pose.new_empty(windows, parents, children)
+        g_pose, g_act, g_coef = torch.empty_like(pose), torch.empty_like(act), torch.empty_like(coef)
+        cut = blocks(windows)
+        g_weight = pose.new_empty(len(cut), children, parents, 16)
+        head = (children, parents, 0, pose.data_ptr(), act.data_ptr(), weight.data_ptr(), None, coef.data_ptr(),
+                prior.data_ptr())  # fmt: skip
+        times = {"old": [], "new": []}
+        for rep in range(reps + 1):
+            for name, source in (("old", old), ("new", new)):
+                with kernel(source):
+                    fwd, bwd = cpu_vb._functions(dtype)
+                start = time.process_time()
+                for start_p, stop_p in cut:
+                    fwd(start_p, stop_p, *head, None, centre.data_ptr(), logits.data_ptr(), None, None, None)
+                middle = time.process_time()
+                for k, (start_p, stop_p) in enumerate(cut):
+                    bwd(start_p, stop_p, *head, centre.data_ptr(), g_logits.data_ptr(), None, None, None,
+                        g_pose.data_ptr(), g_act.data_ptr(), g_coef.data_ptr(), g_weight[k].data_ptr())  # fmt: skip
+                if rep > 0:
+                    times[name].append((middle - start, time.process_time() - middle))
+        row = {"dtype": str(dtype).removeprefix("torch."), "isa": isa, "reps": reps}
+        for name, pairs in times.items():
+            row[f"{name}_forward_s"] = statistics.median(f for f, _ in pairs)
+            row[f"{name}_backward_s"] = statistics.median(b for _, b in pairs)
+            row[f"{name}_total_s"] = row[f"{name}_forward_s"] + row[f"{name}_backward_s"]
+        row["speedup"] = row["old_total_s"] / row["new_total_s"]
+        print(f"kernel pass fwd+bwd {row['dtype']} {isa}: old {row['old_total_s'] * 1e3:.2f} ms, "
+              f"new {row['new_total_s'] * 1e3:.2f} ms, {row['speedup']:.2f}x", flush=True)  # fmt: skip
+        rows.append(row)
+    use_isa(None)
+    return rows
+
+
 def training_steps(old: Path, new: Path, depths: str, steps: int, rounds: int) -> list[dict]:
     """One training step of the VB arm per depth and kernel, each measurement in a fresh process (as ``capsbench
     bench``: one warm-up step, then ``steps``, their median); ``rounds`` such processes per kernel, alternating,
@@ -245,7 +298,8 @@ def training_steps(old: Path, new: Path, depths: str, steps: int, rounds: int) -
             row[f"{name}_cpu_s"] = statistics.median(r["train_step_cpu_ms"] for r in results) / 1000
             row[f"{name}_wall_s"] = statistics.median(r["train_step_ms"] for r in results) / 1000
             row[f"{name}_cpu_s_per_round"] = [r["train_step_cpu_ms"] / 1000 for r in results]
-            row[f"{name}_backend"] = sorted({b for r in results for b in (r.get("routing_backend") or {}).values()} - {None})
+            backends = {b for r in results for b in (r.get("routing_backend") or {}).values()}
+            row[f"{name}_backend"] = sorted(backends - {None})
             row[f"{name}_last_loss"] = [r["last_loss"] for r in results]
         row["speedup"] = row["old_cpu_s"] / row["new_cpu_s"]
         print(f"training step depth {row['depth']}: old {row['old_cpu_s']:.3f} s, new {row['new_cpu_s']:.3f} s, "
@@ -285,6 +339,7 @@ def main() -> int:
     print(f"bit-identical: {same} ({tally['values_compared']} values compared, {len(tally['differing'])} cases differ)")
     if args.no_timing:
         return 0 if same else 1
+    pass_rows = time_passes(old, new, isas, 2 * args.reps)
     layer_rows = time_layer(old, new, isas, args.reps)
     step_rows = training_steps(old, new, args.depths, args.steps, args.rounds)
     from remedies_depth_cost import machine
@@ -295,6 +350,8 @@ def main() -> int:
     out = HERE / "results" / f"vb-kernel-lanes-{args.tag}.json"
     write_json(out, {"machine": machine(), "environment": environment("cpu"), "old_ref": args.old_ref,
                      "bit_identical": same, "bit_grid": {**tally, "quick": args.quick},
+                     "kernel_pass_fwd_bwd": {"shape": "P=128 windows (8 blocks), I=144, J=16, no offsets, "
+                                                     "VB's prior, the centre computed", "rows": pass_rows},
                      "layer_fwd_bwd": {"shape": "ConvCaps 16->16, k3 s1 p1 on 2x2, batch 32: P=128, I=144, J=16, "
                                                 "float32, 3 iterations", "rows": layer_rows},
                      "training_step": {"spec": "specs/remedies/screening.yaml", "rows": step_rows}})  # fmt: skip

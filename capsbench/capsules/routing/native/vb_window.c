@@ -17,8 +17,8 @@
  *
  * Vectors run across the parent types j, as em_window.c's: inside a window every array is
  * [..., JP] with JP the number of parent types rounded up to a multiple of 4 and of the vector
- * width (padding lanes hold zero weights, coefficients and gradients; nothing in them is ever
- * added to a real lane's result or written out), so a build uses its whole width. Until 2026-12
+ * width (padding lanes start from zero weights, coefficients and gradients; nothing in them is
+ * ever added to a real lane's result or written out), so a build uses its whole width. Until 2026-12
  * the vectors here were one 4-wide row of a pose, a quarter of an AVX-512 register in float32.
  * The weights are transposed once per call to [I, 16, JP], a window's coefficients (and
  * log-weight gradients) once per window to [I, JP]; sums over children that every child adds to
@@ -83,8 +83,8 @@ typedef REAL vec __attribute__((vector_size(VBYTES), may_alias));
 #define UNROLL16 PRAGMA(GCC unroll 16)
 #endif
 
-/* Four values of one array over parent types (the sums in parent order, sum_rows_in_order); loads through
- * memcpy, so no alignment is assumed. */
+/* Four values of one array (the sums in parent order, sum_rows_in_order, and the transposes to and from
+ * lanes); loads and stores through memcpy, so no alignment is assumed. */
 typedef REAL vec4 __attribute__((vector_size(4 * sizeof(REAL))));
 #if defined(__clang__) || __GNUC__ >= 12
 #define SHUFFLE4(a, b, i0, i1, i2, i3) __builtin_shufflevector(a, b, i0, i1, i2, i3)
@@ -104,6 +104,53 @@ static inline vec4 load4(const REAL *p) {
     vec4 v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+static inline void store4(REAL *p, vec4 v) { memcpy(p, &v, sizeof v); }
+/* A vec4 wider than one register (double in the 16-byte build): its shuffles cost more than scalar moves. */
+#define NARROW (VBYTES < 4 * (int)sizeof(REAL))
+
+/* dst[i, j] = src[j, i] (dst [I, JP], src [J, I]) and back, by 4 x 4 blocks (exact moves; one by one
+ * where NARROW). */
+static void to_lanes(REAL *restrict dst, const REAL *restrict src, int I, int J, int JP) {
+    int j0 = 0;
+    for (; !NARROW && j0 + 4 <= J; j0 += 4) {
+        int i0 = 0;
+        for (; i0 + 4 <= I; i0 += 4) {
+            const vec4 p0 = load4(src + (size_t)j0 * I + i0), p1 = load4(src + (size_t)(j0 + 1) * I + i0);
+            const vec4 p2 = load4(src + (size_t)(j0 + 2) * I + i0), p3 = load4(src + (size_t)(j0 + 3) * I + i0);
+            const vec4 t0 = SHUFFLE4(p0, p1, 0, 4, 1, 5), t1 = SHUFFLE4(p2, p3, 0, 4, 1, 5);
+            const vec4 t2 = SHUFFLE4(p0, p1, 2, 6, 3, 7), t3 = SHUFFLE4(p2, p3, 2, 6, 3, 7);
+            store4(dst + (size_t)i0 * JP + j0, SHUFFLE4(t0, t1, 0, 1, 4, 5));
+            store4(dst + (size_t)(i0 + 1) * JP + j0, SHUFFLE4(t0, t1, 2, 3, 6, 7));
+            store4(dst + (size_t)(i0 + 2) * JP + j0, SHUFFLE4(t2, t3, 0, 1, 4, 5));
+            store4(dst + (size_t)(i0 + 3) * JP + j0, SHUFFLE4(t2, t3, 2, 3, 6, 7));
+        }
+        for (; i0 < I; i0++)
+            for (int j = j0; j < j0 + 4; j++) dst[(size_t)i0 * JP + j] = src[(size_t)j * I + i0];
+    }
+    for (int i = 0; i < I; i++)
+        for (int j = j0; j < J; j++) dst[(size_t)i * JP + j] = src[(size_t)j * I + i];
+}
+
+static void from_lanes(REAL *restrict dst, const REAL *restrict src, int I, int J, int JP) {
+    int j0 = 0;
+    for (; !NARROW && j0 + 4 <= J; j0 += 4) {
+        int i0 = 0;
+        for (; i0 + 4 <= I; i0 += 4) {
+            const vec4 p0 = load4(src + (size_t)i0 * JP + j0), p1 = load4(src + (size_t)(i0 + 1) * JP + j0);
+            const vec4 p2 = load4(src + (size_t)(i0 + 2) * JP + j0), p3 = load4(src + (size_t)(i0 + 3) * JP + j0);
+            const vec4 t0 = SHUFFLE4(p0, p1, 0, 4, 1, 5), t1 = SHUFFLE4(p2, p3, 0, 4, 1, 5);
+            const vec4 t2 = SHUFFLE4(p0, p1, 2, 6, 3, 7), t3 = SHUFFLE4(p2, p3, 2, 6, 3, 7);
+            store4(dst + (size_t)j0 * I + i0, SHUFFLE4(t0, t1, 0, 1, 4, 5));
+            store4(dst + (size_t)(j0 + 1) * I + i0, SHUFFLE4(t0, t1, 2, 3, 6, 7));
+            store4(dst + (size_t)(j0 + 2) * I + i0, SHUFFLE4(t2, t3, 0, 1, 4, 5));
+            store4(dst + (size_t)(j0 + 3) * I + i0, SHUFFLE4(t2, t3, 2, 3, 6, 7));
+        }
+        for (; i0 < I; i0++)
+            for (int j = j0; j < j0 + 4; j++) dst[(size_t)j * I + i0] = src[(size_t)i0 * JP + j];
+    }
+    for (int i = 0; i < I; i++)
+        for (int j = j0; j < J; j++) dst[(size_t)j * I + i] = src[(size_t)i * JP + j];
 }
 
 /* Lanes per array over parent types: J rounded up to a multiple of 4 (sum_rows_in_order) and of the vector width. */
@@ -149,25 +196,26 @@ typedef struct {
     REAL *x;      /* the votes, then centred, [I, 16, JP] */
     REAL *gw;     /* the block's weight gradient [I, 16, JP] (backward, when wanted) */
     REAL *coef;   /* this window's coefficients [I, JP] */
-    REAL *g;      /* this window's dL/d ln rho [I, JP] (backward) */
+    REAL *g;      /* [I, JP]: the window's log-weights (forward), its dL/d ln rho then dL/dR (backward) */
     REAL *centre; /* [16, JP]: activation-weighted mean vote (detached, as vb.py's prepare_votes) */
     REAL *s1, *s2, *xbar, *raw, *m0c, *mean, *prec; /* [16, JP] */
     REAL *g_mean, *g_prec, *g_s1, *g_s2;             /* [16, JP] */
     REAL *gu;                                        /* [16, JP]: one child's per-parent terms of dL/dU */
     REAL *mass, *kappa, *nu, *alpha, *bias;          /* [JP]; bias: the per-parent part of ln rho */
     REAL *g_mass, *g_bias, *g_nu;                    /* [JP] */
-    REAL *row, *row2;                                /* [JP]: one child's per-parent values */
+    REAL *terms;                                     /* [JP]: one child's per-parent terms of dL/da */
     REAL *base;
 } Window;
 
 #define PER_ENTRY 13 /* [16, JP] arrays */
-#define PER_PARENT 10 /* [JP] arrays */
+#define PER_PARENT 9 /* [JP] arrays */
 
 /* The buffers, and the weights in lanes (padding lanes zero). with_gw: room for the weight gradient. */
 static int window_alloc(Window *w, int I, int J, const REAL *weight, int with_gw) {
     const int JP = lanes(J);
     const size_t ijd = (size_t)I * PD * JP, jd = (size_t)PD * JP;
-    const size_t big = (2 + (with_gw ? 1 : 0)) * ijd, small = 2 * (size_t)I * JP + PER_ENTRY * jd + PER_PARENT * (size_t)JP;
+    const size_t big = (2 + (with_gw ? 1 : 0)) * ijd;
+    const size_t small = 2 * (size_t)I * JP + PER_ENTRY * jd + PER_PARENT * (size_t)JP;
     const size_t bytes = ((big + small) * sizeof(REAL) + ALIGN - 1) / ALIGN * ALIGN;
     REAL *p = (REAL *)aligned_alloc(ALIGN, bytes);
     if (!p) return -1;
@@ -182,7 +230,7 @@ static int window_alloc(Window *w, int I, int J, const REAL *weight, int with_gw
                                    &w->g_mean, &w->g_prec, &w->g_s1, &w->g_s2, &w->gu};
     for (int k = 0; k < PER_ENTRY; k++) *per_entry[k] = p, p += jd;
     REAL **per_parent[PER_PARENT] = {&w->mass, &w->kappa, &w->nu, &w->alpha, &w->bias,
-                                     &w->g_mass, &w->g_bias, &w->g_nu, &w->row, &w->row2};
+                                     &w->g_mass, &w->g_bias, &w->g_nu, &w->terms};
     for (int k = 0; k < PER_PARENT; k++) *per_parent[k] = p, p += JP;
     for (int i = 0; i < I; i++) {
         REAL *wi = w->wl + (size_t)i * PD * JP;
@@ -195,7 +243,8 @@ static int window_alloc(Window *w, int I, int J, const REAL *weight, int with_gw
 }
 
 /* Child i's votes into xi [16, JP]: v[4r + c] = ((U[r, 0] W[0, c] + U[r, 1] W[1, c]) + U[r, 2] W[2, c])
- * + U[r, 3] W[3, c] (+ offset), in lane j with parent j's W (wi: child i's weights in lanes). */
+ * + U[r, 3] W[3, c] (+ offset), in lane j with parent j's W (wi: child i's weights in lanes); window_centre
+ * writes the same expression out for its own loop order. */
 static inline void vote(REAL *restrict xi, const REAL *restrict ui, const REAL *restrict wi, const REAL *off, int JP) {
     UNROLL16 for (int rc = 0; rc < PD; rc++) {
         const int r = rc / 4, c = rc % 4;
@@ -209,25 +258,49 @@ static inline void vote(REAL *restrict xi, const REAL *restrict ui, const REAL *
 }
 
 /* The centre: the activation-weighted mean vote per parent. The window's votes are left in w->x
- * (uncentred). A child with activation 0 adds exactly 0. */
+ * (uncentred). A child with activation 0 adds exactly 0. Each sum over children runs in child order from
+ * zero; how the loops are nested (which keeps the sums in registers) depends on the build's registers. */
 static void window_centre(Window *restrict w, const REAL *u, const REAL *a, const REAL *offsets) {
     const int I = w->I, JP = w->JP, JD = PD * JP;
     REAL total = 0;
-    memset(w->centre, 0, sizeof(REAL) * JD);
-    for (int i = 0; i < I; i++) {
-        REAL *xi = w->x + (size_t)i * JD;
-        vote(xi, u + (size_t)i * PD, w->wl + (size_t)i * JD, offsets ? offsets + (size_t)i * PD : NULL, JP);
-        for (int k = 0; k < JD; k += VL) V(w->centre + k) += a[i] * V(xi + k);
-        total += a[i];
+    for (int i = 0; i < I; i++) total += a[i];
+    if (VBYTES >= 32) { /* lane block by lane block, the 16 sums in registers (16 or 32 of them) */
+        for (int q = 0; q < JP; q += VL) {
+            vec centre[PD];
+            for (int rc = 0; rc < PD; rc++) centre[rc] = (vec){0};
+            for (int i = 0; i < I; i++) {
+                const REAL *ui = u + (size_t)i * PD, *wi = w->wl + (size_t)i * JD;
+                REAL *xi = w->x + (size_t)i * JD;
+                UNROLL16 for (int rc = 0; rc < PD; rc++) { /* vote()'s expression */
+                    const int r = rc / 4, c = rc % 4;
+                    vec v = ui[4 * r] * V(wi + c * JP + q) + ui[4 * r + 1] * V(wi + (4 + c) * JP + q) +
+                            ui[4 * r + 2] * V(wi + (8 + c) * JP + q) + ui[4 * r + 3] * V(wi + (12 + c) * JP + q);
+                    if (offsets) v += offsets[(size_t)i * PD + rc];
+                    V(xi + rc * JP + q) = v;
+                    centre[rc] += a[i] * v;
+                }
+            }
+            for (int rc = 0; rc < PD; rc++) V(w->centre + rc * JP + q) = centre[rc] / (total + EPS);
+        }
+        return;
     }
-    for (int k = 0; k < JD; k += VL) V(w->centre + k) /= (total + EPS);
+    for (int i = 0; i < I; i++) /* 16 registers: the votes first, then the sums four pose entries at a time */
+        vote(w->x + (size_t)i * JD, u + (size_t)i * PD, w->wl + (size_t)i * JD,
+             offsets ? offsets + (size_t)i * PD : NULL, JP);
+    for (int q = 0; q < JP; q += VL)
+        for (int d0 = 0; d0 < PD; d0 += 4) {
+            vec centre[4] = {{0}, {0}, {0}, {0}};
+            for (int i = 0; i < I; i++)
+                for (int e = 0; e < 4; e++) centre[e] += a[i] * V(w->x + (size_t)i * JD + (d0 + e) * JP + q);
+            for (int e = 0; e < 4; e++) V(w->centre + (d0 + e) * JP + q) = centre[e] / (total + EPS);
+        }
 }
 
 /* The M-step from the weights R_ij a_i (w->coef, this window's), as vb.py's _update_parameters,
  * then the per-parent part of ln rho (vb.py's _log_rho). The votes are in w->x (uncentred) when
  * have_votes, else recomputed there; one sweep centres them in place and sums their moments. */
-static void m_step(Window *restrict w, const REAL *u, const REAL *a, const REAL *offsets, int have_votes, const REAL *prior,
-                   int wishart) {
+static void m_step(Window *restrict w, const REAL *u, const REAL *a, const REAL *offsets, int have_votes,
+                   const REAL *prior, int wishart) {
     const int I = w->I, J = w->J, JP = w->JP, JD = PD * JP;
     const REAL alpha0 = prior[0], kappa0 = prior[1], nu0 = prior[2], psi0 = prior[3], m0 = prior[4];
     if (!have_votes)
@@ -281,8 +354,9 @@ static void m_step(Window *restrict w, const REAL *u, const REAL *a, const REAL 
 }
 
 /* ln rho[j, i] = bias_j - nu_j / 2 sum_d prec_jd (x_ijd - mean_jd)^2, the sum as four partial sums over
- * the rows (one per column c of entry 4r + c), then (p0 + p1) + (p2 + p3). logits: [J, I]. */
-static void e_step(const Window *restrict w, REAL *logits) {
+ * the rows (one per column c of entry 4r + c), then (p0 + p1) + (p2 + p3). logits: [J, I], formed in lanes
+ * in w->g (free in the forward). */
+static void e_step(Window *restrict w, REAL *logits) {
     const int I = w->I, J = w->J, JP = w->JP;
     for (int i = 0; i < I; i++) {
         const REAL *xi = w->x + (size_t)i * PD * JP;
@@ -295,10 +369,10 @@ static void e_step(const Window *restrict w, REAL *logits) {
                     part[c] += V(w->prec + d * JP + q) * (diff * diff);
                 }
             const vec dist = (part[0] + part[1]) + (part[2] + part[3]);
-            V(w->row + q) = V(w->bias + q) - (REAL)0.5 * (V(w->nu + q) * dist);
+            V(w->g + (size_t)i * JP + q) = V(w->bias + q) - (REAL)0.5 * (V(w->nu + q) * dist);
         }
-        for (int j = 0; j < J; j++) logits[(size_t)j * I + i] = w->row[j];
     }
+    from_lanes(logits, w->g, I, J, JP);
 }
 
 /* One window's centre (computed when centre_in is NULL, then written to centre_out), its coefficients
@@ -317,8 +391,7 @@ static void window_forward(Window *w, long p, int wishart, const REAL *pose, con
             for (int j = 0; j < J; j++)
                 for (int d = 0; d < PD; d++) centre_out[p * JD + (size_t)j * PD + d] = w->centre[d * JP + j];
     }
-    for (int i = 0; i < I; i++)
-        for (int j = 0; j < J; j++) w->coef[(size_t)i * JP + j] = cf[(size_t)j * I + i];
+    to_lanes(w->coef, cf, I, J, JP);
     m_step(w, u, a, offsets, !centre_in, prior, wishart);
 }
 
@@ -371,7 +444,8 @@ static void e_step_backward(Window *restrict w, int wishart) {
         const vec nu = V(w->nu + q);
         for (int d0 = 0; d0 < PD; d0 += 4) {
             vec mean[4], prec[4], g_prec[4] = {{0}, {0}, {0}, {0}}, g_mean[4] = {{0}, {0}, {0}, {0}};
-            for (int e = 0; e < 4; e++) mean[e] = V(w->mean + (d0 + e) * JP + q), prec[e] = V(w->prec + (d0 + e) * JP + q);
+            for (int e = 0; e < 4; e++)
+                mean[e] = V(w->mean + (d0 + e) * JP + q), prec[e] = V(w->prec + (d0 + e) * JP + q);
             for (int i = 0; i < I; i++) {
                 const REAL *xi = w->x + (size_t)i * JD + d0 * JP + q;
                 const vec g_q = (REAL)-0.5 * nu * V(w->g + (size_t)i * JP + q), gq2 = 2 * g_q;
@@ -381,7 +455,8 @@ static void e_step_backward(Window *restrict w, int wishart) {
                     g_mean[e] -= gq2 * prec[e] * diff;
                 }
             }
-            for (int e = 0; e < 4; e++) V(w->g_prec + (d0 + e) * JP + q) = g_prec[e], V(w->g_mean + (d0 + e) * JP + q) = g_mean[e];
+            for (int e = 0; e < 4; e++)
+                V(w->g_prec + (d0 + e) * JP + q) = g_prec[e], V(w->g_mean + (d0 + e) * JP + q) = g_mean[e];
         }
     }
     double alpha_sum = 0, g_all = 0;
@@ -427,6 +502,13 @@ static void m_step_backward(Window *restrict w, const REAL *prior) {
  * parent order from zero, as a scalar loop over j would add it. Blocks of 4 rows x 4 parents are transposed
  * (exact moves) so that four rows' sums advance as one vector, the four groups of rows as four chains. */
 static inline void sum_rows_in_order(REAL *out, const REAL *t, int J, int JP) {
+    if (NARROW) { /* the same sums, sixteen scalar chains */
+        REAL s[PD] = {0};
+        for (int j = 0; j < J; j++)
+            for (int m = 0; m < PD; m++) s[m] += t[m * JP + j];
+        memcpy(out, s, sizeof s);
+        return;
+    }
     vec4 s[4] = {{0}, {0}, {0}, {0}};
     for (int j = 0; j < J; j += 4) /* JP is a multiple of 4: the last block reads padding lanes, not added */
         for (int m = 0; m < 4; m++) {
@@ -446,7 +528,8 @@ static inline void sum_rows_in_order(REAL *out, const REAL *t, int J, int JP) {
  * over children always), formed in lanes (gv, in registers) and sent on to the child pose (g_u [I, 16])
  * and the weights (added into w->gw when wanted); dL/dR [J, I] (g_coef) and dL/da [I] (g_a). The sums
  * over parent types (g_u, g_a) are formed per lane, then added in parent order. */
-static void gradient_sweep(Window *restrict w, const REAL *u, const REAL *a, int have_g, REAL *g_u, REAL *g_a, REAL *g_coef) {
+static void gradient_sweep(Window *restrict w, const REAL *u, const REAL *a, int have_g, REAL *g_u, REAL *g_a,
+                           REAL *g_coef) {
     const int I = w->I, J = w->J, JP = w->JP, JD = PD * JP;
     REAL *restrict gu = w->gu;
     for (int i = 0; i < I; i++) {
@@ -465,29 +548,31 @@ static void gradient_sweep(Window *restrict w, const REAL *u, const REAL *a, int
                     gv[4 * r + c] = g_q2 * V(w->prec + k) * (xr - V(w->mean + k)) + wt * (a1 + 2 * a2 * xr);
                 }
             const vec g_w = V(w->g_mass + q) + ((part[0] + part[1]) + (part[2] + part[3]));
-            V(w->row + q) = g_w * a[i];
-            V(w->row2 + q) = g_w * rij;
-            /* parent j's term of dU[r, k]: ((gv[r, 0] W[k, 0] + gv[r, 1] W[k, 1]) + gv[r, 2] W[k, 2]) + gv[r, 3] W[k, 3] */
+            V(w->g + (size_t)i * JP + q) = g_w * a[i]; /* dL/dR, over this child's dL/d ln rho (read above) */
+            V(w->terms + q) = g_w * rij;
+            /* parent j's term of dU[r, k]: ((gv[r, 0] W[k, 0] + gv[r, 1] W[k, 1]) + gv[r, 2] W[k, 2])
+             * + gv[r, 3] W[k, 3] */
             UNROLL16 for (int rk = 0; rk < PD; rk++) {
                 const int r = rk / 4, k = rk % 4;
-                V(gu + rk * JP + q) = gv[4 * r] * V(wi + 4 * k * JP + q) + gv[4 * r + 1] * V(wi + (4 * k + 1) * JP + q) +
-                                      gv[4 * r + 2] * V(wi + (4 * k + 2) * JP + q) + gv[4 * r + 3] * V(wi + (4 * k + 3) * JP + q);
+                V(gu + rk * JP + q) = gv[4 * r] * V(wi + 4 * k * JP + q) +
+                                      gv[4 * r + 1] * V(wi + (4 * k + 1) * JP + q) +
+                                      gv[4 * r + 2] * V(wi + (4 * k + 2) * JP + q) +
+                                      gv[4 * r + 3] * V(wi + (4 * k + 3) * JP + q);
             }
             if (!gwi) continue;
-            UNROLL16 for (int kc = 0; kc < PD; kc++) { /* dW[k, c] += U[0, k] gv[0, c] + ... added one by one: the row version's order */
+            /* dW[k, c] += U[0, k] gv[0, c] + ..., the four terms added one by one: the row version's order */
+            UNROLL16 for (int kc = 0; kc < PD; kc++) {
                 const int k = kc / 4, c = kc % 4;
-                V(gwi + kc * JP + q) = V(gwi + kc * JP + q) + ui[k] * gv[c] + ui[4 + k] * gv[4 + c] + ui[8 + k] * gv[8 + c] +
-                                       ui[12 + k] * gv[12 + c];
+                V(gwi + kc * JP + q) = V(gwi + kc * JP + q) + ui[k] * gv[c] + ui[4 + k] * gv[4 + c] +
+                                       ui[8 + k] * gv[8 + c] + ui[12 + k] * gv[12 + c];
             }
         }
         REAL acc = 0;
-        for (int j = 0; j < J; j++) {
-            g_coef[(size_t)j * I + i] = w->row[j];
-            acc += w->row2[j];
-        }
+        for (int j = 0; j < J; j++) acc += w->terms[j]; /* in parent order from zero */
         g_a[i] = acc;
         sum_rows_in_order(g_u + (size_t)i * PD, gu, J, JP); /* dU: the parents' terms in parent order */
     }
+    from_lanes(g_coef, w->g, I, J, JP);
 }
 
 /* Backward of vb_pass over windows [p0, p1), with the centre the forward computed. g_logits [P, J, I]
@@ -507,8 +592,7 @@ int EXPORT(vb_pass_backward)(long p0, long p1, int I, int J, int wishart, const 
         window_forward(&w, p, wishart, pose, act, offsets, coef, prior, centre, NULL);
         const REAL *g = g_logits ? g_logits + p * JI : NULL;
         if (g) {
-            for (int i = 0; i < I; i++)
-                for (int j = 0; j < J; j++) w.g[(size_t)i * JP + j] = g[(size_t)j * I + i];
+            to_lanes(w.g, g, I, J, JP);
             e_step_backward(&w, wishart);
         } else {
             for (int j = 0; j < J; j++) {
