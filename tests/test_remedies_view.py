@@ -134,3 +134,22 @@ def test_no_view_without_a_remedy(tmp_path):
     assert not (root / "test/v1/remedies.csv").exists() and not (root / "test/v1/digits-remedies.png").exists()
     assert "remedies" not in (root / "README.md").read_text() and "<h2>Remedies</h2>" not in (
         root / "index.html").read_text()
+
+
+def test_the_figure_has_a_row_per_routing_with_the_baselines_in_each(tmp_path):
+    from capsbench.report.remedies_figure import KIND, figure_data, remedies_figure
+    from capsbench.report.style import figure_style
+
+    tab = _view(_board(tmp_path))["digits"]
+    data = figure_data(tab, "digits · remedies")
+    assert [g["routing"] for g in data["groups"]] == ["dynamic", "em", "self"]
+    assert {line["remedy"] for line in data["groups"][0]["lines"]} == {"none", "init=length"}
+    assert [line["name"] for line in data["baselines"]] == ["timm_resnet · matched depth"]
+    assert data["baselines"][0]["depth"] == [1, 2, 4]  # at matched depth only
+    with figure_style():
+        fig = remedies_figure(data)
+    assert len(fig.axes) == 2 * 3
+    acc = fig.axes[0]
+    labels = acc.get_legend_handles_labels()[1]
+    assert "none, n=3" in labels and "timm_resnet · matched depth (baseline), n=3" in labels
+    assert leaderboard.render(tmp_path / "board").figures["test/v1/digits-remedies.png"].kind == KIND

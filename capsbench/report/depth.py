@@ -57,13 +57,15 @@ def depth_data(table: dict, title: str) -> dict:
     }
 
 
-def _label(line: dict) -> str:
+def line_label(line: dict) -> str:
     seeds = sorted(set(n for n in line["seeds"] if n))
     n = f"n={seeds[0]}" if len(seeds) == 1 else (f"n={seeds[0]}-{seeds[-1]}" if seeds else "no finished runs")
     return f"{line['name']}{' (baseline)' if line['baseline'] else ''}, {n}"
 
 
-def _plot(ax, line: dict, style: tuple[str, str], dodge: float, key: str, scale: float) -> None:
+def plot_line(ax, line: dict, style: tuple[str, str], dodge: float, key: str, scale: float,
+              label: str | None = None) -> None:
+    """One line of ``depth_data`` on ``ax``: ``key`` (accuracy or dead) x ``scale``, its interval as error bars."""
     points = [(d, v, ci) for d, v, ci in zip(line["depth"], line[key], line[key + "_ci95"]) if v is not None]
     if not points:
         return
@@ -75,7 +77,7 @@ def _plot(ax, line: dict, style: tuple[str, str], dodge: float, key: str, scale:
     ax.errorbar(
         xs, ys, yerr=err, color=color, marker=marker, markersize=5, capsize=3, linewidth=1.6,
         linestyle="--" if line["baseline"] else "-", markerfacecolor="white" if line["baseline"] else color,
-        label=_label(line),
+        label=line_label(line) if label is None else label,
     )
 
 
@@ -90,8 +92,8 @@ def depth_figure(data: dict):
     styles = line_styles(line["name"] for line in lines)
     for i, line in enumerate(lines):
         dodge = 0.05 * (i - (len(lines) - 1) / 2)
-        _plot(acc_ax, line, styles[line["name"]], dodge, "accuracy", 100.0)
-        _plot(dead_ax, line, styles[line["name"]], dodge, "dead", 1.0)
+        plot_line(acc_ax, line, styles[line["name"]], dodge, "accuracy", 100.0)
+        plot_line(dead_ax, line, styles[line["name"]], dodge, "dead", 1.0)
     if data["chance"] is not None:
         acc_ax.axhline(100 * data["chance"], color="black", linestyle=":", linewidth=1.2,
                        label=f"chance (1/{data['num_classes']} = {100 * data['chance']:.0f}%)")

@@ -80,7 +80,7 @@ def _version_key(key: tuple[str, str]):
 
 def render(root: Path) -> Rendered:
     """Read and check every input under ``root``; return what the built files must contain."""
-    from capsbench.report import depth
+    from capsbench.report import depth, remedies_figure
     from capsbench.report.style import data_hash
 
     root = Path(root)
@@ -130,9 +130,9 @@ def render(root: Path) -> Rendered:
             out.texts[f"{folder}/remedies.csv"] = remedies_view.csv_text(view)
             for dataset, tab in view.items():
                 title = f"{dataset} · remedies · protocol {protocol} v{pv} · leaderboard {versions[key]}"
-                data = depth.depth_data(tab, title)
+                data = remedies_figure.figure_data(tab, title)
                 png = remedies_view.figure_path(folder, dataset)
-                out.figures[png] = Figure(depth.KIND, data, data_hash(depth.KIND, data))
+                out.figures[png] = Figure(remedies_figure.KIND, data, data_hash(remedies_figure.KIND, data))
                 pngs.append(png)
         out.manifests[f"{folder}/{MANIFEST}"] = sorted(pngs)
     out.readme_section = tables.markdown(sections) + remedies_view.markdown(sections)
@@ -242,7 +242,7 @@ def _manifest_text(entries: dict[str, dict]) -> str:
 
 def build(root: str | Path, log=None) -> list[Path]:
     """Write every built file that is missing or differs; remove stale ones. Returns the paths written."""
-    from capsbench.report import depth
+    from capsbench.report import depth, remedies_figure
     from capsbench.report.style import figure_style, png_bytes, sha256
 
     root = Path(root)
@@ -275,7 +275,8 @@ def build(root: str | Path, log=None) -> list[Path]:
                 if prev.get("data_sha256") == fig.hash and current is not None and prev.get("png_sha256") == current:
                     new[name] = prev  # up to date: never re-render (other matplotlib versions draw other bytes)
                     continue
-                figure = depth.depth_figure(fig.data)
+                draw = {depth.KIND: depth.depth_figure, remedies_figure.KIND: remedies_figure.remedies_figure}
+                figure = draw[fig.kind](fig.data)
                 data = png_bytes(figure)
                 put(png, data)
                 new[name] = {"data_sha256": fig.hash, "png_sha256": sha256(data)}

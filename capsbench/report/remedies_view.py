@@ -18,8 +18,8 @@ without one gets no view, so its built files do not change. Per data set:
   capsules, so its half-dead depth does not apply (shown as ``n/a``).
 
 Outputs: ``<protocol>/v<N>/remedies.csv``, a Markdown section in the README, and
-``<protocol>/v<N>/<dataset>-remedies.png`` (accuracy and dead capsules against depth, one line per
-routing x remedy and matched baseline; the depth figure of ``capsbench.report.depth``).
+``<protocol>/v<N>/<dataset>-remedies.png`` (accuracy and dead capsules against depth, a row of panels per routing
+with the matched baselines in each: ``capsbench.report.remedies_figure``).
 
 Example::
 
