@@ -4,6 +4,7 @@ synthetic run records with known answers, each next to a case that flips it."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,83 @@ def test_unfinished_screening_run_is_pending_not_failed(tmp_path):
     assert entry["survives"] is None and entry["reason"].startswith("pending")
     text = remedies_markdown(remedy_verdicts([tmp_path], log=lambda line: None), {})
     assert "**pending**" in text and "To confirm" not in text
+
+
+# --- leaderboard records standing in for run folders that were not kept -------------------------------
+
+def _to_records(runs: Path, records: Path, names: list[str]) -> None:
+    """Commit the runs ``names`` of ``runs`` as leaderboard records (as `capsbench leaderboard add` would)."""
+    from capsbench.results.entry import to_entry
+    from capsbench.results.run_record import read_run_record
+
+    for name in names:
+        entry = to_entry(read_run_record(runs / name / "record.json"))
+        entry["run_id"] = name  # the fake records name their run after depth and seed only; the folder is the id
+        target = records / entry["method"] / f"{name}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(entry))
+
+
+def test_records_stand_in_for_lost_folders_with_the_same_verdict(tmp_path):
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    plain_reference(runs)
+    half_dead_plain(runs)
+    for seed in range(3):
+        write_run(runs, remedy="res", seed=seed, accuracy=0.93, rho=2.0)
+    whole = verdict_of(runs)
+    assert whole["verdict"] == CURES
+    lost = ["dynamic_none-depth10-seed1", "dynamic_res-depth10-seed0", "dynamic_res-depth10-seed2"]
+    _to_records(runs, records, lost)
+    for name in lost:
+        shutil.rmtree(runs / name)
+    partial = verdict_of(runs)  # without them: two seeds of the plain preset, one of the arm
+    assert partial["provisional"] and partial["seeds"] == [1]
+    rows = collect([runs], log=lambda line: None, records=records)
+    by_run = {r["run"]: r for r in rows}
+    assert {n for n, r in by_run.items() if r["source"] == "record"} == set(lost)
+    rebuilt = judge(rows, "dynamic", "res", 10)
+    # what the rules read is in the record; the mechanism terms (reported only) are not
+    assert rebuilt["verdict"] == CURES and not rebuilt["provisional"] and rebuilt["accuracy"] == whole["accuracy"]
+    assert rebuilt["rho"] == whole["rho"] and rebuilt["A"] == whole["A"]
+    assert by_run["dynamic_res-depth10-seed0"]["deepest_entropy"] is None
+    assert by_run["dynamic_res-depth10-seed1"]["deepest_entropy"] == 0.5
+
+
+def test_a_finished_folder_wins_over_its_record_and_a_record_finishes_an_unfinished_folder(tmp_path):
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    kept = write_run(runs, remedy="res", seed=0, accuracy=0.93)
+    stale = write_run(runs, remedy="res", seed=1, accuracy=0.91)
+    _to_records(runs, records, [kept.name, stale.name])
+    entry_path = next(records.rglob(f"{kept.name}.json"))
+    entry = json.loads(entry_path.read_text())
+    entry["metrics"]["test_accuracy"] = 0.5  # a record that disagrees with the folder: the folder is what ran here
+    entry_path.write_text(json.dumps(entry))
+    (stale / "record.json").rename(stale / "metrics.jsonl")  # the folder of an interrupted re-run
+    (stale / "metrics.jsonl").write_text("")
+    (stale / "config.yaml").write_text(yaml.safe_dump(fake_run_record(protocol="long-cpu")["config"]))
+    by_run = {r["run"]: r for r in collect([runs], log=lambda line: None, records=records)}
+    assert by_run[kept.name]["test_accuracy"] == 0.93 and by_run[kept.name]["source"] == "folder"
+    assert by_run[stale.name]["status"] == "ok" and by_run[stale.name]["source"] == "record"
+    assert by_run[stale.name]["test_accuracy"] == 0.91
+
+
+def test_cli_marks_record_rows_and_rejects_records_elsewhere(tmp_path, capsys):
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    plain_reference(runs)
+    lost = write_run(runs, remedy="res", seed=0, accuracy=0.93)
+    _to_records(runs, records, [lost.name])
+    shutil.rmtree(lost)
+    out = tmp_path / "out"
+    assert main(["report", str(runs), "--questions", "remedies", "--plan", "none", "--records", str(records),
+                 "--out", str(out)]) == 0
+    text = (out / "remedies.md").read_text()
+    assert "1 of them read from their leaderboard records (`--records`" in text and lost.name in text
+    assert f"| {lost.name} | dynamic | res | 10 | 0 | ok | 93.0% |" in text and "| record |" in text
+    capsys.readouterr()
+    assert main(["report", str(runs), "--records", str(records)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --records: only with --questions")
+    assert main(["report", str(runs), "--questions", "long-cpu", "--plan", "none", "--records", str(records)]) == 2
+    assert "--records: only with --questions remedies" in capsys.readouterr().err
+    assert main(["report", str(runs), "--questions", "remedies", "--plan", "none",
+                 "--records", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder of leaderboard records" in capsys.readouterr().err

@@ -4,7 +4,8 @@
 (``questions_write.py``: questions.md, questions.json and figures); ``--questions remedies`` gives the
 remedies verdicts of docs/remedies.md (``remedies_write.py``: remedies.md, remedies.json, figures).
 ``--plan SPEC...`` names the sweep specs whose planned runs it checks for (default: specs/long/ or
-specs/remedies/ of this checkout; ``none``: no plan).
+specs/remedies/ of this checkout; ``none``: no plan). ``--records DIR`` (remedies only): leaderboard records stand
+in for run folders that were not kept.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def add_commands(sub) -> dict:
                              "specs/remedies/*.yaml of this checkout); lists the planned runs that are missing and "
                              "excludes unplanned ones; "
                              "'none': no plan")
+    report.add_argument("--records", default=None, metavar="DIR",
+                        help="with --questions remedies: a folder of leaderboard records (e.g. "
+                             "leaderboard/records/long-cpu/v1) read for runs that have no finished folder here "
+                             "(final metrics only; marked in the tables)")
     debug_flag(report)
     return {"report": cmd_report}
 
@@ -61,6 +66,8 @@ def cmd_report(args) -> int:
         return _questions(args)
     if args.plan is not None:
         raise UserError("--plan: only with --questions (e.g. --questions long-cpu)")
+    if args.records is not None:
+        raise UserError("--records: only with --questions remedies")
     written = write_report([Path(p) for p in args.paths], Path(args.out) if args.out else None,
                            epochs=args.epochs, split=args.split)
     index = written[-1]
@@ -82,6 +89,9 @@ def _questions(args) -> int:
         if not path.is_file():
             raise UserError(f"--plan: {path} is not a spec file")
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
-    written = write([Path(p) for p in args.paths], out, plan)
+    if args.records is not None and args.questions != "remedies":
+        raise UserError(f"--records: only with --questions remedies, not with --questions {args.questions}")
+    extra = {"records": Path(args.records)} if args.records is not None else {}
+    written = write([Path(p) for p in args.paths], out, plan, **extra)
     print(f"wrote {len(written) - 2} figure(s), {written[-2]} and {written[-1]}")
     return 0

@@ -133,10 +133,31 @@ def _run_row(run: RunDir) -> dict | None:
     return row
 
 
-def collect(paths: list[Path], log=None) -> list[dict]:
-    """A row per capsule run of the protocol at or below ``paths`` (other run folders skipped with a warning)."""
-    return collect_rows(paths, _run_row, f"{PROTOCOL} v{PROTOCOL_VERSION} capsule run",
+def collect(paths: list[Path], log=None, records: Path | None = None) -> list[dict]:
+    """A row per capsule run of the protocol at or below ``paths`` (other run folders skipped with a warning).
+
+    With ``records`` (a folder of leaderboard records), a run with no finished folder here is read from its
+    committed record instead (``source: "record"``; no mechanism terms), so a lost folder does not lose a verdict."""
+    rows = collect_rows(paths, _run_row, f"{PROTOCOL} v{PROTOCOL_VERSION} capsule run",
                         f" (protocol: {PROTOCOL}, protocol_version: '{PROTOCOL_VERSION}' in config)", log)
+    for row in rows:
+        row["source"] = "folder"
+    if records is None:
+        return rows
+    from capsbench.report.record_standins import record_runs
+
+    finished = {r["run"] for r in rows if r["status"] != UNFINISHED}
+    by_name = {r["run"]: i for i, r in enumerate(rows)}
+    for run in record_runs(records, skip=finished):
+        row = _run_row(run)
+        if row is None:  # another protocol's record or a baseline: not a remedies row, silently (it is no folder)
+            continue
+        row["source"] = "record"
+        if row["run"] in by_name:  # an unfinished folder of a run the leaderboard has: the record is the result
+            rows[by_name[row["run"]]] = row
+        else:
+            rows.append(row)
+    return sorted(rows, key=lambda r: r["run"])
 
 
 def _is_plain(row: dict) -> bool:
@@ -320,9 +341,11 @@ def deepest_cures(judged: list[dict], rows: list[dict]) -> list[dict]:
     return out
 
 
-def remedy_verdicts(paths: list[Path], plan: dict[str, dict] | None = None, log=None) -> dict:
-    """Rule S, the verdicts and the deepest cure per routing as plain data (``remedies.json``)."""
-    rows = collect(paths, log)
+def remedy_verdicts(paths: list[Path], plan: dict[str, dict] | None = None, log=None,
+                    records: Path | None = None) -> dict:
+    """Rule S, the verdicts and the deepest cure per routing as plain data (``remedies.json``); ``records``: see
+    ``collect``."""
+    rows = collect(paths, log, records)
     for row in rows:
         row["preset"] = (plan or {}).get(row["run"], {}).get("preset")
     # only remedy arms and plain presets; with a plan, only planned arms (a pilot with other settings is never

@@ -101,8 +101,12 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
            "it only hides the symptom\"), by `capsbench report SWEEP_DIR --questions remedies`. Intervals: 95% "
            f"Student-t over seeds; a verdict on fewer than {verdicts['required_seeds']} seeds is provisional.", "",
            "## Sweep", "",
-           f"{len(runs)} capsule run folder(s) of protocol `{verdicts['protocol']}` v{verdicts['protocol_version']}: "
+           f"{len(runs)} capsule run(s) of protocol `{verdicts['protocol']}` v{verdicts['protocol_version']}: "
            + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + "."]
+    stand_ins = sorted(r["run"] for r in runs if r.get("source") == "record")
+    if stand_ins:
+        out.append(f"{len(stand_ins)} of them read from their leaderboard records (`--records`: no run folder here; "
+                   "final metrics only, so no mechanism terms): " + ", ".join(stand_ins) + ".")
     missing = verdicts.get("missing")
     if missing is None:
         out.append("No plan given (`--plan`): which planned runs are missing is not listed.")
@@ -160,16 +164,18 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
         out.append("_No gradient norms recorded._\n")
     out += ["", "## Runs", ""]
     rows = [[r["run"], r["routing"], r["name"], r["depth"], r["seed"], r["status"], fmt_pct(r.get("test_accuracy")),
-             fmt_num(r.get("dead_fraction")), fmt_num(r.get("rho"), ".3g")] for r in runs]
-    out.append(details(f"{len(rows)} run folders", md_table(
-        ["run", "routing", "arm", "depth", "seed", "status", "test accuracy", "dead fraction", "rho"], rows)))
+             fmt_num(r.get("dead_fraction")), fmt_num(r.get("rho"), ".3g"), r.get("source", "folder")] for r in runs]
+    out.append(details(f"{len(rows)} runs", md_table(
+        ["run", "routing", "arm", "depth", "seed", "status", "test accuracy", "dead fraction", "rho", "read from"],
+        rows)))
     return "\n".join(out).rstrip("\n") + "\n"
 
 
 def write_remedy_verdicts(paths: list[Path], out: Path, plan_specs: list[Path] | None = None,
-                          log=None) -> list[Path]:
-    """Judge the remedy runs at or below ``paths``; return the files written (figures, then JSON, then markdown)."""
-    verdicts = remedy_verdicts(paths, plan=plan_runs(plan_specs) if plan_specs else None, log=log)
+                          log=None, records: Path | None = None) -> list[Path]:
+    """Judge the remedy runs at or below ``paths`` (and, with ``records``, the leaderboard records of runs without a
+    finished folder); return the files written (figures, then JSON, then markdown)."""
+    verdicts = remedy_verdicts(paths, plan=plan_runs(plan_specs) if plan_specs else None, log=log, records=records)
     out = Path(out)
     written: list[Path] = []
     figures: dict[str, str] = {}
