@@ -336,6 +336,27 @@ def test_the_remedies_confirmation_holds_three_seeds_to_depth_30():
             assert run.spec_hash in screening, run.point
 
 
+def test_arms_without_a_symptom_to_cure_go_to_depth_30_on_one_seed():
+    """Amendment 5: self's and VB's plain presets had no symptom at 10 and 20; their arms go to 30 on seed 0, every
+    one a screening arm (same settings but the depth), while their plain presets get three seeds in the confirmation."""
+    runs = list(spec.load(REPO / "specs" / "remedies" / "confirmation_no_symptom.yaml"))
+    assert {r.config.model.depth for r in runs} == {30} and {r.seed for r in runs} == {0}
+    assert {r.config.model.routing for r in runs} == {"self", "vb"} and not any(_plain(r) for r in runs)
+    screening = {(r.config.model.routing, remedy_label(r.config)): r
+                 for r in spec.load(REPO / "specs" / "remedies" / "screening.yaml") if r.config.model.depth == 20}
+    assert len(runs) == len({k for k in screening if k[0] in ("self", "vb") and k[1] != "none"})
+    for run in runs:
+        twin = screening[(run.config.model.routing, remedy_label(run.config))]
+        mine, theirs = (OmegaConf.to_container(c, resolve=True) for c in (run.config, twin.config))
+        mine["model"]["depth"] = 20
+        assert mine == theirs, run.point
+    confirmation = list(spec.load(REPO / "specs" / "remedies" / "confirmation.yaml"))
+    for routing in ("self", "vb"):
+        plain = {(r.config.model.depth, r.seed) for r in confirmation if r.config.model.routing == routing}
+        assert plain == {(d, s) for d in (10, 20, 30) for s in range(3)}
+        assert all(_plain(r) for r in confirmation if r.config.model.routing == routing)
+
+
 def test_the_contributed_reference_runs_are_the_confirmations_plain_presets_at_shallow_depths():
     """Amendment 4: A_ref of a contributed routing needs its plain preset at depths 1, 3, 6 (10 is confirmed)."""
     reference = list(spec.load(REPO / "specs" / "remedies" / "contrib_reference.yaml"))

@@ -198,6 +198,17 @@ def test_one_seed_is_provisional(tmp_path):
     assert v["verdict"] == CURES and v["provisional"] and v["accuracy_ci95"] is None
 
 
+def test_no_symptom_rests_on_the_plain_preset_alone(tmp_path):
+    """Amendment 5: with the plain preset alive on three seeds, one seed of the arm gives a final 'no symptom'."""
+    for seed in range(3):
+        write_run(tmp_path, depth=30, seed=seed, accuracy=0.9)
+    write_run(tmp_path, remedy="res", depth=30, seed=0, accuracy=0.2, rho=1e-6)  # whatever the arm does
+    v = verdict_of(tmp_path, depth=30)
+    assert v["verdict"] == NO_SYMPTOM and not v["provisional"]
+    shutil.rmtree(tmp_path / "dynamic_none-depth30-seed2")  # two seeds of the plain preset: still provisional
+    assert verdict_of(tmp_path, depth=30)["provisional"]
+
+
 # --- rule S and the whole pass --------------------------------------------------------------------
 
 @pytest.mark.parametrize("accuracy, dead_types, survives, confirmed_by", [
@@ -249,9 +260,10 @@ def test_plan_excludes_unplanned_remedy_runs_and_lists_missing_ones(tmp_path):
 
 def test_shipped_plan_names_the_remedies_screening_and_confirmation():
     plan = plan_runs(default_plan())
-    # screening 34 arms x 2 depths; confirmation 13 arms (5 plain presets, 8 to confirm) x 3 depths x 3 seeds, whose
-    # seed-0 runs at depths 10 and 20 are the screening's; the contributed plain presets at depths 1, 3, 6 x 3 seeds
-    assert len(plan) == 34 * 2 + 13 * 9 - 13 * 2 + 2 * 3 * 3
+    # screening 34 arms x 2 depths; confirmation 10 arms (5 plain presets, 5 to confirm) x 3 depths x 3 seeds, whose
+    # seed-0 runs at depths 10 and 20 are the screening's; self's and VB's 11 arms at depth 30 on seed 0 (amendment 5);
+    # the contributed plain presets at depths 1, 3, 6 x 3 seeds
+    assert len(plan) == 34 * 2 + 10 * 9 - 10 * 2 + 11 + 2 * 3 * 3
     assert {p["preset"] for p in plan.values()} >= {"arms/dynamic_init_detach.yaml", "arms/em.yaml"}
 
 

@@ -47,7 +47,7 @@ NEAR_UNIFORM = 0.99  # the "alive, not routing" flag
 AMENDMENT_3 = "amendment 3: accurate, half-dead"  # confirmed although rule S fails on the dead fraction alone
 PLAIN = "none"
 UNFINISHED = "unfinished"
-PLAN_SPECS = ("screening.yaml", "confirmation.yaml", "contrib_reference.yaml")
+PLAN_SPECS = ("screening.yaml", "confirmation.yaml", "confirmation_no_symptom.yaml", "contrib_reference.yaml")
 _EPS = 1e-12  # B: an upper end of exactly A_ref - 5 points is restored (0.95 - 0.05 is 0.8999999999999999)
 
 DEAD, COLLAPSE = "half-dead", "collapse with live capsules"  # the plain preset's symptom at a depth (A)
@@ -74,7 +74,8 @@ INTERPRETATIONS = [
     "verdict, not a verdict.",
     "The deepest cure per routing counts confirmed verdicts (3 seeds) first; where a routing has none, a provisional "
     "one is named as such. A verdict is provisional when either side (the arm or the plain preset at that depth) "
-    "has fewer than 3 seeds.",
+    "has fewer than 3 seeds, except 'no symptom at this depth', which rests on the plain preset's seeds alone "
+    "(amendment 5: no seed of the arm can change it).",
     "With A holding, an exploding gradient makes the verdict 'unstable' even when B also fails; C failing because "
     "the seeds disagree (no side reaches two thirds) counts as C failing ('hides the symptom').",
     "A remedy arm is a run with a remedy on (capsbench/models/remedies.py); the long protocol's controls and "
@@ -291,7 +292,8 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     seeds = len(ok) + len(diverged)
     return {
         "routing": routing, "name": name, "depth": depth, "seeds": [r["seed"] for r in ok], "diverged": diverged,
-        "provisional": seeds < REQUIRED_SEEDS or len(plain) < REQUIRED_SEEDS,
+        # amendment 5: "no symptom" rests on the plain preset alone, so the arm's seed count cannot make it provisional
+        "provisional": len(plain) < REQUIRED_SEEDS or (seeds < REQUIRED_SEEDS and a != NO_SYMPTOM),
         "symptom": symptom, "dead_fraction": dead, "plain_dead_fraction": plain_dead,
         "plain_accuracy": plain_accuracy, "A": a,
         "accuracy": _mean(accuracy), "accuracy_ci95": list(interval) if interval else None, "a_ref": a_ref,

@@ -124,7 +124,9 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
     out += ["", f"## Rule S: survival at depth {SURVIVAL_DEPTH} (screening, seed 0)", "",
             "Survives: test accuracy above chance + 5 points and mean dead fraction over stacked layers below 0.5. "
             "The survivors, the arms that keep their accuracy with half-dead stacked layers (amendment 3), and their "
-            "routings' plain presets go to `specs/remedies/confirmation.yaml`.", ""]
+            "routings' plain presets go to `specs/remedies/confirmation.yaml`; by amendment 5, the arms of a routing "
+            "whose plain preset has no symptom at the screening depths go to depth 30 on seed 0 instead "
+            "(`specs/remedies/confirmation_no_symptom.yaml`).", ""]
     out.append(table_or_note(["routing", "arm", "test accuracy", "dead fraction", "rule S", "why not",
                               "confirmed by"],
                              _survival_rows(verdicts), f"No screening run at depth {SURVIVAL_DEPTH} yet."))
