@@ -18,9 +18,16 @@ FIELDS = ("hardware", "torch", "python", "numerics")
 
 
 def describe(env: dict) -> dict:
-    """The provenance fields of one record's environment ('unknown' where an older record does not say)."""
+    """The provenance fields of one record's environment ('unknown' where an older record does not say).
+
+    Under ``native`` numerics a CPU's bits follow the instruction set torch dispatches to, not the model name (an
+    AMD EPYC with AVX-512 and one with AVX2 train the same spec to different numbers), so the hardware of a native
+    CPU record names it: ``AMD EPYC (AVX512)``. ``portable`` pins it, so there it would say nothing."""
     numerics = env.get("numerics") or {}
     hardware = env.get("gpu") or env.get("cpu_model") or f"unknown {env.get('machine') or ''} CPU".replace("  ", " ")
+    isa = numerics.get("aten_cpu_capability")
+    if isa and not env.get("gpu") and numerics.get("mode", "native") == "native":
+        hardware = f"{hardware} ({isa})"
     return {
         "hardware": hardware,
         "torch": str(env.get("torch", "unknown")),
