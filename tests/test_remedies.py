@@ -357,6 +357,24 @@ def test_arms_without_a_symptom_to_cure_go_to_depth_30_on_one_seed():
         assert all(_plain(r) for r in confirmation if r.config.model.routing == routing)
 
 
+def test_one_seed_cures_get_their_seeds_beside_the_plain_preset():
+    """Amendment 6: a cure on seed 0 at a depth its arm is not confirmed at gets seeds 1 and 2 there, beside its
+    routing's plain preset at that depth; seed 0 is the screening's run (same hash, same folder), not a new one."""
+    runs = list(spec.load(REPO / "specs" / "remedies" / "confirmation_cures.yaml"))
+    screening = {r.spec_hash: r for r in spec.load(REPO / "specs" / "remedies" / "screening.yaml")}
+    confirmed = {(r.config.model.routing, remedy_label(r.config), r.config.model.depth)
+                 for r in spec.load(REPO / "specs" / "remedies" / "confirmation.yaml")}
+    arms = {(r.config.model.routing, remedy_label(r.config), r.config.model.depth) for r in runs if not _plain(r)}
+    assert arms == {("efficient", "res", 10)} and not arms & confirmed
+    for routing, _, depth in arms:
+        points = {(r.seed, _plain(r)) for r in runs
+                  if r.config.model.routing == routing and r.config.model.depth == depth}
+        assert points == {(s, p) for s in range(3) for p in (True, False)}
+    for run in runs:
+        if run.seed == 0:
+            assert run.spec_hash in screening, run.point
+
+
 def test_the_contributed_reference_runs_are_the_confirmations_plain_presets_at_shallow_depths():
     """Amendment 4: A_ref of a contributed routing needs its plain preset at depths 1, 3, 6 (10 is confirmed)."""
     reference = list(spec.load(REPO / "specs" / "remedies" / "contrib_reference.yaml"))

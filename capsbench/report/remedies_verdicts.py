@@ -47,7 +47,8 @@ NEAR_UNIFORM = 0.99  # the "alive, not routing" flag
 AMENDMENT_3 = "amendment 3: accurate, half-dead"  # confirmed although rule S fails on the dead fraction alone
 PLAIN = "none"
 UNFINISHED = "unfinished"
-PLAN_SPECS = ("screening.yaml", "confirmation.yaml", "confirmation_no_symptom.yaml", "contrib_reference.yaml")
+PLAN_SPECS = ("screening.yaml", "confirmation.yaml", "confirmation_no_symptom.yaml", "confirmation_cures.yaml",
+              "contrib_reference.yaml")
 _EPS = 1e-12  # B: an upper end of exactly A_ref - 5 points is restored (0.95 - 0.05 is 0.8999999999999999)
 
 DEAD, COLLAPSE = "half-dead", "collapse with live capsules"  # the plain preset's symptom at a depth (A)
