@@ -49,13 +49,22 @@ def run(
     jobs: int | None = None,
     retry_failed: bool = False,
     quiet: bool = True,
+    skip_recorded: str | Path | None = None,
 ) -> list[dict]:
     """Run every run of ``spec`` and return their records (finished runs are read back, not re-run).
 
     ``out`` defaults to the spec's ``output.dir``; run directories go to ``out/<spec name>/``.
+    ``skip_recorded`` (a folder of leaderboard records) leaves out the runs recorded there, folder or not
+    (``capsbench.executors.plan.without_recorded``); their records are not among those returned.
     Bad input raises ``capsbench.errors.UserError`` with the one-line message the CLI prints.
     """
     runs, folder = plan(spec, overrides, out)
+    if skip_recorded is not None:
+        from capsbench.executors.plan import without_recorded
+
+        runs = without_recorded(runs, Path(skip_recorded))[0]
+        if not runs:
+            return []
     return execute(runs, folder, executor=executor, jobs=jobs, retry_failed=retry_failed, quiet=quiet)
 
 

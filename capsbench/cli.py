@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--jobs", type=int, default=None, help="runs at once (default: executor.jobs)")
     run.add_argument("--retry-failed", action="store_true", help="run failed/oom runs again (old record kept aside)")
+    run.add_argument(
+        "--skip-recorded", metavar="DIR",
+        help="leave out runs that have a leaderboard record under DIR (e.g. leaderboard/records/long-cpu/v1), "
+             "folder or not: a native-numerics run trained again on another CPU is a new result",
+    )
     debug_flag(run)
 
     validate = sub.add_parser("validate", help="validate spec files or folders of specs, with the overrides of run")
@@ -93,6 +98,17 @@ def cmd_run(args) -> int:
     from capsbench import api
 
     runs, out = api.plan(args.spec, args.overrides, args.out, out_key="--out")
+    if args.skip_recorded:
+        from capsbench.executors.plan import without_recorded
+
+        runs, recorded = without_recorded(runs, Path(args.skip_recorded))
+        if recorded:
+            more = f" and {len(recorded) - 8} more" if len(recorded) > 8 else ""
+            named = ", ".join(run.label for run in recorded[:8]) + more
+            print(f"--skip-recorded: {len(recorded)} of {len(runs) + len(recorded)} runs have a record under "
+                  f"{args.skip_recorded} and are left out ({named})", file=sys.stderr)
+        if not runs:
+            return EXIT_OK
     reexec_for_numerics({str(run.config.numerics) for run in runs})
     records = api.execute(
         runs, out, executor=args.executor, quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed

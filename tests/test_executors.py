@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,31 @@ def test_sigterm_to_a_jobs_n_sweep_stops_its_workers_and_exits_130(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "resume" in err.splitlines()[-1]
+
+
+def test_skip_recorded_leaves_out_runs_with_a_leaderboard_record_even_when_their_folder_is_gone(tmp_path, capsys):
+    """A native-numerics run trained again on another CPU is a new result: `--skip-recorded` leaves it to its
+    committed record, so a sweep can be finished after a folder was lost (docs/remedies.md, Results)."""
+    from capsbench.results import store
+
+    out, board = tmp_path / "runs", tmp_path / "board"
+    board.mkdir()
+    args = ["run", QUICKSTART, *TINY, "--out", str(out), "--quiet"]
+    assert main([*args, "sweep.seed=[0]"]) == 0
+    store.add(board, [out / "quickstart"], note="seed 0", log=lambda line: None)
+    runs = spec.load(QUICKSTART, [*TINY, "sweep.seed=[0,1]"])
+    kept = run_dir_for(out, runs[0])
+    shutil.rmtree(kept)  # lost before it was archived; its record stays on the leaderboard
+    capsys.readouterr()
+
+    assert main([*args, "sweep.seed=[0,1]", "--skip-recorded", str(board / "records")]) == 0
+    assert not kept.exists()  # not trained again
+    assert read_record(run_dir_for(out, runs[1]) / "record.json")["status"] == "ok"
+    err = capsys.readouterr().err
+    left_out = f"1 of 2 runs have a record under {board / 'records'} and are left out ({runs[0].label})"
+    assert f"--skip-recorded: {left_out}" in err
+
+    assert main([*args, "sweep.seed=[0]", "--skip-recorded", str(board)]) == 0  # nothing left: nothing to do
+    assert not kept.exists()
+    assert main([*args, "--skip-recorded", str(tmp_path / "nowhere")]) == 2
+    assert "--skip-recorded: " in capsys.readouterr().err

@@ -158,3 +158,28 @@ def from_payload(data: dict) -> tuple[RunSpec, Path]:
             "sweep was planned; use the same capsbench version on every node"
         )
     return run, Path(data["run_dir"])
+
+
+def without_recorded(runs: list[RunSpec], records: Path) -> tuple[list[RunSpec], list[RunSpec]]:
+    """``(to_run, recorded)``: the runs with no leaderboard record at or below ``records``, and those with one.
+
+    ``records`` is a folder of records (``leaderboard/records/long-cpu/v1``) or a leaderboard's root.
+    A run is recorded when a record there has its spec hash and seed. Its folder may be gone (not archived
+    before a machine was returned): under ``numerics: native`` training it again on a CPU with another
+    instruction set gives other bits, a new result that ``capsbench leaderboard add`` refuses beside the
+    committed one, so ``capsbench run --skip-recorded`` leaves it to the record (``report --records``).
+    """
+    from capsbench.results.schema import read_leaderboard_record
+
+    records = Path(records)
+    if (records / "records").is_dir():  # a leaderboard's root: its records, not its built files
+        records = records / "records"
+    if not records.is_dir():
+        raise UserError(f"--skip-recorded: {records} is not a folder of leaderboard records "
+                        "(e.g. leaderboard/records/long-cpu/v1)")
+    keys = set()
+    for path in sorted(records.rglob("*.json")):
+        entry = read_leaderboard_record(path)
+        keys.add((entry["spec_hash"], entry["seed"]))
+    to_run = [run for run in runs if (run.spec_hash, run.seed) not in keys]
+    return to_run, [run for run in runs if (run.spec_hash, run.seed) in keys]
