@@ -290,10 +290,11 @@ def test_cli_without_capsule_runs_of_the_protocol_is_one_line(tmp_path, capsys, 
     # a later protocol version has its own pre-registration: its runs never join v1's verdicts
     record = fake_run_record(arch=arch, depth=10, protocol=protocol, protocol_version=version)
     write_record(tmp_path / "runs" / "other" / "record.json", record)
+    write_record(tmp_path / "runs" / "other-2" / "record.json", record)
     assert main(["report", str(tmp_path / "runs"), "--questions", "remedies", "--plan", "none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error:") and "no long-cpu v1 capsule runs" in err[-1]
-    assert "not a long-cpu v1 capsule run, skipped" in err[0]
+    assert len(err) == 2 and "2 run folder(s) not a long-cpu v1 capsule run, skipped: " in err[0]  # one line
 
 
 def test_every_seed_diverged_is_undecided_not_cured(tmp_path):

@@ -155,13 +155,16 @@ def collect_rows(paths: list[Path], row_of, what: str, hint: str = "", log=None)
 
     log = log or (lambda line: print(line, file=sys.stderr))
     finished, unfinished = find_runs(paths)
-    rows = []
+    rows, skipped = [], []
     for path in sorted(finished + unfinished):
         row = row_of(RunDir(path))
         if row is None:
-            log(f"warning: {path}: not a {what}, skipped")
+            skipped.append(str(path))
         else:
             rows.append(row)
+    if skipped:  # one line: a sweep folder shared with baselines would otherwise print one per baseline run
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        log(f"warning: {len(skipped)} run folder(s) not a {what}, skipped: {', '.join(skipped[:3])}{more}")
     if not rows:
         raise UserError(f"{', '.join(map(str, paths))}: no {what}s found{hint}")
     return rows
