@@ -102,6 +102,27 @@ def test_each_row_names_the_depths_its_scores_are_over(tmp_path):
     rows = {cells[1]: cells for cells in human_rows(_view(root)["digits"])}
     assert rows["none"][2] == "1, 2, 3, 4" and rows["pose-norm+norm=layer"][2] == "3, 4"
     assert rows["pose-norm+norm=layer"][5] == "1.00 [1.00, 1.00]"  # at chance at both: retention says nothing else
+    # ... which the plain preset's line does: 0.1 against plain dynamic's best, 0.91 (depth 1, mean of 3 seeds)
+    assert rows["pose-norm+norm=layer"][7] == "0.11 [0.11, 0.11]"
+    # the plain preset against itself: its retention (the interval differs: retention's is over per-seed ratios)
+    assert rows["none"][7].split()[0] == rows["none"][5].split()[0]
+
+
+def test_deepest_against_the_plain_preset_only_where_the_plain_preset_is_one_row(tmp_path):
+    tab = _view(_board(tmp_path))["digits"]
+    rows = {(r["routing"], r["remedy"]): r for r in tab["rows"]}
+    init = rows[("dynamic", "init=length")]
+    plain = rows[("dynamic", "none")]
+    best = plain["scores"]["best_accuracy"]
+    assert init["vs_plain"]["plain_best"] == best and init["vs_plain"]["plain_best_depth"] == 1
+    assert init["vs_plain"]["value"] == pytest.approx(init["scores"]["deepest_accuracy"] / best)
+    low, high = init["score_intervals"]["deepest_accuracy"]
+    assert init["vs_plain"]["ci95"] == pytest.approx([low / 0.91, high / 0.91])
+    assert rows[("self", "res+skip=pre")]["vs_plain"] is None  # self has no plain preset row here
+    # em's two default rows differ only beyond their arm: which is "the" plain preset would be arbitrary
+    assert all(r["vs_plain"] is None for r in tab["rows"] if r["routing"] == "em")
+    cells = {(c[0], c[1]): c for c in human_rows(tab)}
+    assert cells[("timm_resnet", "baseline")][7] == "n/a" and cells[("self", "res+skip=pre")][7] == "–"
 
 
 def test_baselines_are_scored_at_matched_depth(tmp_path):

@@ -16,11 +16,11 @@ Example::
 from __future__ import annotations
 
 from capsbench.report.depth import depth_data, line_label, plot_line
+from capsbench.report.remedies_view import PLAIN
 from capsbench.report.style import COLORS, MARKERS, line_styles, new_figure
 
 KIND = "remedies"
 ROW_HEIGHT = 2.5  # inches per routing: room for a legend of about ten remedies
-PLAIN = ("none", "none · default")  # the routing's plain preset, as remedies_view labels it
 PLAIN_COLOUR = "#000000"
 # in the plot data, so a change of how the figure is drawn re-renders it (leaderboard build redraws a PNG only
 # when its data's hash changes)

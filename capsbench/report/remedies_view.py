@@ -12,6 +12,9 @@ without one gets no view, so its built files do not change. Per data set:
 - its ``collapse_depth`` and ``half_dead_depth`` with their seed ranges, and ``retention`` and
   ``deepest_accuracy`` with their 95% t-intervals over seeds: the leaderboard's own scores and
   intervals (``capsbench.results.scores``, ``capsbench.intervals``), not recomputed differently here;
+- ``vs_plain``: its deepest accuracy (and interval) over the best accuracy of its routing's plain preset
+  row (``none``, at any depth), so rows with different depths compare against one line: a screened
+  remedy at chance at both of its depths keeps a retention near 1 but not this;
 - the baselines (CNN and ViT, ``baselines/``) *at matched depth*: their scores recomputed from their
   records at the depths the capsule rows of that data set cover, where a baseline's depth is its
   number of residual or transformer blocks (the same number of stacked layers). A baseline has no
@@ -40,8 +43,10 @@ from capsbench.results.scores import depth_stats, score_intervals, scores
 # "depths" because rows cover different depths (a screened remedy only 10 and 20): retention and the collapse depth
 # are over a row's own depths, so a remedy at chance at both of them can keep a "retention" near 1
 HEADERS = ["routing", "remedy", "depths", "collapse depth (seed range)", "half-dead depth (seed range)",
-           "retention [95% CI]", "deepest accuracy [95% CI] (depth)", "runs (seeds)"]
+           "retention [95% CI]", "deepest accuracy [95% CI] (depth)", "deepest / plain's best [95% CI]",
+           "runs (seeds)"]
 CSV_KEYS = ("collapse_depth", "half_dead_depth", "retention", "deepest_accuracy")
+PLAIN = ("none", f"none · {DEFAULT_ARM}")  # a routing's plain preset, as its row is labelled
 
 
 def applies(entries: list[dict]) -> bool:
@@ -79,6 +84,28 @@ def _matched_baseline(row: dict, group: list[dict], num_classes: int | None) -> 
             "score_intervals": score_intervals(group, num_classes)}
 
 
+def _with_vs_plain(rows: list[dict]) -> list[dict]:
+    """Each capsule row with ``vs_plain``: its deepest accuracy (and interval) over its plain preset's best.
+
+    None where the routing has no plain preset row, or two (rows alike but for their variant hash: which one
+    would be arbitrary), or where the plain preset's best accuracy is 0."""
+    plain: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["remedy"] in PLAIN:
+            plain.setdefault(row["routing"], []).append(row)
+    out = []
+    for row in rows:
+        refs = plain.get(row["routing"], [])
+        best = refs[0]["scores"]["best_accuracy"] if len(refs) == 1 else None
+        deepest, ci = row["scores"]["deepest_accuracy"], row["score_intervals"]["deepest_accuracy"]
+        vs = None
+        if best and deepest is not None:
+            vs = {"value": deepest / best, "ci95": [ci[0] / best, ci[1] / best] if ci else None,
+                  "plain_best": best, "plain_best_depth": refs[0]["scores"]["best_depth"]}
+        out.append({**row, "vs_plain": vs})
+    return out
+
+
 def remedies_view(aggregated: dict[str, dict], entries: list[dict]) -> dict[str, dict]:
     """``{dataset: {"rows", "depths", "num_classes", "chance", "conv_types", "dead_threshold"}}`` (module docstring)."""
     out = {}
@@ -91,6 +118,7 @@ def remedies_view(aggregated: dict[str, dict], entries: list[dict]) -> dict[str,
         rows = sorted(_distinct([_capsule_row(row, group, clashes) for row, group in capsule]),
                       key=lambda r: (r["routing"], not r["remedy"].startswith("none"),
                                      r["remedy"] not in ("none", f"none · {DEFAULT_ARM}"), r["remedy"]))
+        rows = _with_vs_plain(rows)
         depths = {d["depth"] for row in rows for d in row["depths"]}
         for row in tab["rows"]:
             if row["baseline"]:
@@ -108,6 +136,9 @@ def human_rows(view_tab: dict) -> list[list[str]]:
         retention = "–" if s["retention"] is None else f"{s['retention']:.2f}" + (
             "" if not ci["retention"] else f" [{ci['retention'][0]:.2f}, {ci['retention'][1]:.2f}]")
         half_dead = "n/a" if row["baseline"] else tables.depth_text(s["half_dead_depth"], ci["half_dead_depth"])
+        vs = row.get("vs_plain")
+        vs_plain = "n/a" if row["baseline"] else "–" if vs is None else f"{vs['value']:.2f}" + (
+            "" if not vs["ci95"] else f" [{vs['ci95'][0]:.2f}, {vs['ci95'][1]:.2f}]")
         out.append([
             row["routing"],
             row["remedy"],
@@ -116,6 +147,7 @@ def human_rows(view_tab: dict) -> list[list[str]]:
             half_dead,
             retention,
             f"{tables.pct(s['deepest_accuracy'])}{tables.interval_pct(ci['deepest_accuracy'])} (d{s['deepest_depth']})",
+            vs_plain,
             f"{row['runs']} ({len(row['seeds'])})",
         ])
     return out
@@ -123,14 +155,17 @@ def human_rows(view_tab: dict) -> list[list[str]]:
 
 def csv_text(view: dict[str, dict]) -> str:
     header = ["dataset", "routing", "remedy", "method", "variant", "baseline", "deepest_depth", *CSV_KEYS,
-              *(f"{k}_{end}" for k in CSV_KEYS for end in ("low", "high")), "runs", "seeds", "matched_depths"]
+              *(f"{k}_{end}" for k in CSV_KEYS for end in ("low", "high")),
+              "deepest_vs_plain", "deepest_vs_plain_low", "deepest_vs_plain_high", "runs", "seeds", "matched_depths"]
     rows = []
     for dataset, tab in sorted(view.items()):
         for row in tab["rows"]:
             bounds = [(row["score_intervals"][k] or [None, None])[end] for k in CSV_KEYS for end in (0, 1)]
+            vs = row.get("vs_plain") or {}
+            vs_plain = [vs.get("value"), *(vs.get("ci95") or [None, None])]
             rows.append([dataset, row["routing"], row["remedy"], row["method"], row["variant"],
                          str(row["baseline"]).lower(), row["scores"]["deepest_depth"],
-                         *(row["scores"][k] for k in CSV_KEYS), *bounds, row["runs"],
+                         *(row["scores"][k] for k in CSV_KEYS), *bounds, *vs_plain, row["runs"],
                          " ".join(map(str, row["seeds"])), " ".join(map(str, tab["depths"]))])
     return tables.csv_text(header, rows)
 
@@ -150,8 +185,9 @@ def markdown(sections: list[dict]) -> str:
         out.append(f"Routing x remedy ([`remedies.csv`]({sec['folder']}/remedies.csv); remedies: "
                    "`capsbench/models/remedies.py`, docs/remedies.md). Collapse and half-dead depth: the range over "
                    "seeds; retention and deepest accuracy: 95% interval over seeds; all four over the row's own depths "
-                   "(a screened remedy has only 10 and 20). Baselines at matched depth: scored on the depths the "
-                   "capsule rows cover, their depth being their number of blocks.\n")
+                   "(a screened remedy has only 10 and 20), so the next column sets each row's deepest accuracy "
+                   "against one line, its routing's plain preset's best accuracy at any depth. Baselines at matched "
+                   "depth: scored on the depths the capsule rows cover, their depth being their number of blocks.\n")
         for dataset, tab in sorted(view.items()):
             out.append(f"#### {dataset}: remedies (depths {', '.join(map(str, tab['depths']))})\n")
             out.append(md_table(HEADERS, human_rows(tab), align="lll" + "r" * (len(HEADERS) - 3)))
@@ -176,6 +212,7 @@ def html(sections: list[dict]) -> str:
     if not parts:
         return ""
     intro = ("<p>Each routing x remedy: collapse and half-dead depth (range over seeds), retention and deepest "
-             "accuracy (95% interval over seeds), each over the row's own depths; baselines scored at the depths the "
+             "accuracy (95% interval over seeds), each over the row's own depths; deepest accuracy over the plain "
+             "preset's best; baselines scored at the depths the "
              "capsule rows cover.</p>")
     return "\n<h2>Remedies</h2>\n" + intro + "\n" + "\n".join(parts)
