@@ -41,7 +41,8 @@ from capsbench.report.markdown import md_table
 from capsbench.results.scores import depth_stats, score_intervals, scores
 
 # "depths" because rows cover different depths (a screened remedy only 10 and 20): retention and the collapse depth
-# are over a row's own depths, so a remedy at chance at both of them can keep a "retention" near 1
+# are over a row's own depths, so a remedy at chance at both of them can keep a "retention" near 1 (hence the
+# column "deepest / plain's best", one line per routing)
 HEADERS = ["routing", "remedy", "depths", "collapse depth (seed range)", "half-dead depth (seed range)",
            "retention [95% CI]", "deepest accuracy [95% CI] (depth)", "deepest / plain's best [95% CI]",
            "runs (seeds)"]
@@ -117,7 +118,7 @@ def remedies_view(aggregated: dict[str, dict], entries: list[dict]) -> dict[str,
         clashes = {k for k in keys if keys.count(k) > 1}
         rows = sorted(_distinct([_capsule_row(row, group, clashes) for row, group in capsule]),
                       key=lambda r: (r["routing"], not r["remedy"].startswith("none"),
-                                     r["remedy"] not in ("none", f"none · {DEFAULT_ARM}"), r["remedy"]))
+                                     r["remedy"] not in PLAIN, r["remedy"]))
         rows = _with_vs_plain(rows)
         depths = {d["depth"] for row in rows for d in row["depths"]}
         for row in tab["rows"]:
