@@ -260,11 +260,11 @@ def test_plan_excludes_unplanned_remedy_runs_and_lists_missing_ones(tmp_path):
 
 def test_shipped_plan_names_the_remedies_screening_and_confirmation():
     plan = plan_runs(default_plan())
-    # screening 34 arms x 2 depths; confirmation 10 arms (5 plain presets, 5 to confirm) x 3 depths x 3 seeds, whose
+    # screening 34 arms x 2 depths; confirmation 11 arms (5 plain presets, 6 to confirm) x 3 depths x 3 seeds, whose
     # seed-0 runs at depths 10 and 20 are the screening's; self's and VB's 11 arms at depth 30 on seed 0 (amendment 5);
     # efficient plain and + res at depth 10, seeds 1 and 2 (amendment 6); the contributed plain presets at depths 1,
     # 3, 6 x 3 seeds
-    assert len(plan) == 34 * 2 + 10 * 9 - 10 * 2 + 11 + 2 * 2 + 2 * 3 * 3
+    assert len(plan) == 34 * 2 + 11 * 9 - 11 * 2 + 11 + 2 * 2 + 2 * 3 * 3
     assert {p["preset"] for p in plan.values()} >= {"arms/dynamic_init_detach.yaml", "arms/em.yaml"}
 
 
