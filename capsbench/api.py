@@ -16,6 +16,7 @@ Example (from a checkout; the README's "Python API" block, executed by tests/tes
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,20 +25,32 @@ from capsbench.errors import UserError
 
 
 def plan(
-    spec: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None, *, out_key: str = "out"
+    spec: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None, *, out_key: str = "out",
+    skip_recorded: str | Path | None = None,
 ) -> tuple[list, Path]:
     """The runs of ``spec`` with ``overrides`` (``"key=value"`` strings, as on the command line) and their folder.
 
     The folder (``out``, else the spec's ``output.dir``) is created and checked writable here, before
     any run starts; ``out_key`` names ``out`` in the one-line error (the CLI passes ``--out``).
+    ``skip_recorded`` (a folder of leaderboard records, or a leaderboard's root) leaves out the runs
+    recorded there, folder or not (``capsbench.executors.plan.without_recorded``), and says on stderr in
+    one line which; the plan may then be empty.
     """
     from capsbench import spec as specs
     from capsbench.io import writable_dir
 
     runs = specs.load(spec, list(overrides))
-    if out is not None:
-        return runs, writable_dir(out, out_key)
-    return runs, writable_dir(runs[0].config.output.dir, "output.dir")
+    folder = writable_dir(out, out_key) if out is not None else writable_dir(runs[0].config.output.dir, "output.dir")
+    if skip_recorded is not None:
+        from capsbench.executors.plan import without_recorded
+
+        runs, recorded = without_recorded(runs, Path(skip_recorded))
+        if recorded:
+            more = f" and {len(recorded) - 8} more" if len(recorded) > 8 else ""
+            named = ", ".join(run.label for run in recorded[:8]) + more
+            print(f"--skip-recorded: {len(recorded)} of {len(runs) + len(recorded)} runs have a record under "
+                  f"{skip_recorded} and are left out ({named})", file=sys.stderr)
+    return runs, folder
 
 
 def run(
@@ -54,17 +67,12 @@ def run(
     """Run every run of ``spec`` and return their records (finished runs are read back, not re-run).
 
     ``out`` defaults to the spec's ``output.dir``; run directories go to ``out/<spec name>/``.
-    ``skip_recorded`` (a folder of leaderboard records) leaves out the runs recorded there, folder or not
-    (``capsbench.executors.plan.without_recorded``); their records are not among those returned.
+    ``skip_recorded`` leaves out the runs recorded there (``plan``); their records are not among those returned.
     Bad input raises ``capsbench.errors.UserError`` with the one-line message the CLI prints.
     """
-    runs, folder = plan(spec, overrides, out)
-    if skip_recorded is not None:
-        from capsbench.executors.plan import without_recorded
-
-        runs = without_recorded(runs, Path(skip_recorded))[0]
-        if not runs:
-            return []
+    runs, folder = plan(spec, overrides, out, skip_recorded=skip_recorded)
+    if not runs:  # everything was recorded already
+        return []
     return execute(runs, folder, executor=executor, jobs=jobs, retry_failed=retry_failed, quiet=quiet)
 
 

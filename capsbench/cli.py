@@ -97,18 +97,9 @@ def cmd_bench(args) -> int:
 def cmd_run(args) -> int:
     from capsbench import api
 
-    runs, out = api.plan(args.spec, args.overrides, args.out, out_key="--out")
-    if args.skip_recorded:
-        from capsbench.executors.plan import without_recorded
-
-        runs, recorded = without_recorded(runs, Path(args.skip_recorded))
-        if recorded:
-            more = f" and {len(recorded) - 8} more" if len(recorded) > 8 else ""
-            named = ", ".join(run.label for run in recorded[:8]) + more
-            print(f"--skip-recorded: {len(recorded)} of {len(runs) + len(recorded)} runs have a record under "
-                  f"{args.skip_recorded} and are left out ({named})", file=sys.stderr)
-        if not runs:
-            return EXIT_OK
+    runs, out = api.plan(args.spec, args.overrides, args.out, out_key="--out", skip_recorded=args.skip_recorded)
+    if not runs:  # every run has a leaderboard record (--skip-recorded)
+        return EXIT_OK
     reexec_for_numerics({str(run.config.numerics) for run in runs})
     records = api.execute(
         runs, out, executor=args.executor, quiet=args.quiet, jobs=args.jobs, retry_failed=args.retry_failed

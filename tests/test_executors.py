@@ -267,5 +267,10 @@ def test_skip_recorded_leaves_out_runs_with_a_leaderboard_record_even_when_their
 
     assert main([*args, "sweep.seed=[0]", "--skip-recorded", str(board)]) == 0  # nothing left: nothing to do
     assert not kept.exists()
+    from capsbench import api  # the library takes the same path as the CLI
+
+    assert api.run(QUICKSTART, [*TINY, "sweep.seed=[0]"], out, skip_recorded=board) == []
+    assert not kept.exists()
+    assert [r["seed"] for r in api.run(QUICKSTART, [*TINY, "sweep.seed=[0,1]"], out, skip_recorded=board)] == [1]
     assert main([*args, "--skip-recorded", str(tmp_path / "nowhere")]) == 2
     assert "--skip-recorded: " in capsys.readouterr().err
