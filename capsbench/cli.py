@@ -60,11 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("spec")
     prepare.add_argument("overrides", nargs="*", metavar="key=value")
     debug_flag(prepare)
-    bench = sub.add_parser("bench", help="training-step time and peak memory of every run of a spec (JSON lines)")
+    bench = sub.add_parser("bench", help="step time and peak memory of every run of a spec (JSON lines)")
     bench.add_argument("spec")
     bench.add_argument("overrides", nargs="*", metavar="key=value")
     bench.add_argument("--steps", type=int, default=5, help="timed steps per run (median reported)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    bench.add_argument("--phase", default="train",
+                       help="train (default: one optimiser step per batch) or eval (one evaluation batch, "
+                            "train.eval_batch_size, as the runner evaluates)")  # fmt: skip
     debug_flag(bench)
     for module in COMMAND_MODULES:  # commands that live beside the code they drive
         for name, func in importlib.import_module(module).add_commands(sub).items():
@@ -86,11 +89,13 @@ def debug_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args) -> int:
-    from capsbench.bench import bench_spec
+    from capsbench.bench import PHASES, bench_spec
 
     if args.steps < 1 or args.warmup < 0:
         raise UserError("--steps: expected an integer >= 1 (and --warmup >= 0)")
-    results = bench_spec(args.spec, args.overrides, steps=args.steps, warmup=args.warmup)
+    if args.phase not in PHASES:
+        raise UserError(f"--phase: expected one of {', '.join(PHASES)}, got {args.phase!r}")
+    results = bench_spec(args.spec, args.overrides, steps=args.steps, warmup=args.warmup, phase=args.phase)
     return EXIT_OK if all("error" not in r for r in results) else EXIT_RUN_FAILED
 
 

@@ -73,14 +73,28 @@ def check_process(mode: str) -> None:
             )
 
 
+_active: str | None = None  # the mode of the run in progress (``applied``); None outside a run
+
+
+def active() -> str | None:
+    """The numerics mode of the run in progress, None outside ``applied`` (code that must keep a path for
+    portable records asks this: EM's validation under telemetry, ``EMRouting.forward_lazy``)."""
+    return _active
+
+
 @contextlib.contextmanager
 def applied(mode: str):
     """The in-process part of ``mode`` for the duration of a run; the previous settings come back after."""
     import torch
 
+    global _active
     check_process(mode)
+    saved_mode, _active = _active, mode
     if mode != "portable":
-        yield
+        try:
+            yield
+        finally:
+            _active = saved_mode
         return
     saved = (torch.backends.mkldnn.enabled, torch.get_num_threads())
     torch.backends.mkldnn.enabled = False
@@ -90,6 +104,7 @@ def applied(mode: str):
     finally:
         torch.backends.mkldnn.enabled = saved[0]
         torch.set_num_threads(saved[1])
+        _active = saved_mode
 
 
 @lru_cache(maxsize=1)

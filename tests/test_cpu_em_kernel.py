@@ -334,3 +334,50 @@ def test_the_vectorised_exp_is_within_its_documented_error_over_the_range_the_e_
     out = torch.empty_like(special)
     kernel.exp_values(special.numel(), special.data_ptr(), out.data_ptr())
     assert out[:2].tolist() == [1.0, 1.0] and out[2] == 0 and out[3].isnan() and out[4] == 0
+
+
+def _terms_and_outputs(layer, pose, act, diagnostics):
+    """The layer's outputs and its routing's ``last_terms``, as telemetry evaluates (eval mode, no autograd)."""
+    layer.eval()
+    layer.routing.diagnostics, layer.routing.last_terms = diagnostics, None
+    with torch.no_grad():
+        out = layer(Capsules(pose, act))
+    layer.routing.diagnostics = False
+    return out, layer.routing.last_terms
+
+
+@pytest.mark.parametrize("layer", ["conv_k3_s1_p1", "class_shared"])
+@pytest.mark.parametrize("variant", ["default", "mean", "standardise", *VARIANTS])
+def test_diagnostics_keep_the_fast_path_and_fill_the_reference_terms(variant, layer, kernel_calls, monkeypatch):
+    """Telemetry's activation terms on the fast path (the kernel; the blockwise PyTorch path for the cost the
+    kernel does not cover) equal the reference path's, over several blocks of windows, and turning the
+    diagnostics on changes no output of the fast path (it used to fall back to the reference path)."""
+    monkeypatch.setattr(fused, "BLOCK_BYTES", 4096)  # several blocks: the terms are gathered across them
+    options = {"default": {}, "mean": {"cost": "mean"}, "standardise": {"cost": "standardise"}}.get(variant)
+    ref, fus = pair(layer, VARIANTS[variant] if options is None else options, torch.float64, 3)
+    pose, act = inputs(torch.float64)
+    expected_out, expected = _terms_and_outputs(ref, pose, act, True)
+    plain_out, _ = _terms_and_outputs(fus, pose, act, False)
+    out, terms = _terms_and_outputs(fus, pose, act, True)
+    assert fus.last_impl == "fused"
+    assert kernel_calls == ([] if variant == "standardise" else [True, True])
+    assert list(terms) == list(expected)  # the same names, in the same order
+    for key, value in expected.items():
+        torch.testing.assert_close(terms[key], value, rtol=1e-9, atol=1e-12, msg=key)
+    assert torch.equal(out.pose, plain_out.pose) and torch.equal(out.activation, plain_out.activation)
+    torch.testing.assert_close(out.activation, expected_out.activation, rtol=1e-9, atol=1e-12)
+
+
+def test_portable_numerics_keep_the_reference_path_under_diagnostics(kernel_calls, monkeypatch):
+    """The committed ci records (portable numerics) were made with EM's validation on the reference path:
+    there it stays, bit for bit, until they are re-recorded on the CI machine."""
+    from capsbench import numerics
+
+    monkeypatch.setattr(numerics, "_active", "portable")
+    ref, fus = pair("conv_k3_s1_p1", {}, torch.float64, 3)
+    pose, act = inputs(torch.float64)
+    expected_out, expected = _terms_and_outputs(ref, pose, act, True)
+    out, terms = _terms_and_outputs(fus, pose, act, True)
+    assert kernel_calls == []
+    assert torch.equal(out.pose, expected_out.pose) and torch.equal(out.activation, expected_out.activation)
+    assert all(torch.equal(terms[k], v) for k, v in expected.items())

@@ -48,3 +48,10 @@ def test_a_portable_process_applies_and_reports_the_mode():
     env = {**os.environ, "PYTHONPATH": str(REPO), **numerics.process_env("portable"), "OMP_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["portable", "DEFAULT", "False", "1", "True"], done.stderr
+
+
+def test_the_active_mode_is_known_inside_a_run_only():
+    assert numerics.active() is None
+    with numerics.applied("native"):
+        assert numerics.active() == "native"
+    assert numerics.active() is None

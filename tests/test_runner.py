@@ -288,6 +288,24 @@ def test_nan_loss_stops_as_diverged_and_the_sweep_goes_on(fakes, tmp_path):
     )
 
 
+def test_the_record_names_the_commit_the_run_started_from(fakes, tmp_path, monkeypatch):
+    """A checkout that moves on during a long run does not change the code version its record names."""
+    from capsbench import env
+
+    trained = []
+    real_epoch = runner.train_epoch
+    monkeypatch.setattr(runner, "train_epoch", lambda *a, **k: trained.append(1) or real_epoch(*a, **k))
+    head = lambda: "moved-on" * 5 if trained else "started" * 5 + "12345"  # noqa: E731  (HEAD after training)
+    monkeypatch.setattr(env.subprocess, "run", lambda args, **kw: SimpleNamespace(
+        stdout=head() if args[1] == "rev-parse" else "", returncode=0))  # fmt: skip
+    env.git_commit.cache_clear()
+    try:
+        record = runner.run(tiny_config(**{"train.epochs": 1}), tmp_path / "r", spec_hash=HASH, progress=False)
+    finally:
+        env.git_commit.cache_clear()
+    assert record["environment"]["git_commit"] == "started" * 5 + "12345"
+
+
 def test_exception_in_training_gives_failed_record(fakes, tmp_path, capsys):
     record = runner.run(tiny_config(**{"model.options": {"raise_at_step": 2}}), tmp_path / "r", spec_hash=HASH)
     assert record["status"] == "failed"

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from capsbench import numerics
+from capsbench.env import git_commit
 from capsbench.errors import OutputError, UserError
 from capsbench.io import write_text
 from capsbench.metrics.grad_norms import GradNorms
@@ -80,6 +81,9 @@ def run(cfg, run_dir: str | Path, *, spec_hash: str, progress: bool = True) -> d
                 display.info(f"{run_dir}: already finished ({finished['status']}), skipped")
                 return finished
             write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            # the record names the code this process runs (cached): read now, not when the record is written,
+            # which can be hours later, after the checkout has moved on
+            git_commit()
             device = resolve_device(cfg.device)
             if cfg.output.tensorboard:
                 display.open_tensorboard(run_dir / "tensorboard")

@@ -102,6 +102,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from capsbench import numerics
 from capsbench.capsules.routing import declared_options, fused
 from capsbench.capsules.routing.base import (
     IDENTITY_GEOMETRY,
@@ -242,7 +243,8 @@ class EMRouting(Routing):
             )
             if t < len(lambdas) - 1:
                 r = norm(self._log_likelihood(x, mean, var) + F.logsigmoid(logit).unsqueeze(-1))
-        if self.diagnostics:  # forward_lazy routes through forward while diagnostics are on: one call, whole layer
+        # the reference path sets the layer's terms here; the blockwise path runs this per block, then replaces them
+        if self.diagnostics:
             self.last_terms = type_means(beta_a=beta_a, lambda_t=lam, margin=logit / lam, logit=logit, **terms)
         return mean + centre, torch.sigmoid(logit), r
 
@@ -285,8 +287,9 @@ class EMRouting(Routing):
         renormalise = cpu_em.RENORMALISE if self.renormalise else 0
         return renormalise | (cpu_em.INITIAL_ONE if self.initial_coefficients == "one" else 0)
 
-    def _cpu_kernel(self, votes: LazyVotes, activation, beta_u, beta_a, dtype, need_coefficients):
-        """Pose, activation, coefficients from the compiled CPU kernel, or None where it does not apply."""
+    def _cpu_kernel(self, votes: LazyVotes, activation, beta_u, beta_a, dtype, need_coefficients, need_terms=False):
+        """Pose, activation, coefficients and (``need_terms``) ``last_terms`` from the compiled CPU kernel, or None
+        where it does not apply."""
         if votes.pose.device.type != "cpu" or votes.transform != "matrix" or not self._cpu_kernel_covers():
             return None
         n, length, i, j, d = votes.shape
@@ -295,13 +298,18 @@ class EMRouting(Routing):
         offsets = votes.offsets.to(dtype) if votes.offsets is not None else None
         if not cpu_em.usable(pose, weight, offsets):
             return None
+        terms = pose.new_empty(n * length, 3, j) if need_terms else None  # the last M-step's mass, cost, logit
         new_pose, new_act, r = cpu_em.em_routing_cpu(
             pose, activation.to(dtype).reshape(n * length, i), weight, beta_u, beta_a, offsets,
             lambdas=self._kernel_lambdas(), min_var=self.min_var, cost=self.cost, need_coefficients=need_coefficients,
-            variant=self._kernel_variant(),
+            variant=self._kernel_variant(), terms=terms,
         )  # fmt: skip
         r = r.view(n, length, j, i) if r is not None else None
-        return new_pose.view(n, length, j, d), new_act.view(n, length, j), r
+        if terms is not None:
+            mass, cost, logit = terms.view(n, length, 3, j).unbind(2)
+            lam = self._kernel_lambdas()[-1]
+            terms = type_means(beta_a=beta_a, lambda_t=lam, margin=logit / lam, logit=logit, mass=mass, cost=cost)
+        return new_pose.view(n, length, j, d), new_act.view(n, length, j), r, terms
 
     def _gpu_kernel(self, votes: LazyVotes, need_coefficients: bool):
         """The Triton EM kernel when it applies (CUDA, matrix votes, per-child weights, no offsets, no
@@ -326,7 +334,11 @@ class EMRouting(Routing):
         backward recomputes each block instead of storing its votes. Coefficients come back
         detached (None unless ``need_coefficients``).
         """
-        if self.diagnostics:  # telemetry's activation terms are per layer: the reference path fills them
+        # With telemetry on (validation epochs), coupled windows need the reference path for the terms, and
+        # portable numerics keep it: it is the path the committed ci records were made with, so changing it
+        # means re-recording them on the CI machine (docs/remedies.md, cost section). Elsewhere the fast path
+        # serves telemetry too: 2.4-3.2x less CPU per validation batch (benchmarks/em_eval_cost.py).
+        if self.diagnostics and (self.normalised_over != "parents" or numerics.active() == "portable"):
             return self.forward(votes.materialize(), activation, votes.pose, geometry)
         out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
         with torch.autocast(device_type=votes.pose.device.type, enabled=False):
@@ -337,7 +349,7 @@ class EMRouting(Routing):
                 new_pose, new_act, r = self._iterate(x, x.centre, a, beta_u, beta_a, geometry)
                 coefficients = r.detach().transpose(2, 3).to(out_dtype) if need_coefficients else None
                 return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
-            kernel = self._gpu_kernel(votes, need_coefficients)
+            kernel = self._gpu_kernel(votes, need_coefficients or self.diagnostics)  # it returns no terms
             if kernel is not None:
                 n, length, i, j, d = votes.shape
                 new_pose, new_act = kernel(
@@ -353,13 +365,47 @@ class EMRouting(Routing):
                 new_pose, new_act, r = self.route(v.unsqueeze(0), a.unsqueeze(0), bu, ba)
                 return new_pose[0], new_act[0], r[0]
 
-            compiled = self._cpu_kernel(votes, activation, beta_u, beta_a, dtype, need_coefficients)
+            compiled = self._cpu_kernel(votes, activation, beta_u, beta_a, dtype, need_coefficients, self.diagnostics)
             self.last_backend = cpu_em.backend(dtype) if compiled else None
-            new_pose, new_act, r = compiled or fused.route_in_blocks(
-                window_block, votes, activation.to(dtype), (beta_u, beta_a), dtype, need_coefficients
-            )
-        coefficients = r.transpose(-1, -2).to(out_dtype) if r is not None else None
+            if compiled:
+                new_pose, new_act, r, terms = compiled
+            else:  # the blockwise path; telemetry's terms need the coefficients of the last M-step
+                new_pose, new_act, r = fused.route_in_blocks(
+                    window_block, votes, activation.to(dtype), (beta_u, beta_a), dtype,
+                    need_coefficients or self.diagnostics,
+                )  # fmt: skip
+                terms = self._final_terms(votes, activation.to(dtype), r, beta_u, beta_a, dtype)
+            if self.diagnostics:
+                self.last_terms = terms
+        coefficients = r.transpose(-1, -2).to(out_dtype) if need_coefficients else None
         return RoutingOutput(new_pose.to(out_dtype), new_act.to(out_dtype), coefficients)
+
+    def _final_terms(self, votes: LazyVotes, activation, r, beta_u, beta_a, dtype) -> dict[str, torch.Tensor]:
+        """``last_terms`` of the final M-step (None without diagnostics), recomputed a block of windows at a time.
+
+        The blockwise path returns the outputs and the coefficients ``R [N, L, J, I]`` that entered the last
+        M-step; its activation terms are that one M-step again (``_m_step``, the reference's own) on each
+        block's votes. Telemetry then keeps the fast path's memory and outputs instead of materialising the
+        layer's votes for the reference path (the compiled CPU kernel writes the terms itself: faster still;
+        measured in ``benchmarks/em_eval_cost.py``).
+        """
+        if not self.diagnostics:
+            return None
+        n, length, i, j, _ = votes.shape
+        lambdas = self._kernel_lambdas()
+        lam = lambdas[-1]
+        if len(lambdas) == 1 and self.initial_coefficients == "one":
+            r = torch.ones_like(r)  # that single M-step ran on R = 1; the paths return the normaliser's 1/J
+
+        def terms(v, a, r_block):
+            x, _ = prepare_votes(v.unsqueeze(0), a.unsqueeze(0))
+            weights = self._weights(r_block.unsqueeze(0), a.unsqueeze(0).unsqueeze(2))
+            _, _, logit, parts = self._m_step(weights, x, beta_u, beta_a, lam)
+            return logit[0], parts["mass"][0], parts["cost"][0]
+
+        per_window = (activation.reshape(n * length, i), r.reshape(n * length, j, i))
+        logit, mass, cost = (t.view(n, length, j) for t in fused.map_windows(terms, votes, dtype, per_window))
+        return type_means(beta_a=beta_a, lambda_t=lam, margin=logit / lam, logit=logit, mass=mass, cost=cost)
 
     def _m_step(self, weights, x, beta_u, beta_a, lam):
         """-> mean, variance, activation logit, and the activation's terms (mass, cost) ``[N, L, J]``."""

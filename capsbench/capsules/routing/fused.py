@@ -118,6 +118,35 @@ def _block_votes(pose: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor
     return votes if offsets is None else votes + offsets[:, None, :]
 
 
+def _map_blocks(fn, how, block: int, pose, weight, offsets, sliced, shared) -> list[torch.Tensor]:
+    """``fn(votes_block, *sliced_blocks, *shared)`` over the blocks of windows, outputs concatenated over blocks."""
+    parts = []
+    for start in range(0, pose.shape[0], block):
+        stop = min(start + block, pose.shape[0])
+        v = _block_votes(pose[start:stop], weight, offsets, how)
+        parts.append(fn(v, *[t[start:stop] for t in sliced], *shared))
+    return [torch.cat(column) for column in zip(*parts)]
+
+
+def map_windows(
+    fn: Callable[..., tuple[torch.Tensor, ...]],
+    votes: LazyVotes,
+    dtype: torch.dtype,
+    sliced: Sequence[torch.Tensor] = (),
+    shared: Sequence[torch.Tensor] = (),
+    block: int | None = None,
+) -> list[torch.Tensor]:
+    """``fn(v [B, I, J, D], *sliced_blocks, *shared)`` over every block of windows, without autograd.
+
+    For what reads the votes once more after the routing (telemetry's activation terms): the
+    per-window tensors in ``sliced`` (``[N*L, ...]``) are cut into the same blocks as the votes;
+    ``fn`` returns per-window tensors ``[B, ...]``, concatenated over blocks (``[N*L, ...]``).
+    """
+    pose, weight, offsets, how, block = _flat_inputs(votes, dtype, block)
+    with torch.no_grad():
+        return _map_blocks(fn, how, block, pose, weight, offsets, sliced, shared)
+
+
 class _Blockwise(torch.autograd.Function):
     """``fn`` over blocks of windows, forward without autograd; backward recomputes each block under autograd.
 
@@ -130,16 +159,9 @@ class _Blockwise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fn, how, block, n_sliced, n_diff, pose, weight, offsets, *rest):
-        p = pose.shape[0]
-        parts = []
-        for start in range(0, p, block):
-            stop = min(start + block, p)
-            v = _block_votes(pose[start:stop], weight, offsets, how)
-            sliced = [t[start:stop] for t in rest[:n_sliced]]
-            parts.append(fn(v, *sliced, *rest[n_sliced:]))
+        outs = _map_blocks(fn, how, block, pose, weight, offsets, rest[:n_sliced], rest[n_sliced:])
         ctx.fn, ctx.how, ctx.block, ctx.n_sliced, ctx.n_diff = fn, how, block, n_sliced, n_diff
         ctx.save_for_backward(pose, weight, offsets, *rest)
-        outs = [torch.cat(column) for column in zip(*parts)]
         ctx.mark_non_differentiable(*outs[n_diff:])
         return tuple(outs)
 

@@ -173,7 +173,7 @@ def _bind(lib: Library) -> Kernel:
     head = [ctypes.c_long, ctypes.c_long, i, i, i, *[p] * 7, r, r, i]
     names = ("em_forward", "em_backward", "sum_blocks", "exp_values", "state_size", "widest_vector_bytes")
     fwd, bwd, total, exp_values, state_size, widest = map(lib.function, names)
-    fwd.argtypes = [*head, *[p] * 4]  # outputs: pose, activation, coefficients, state (the backward's)
+    fwd.argtypes = [*head, *[p] * 5]  # outputs: pose, activation, coefficients, state (the backward's), terms
     bwd.argtypes = [*head, *[p] * 8]  # output gradients, input gradients, state
     state_size.argtypes, state_size.restype = [i, i, i], ctypes.c_long
     total.argtypes, total.restype = [ctypes.c_long, ctypes.c_long, p, p], None

@@ -55,7 +55,7 @@ def usable(pose: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | Non
 class _EMWindows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pose, act, weight, beta_u, beta_a, offsets, lambdas, min_var, cost_div, need_coefficients,
-                keep_state, variant=0):  # fmt: skip
+                keep_state, variant=0, terms=None):  # fmt: skip
         kernel = build.load(pose.dtype)
         pose, act, weight = pose.contiguous(), act.contiguous(), weight.contiguous()
         beta_u, beta_a = beta_u.contiguous(), beta_a.contiguous()
@@ -72,7 +72,7 @@ class _EMWindows(torch.autograd.Function):
         args = (i, j, len(lambdas), pose.data_ptr(), act.data_ptr(), weight.data_ptr(), ptr(offsets),
                 beta_u.data_ptr(), beta_a.data_ptr(), lam.data_ptr(), min_var, cost_div, variant,
                 out_pose.data_ptr(), out_act.data_ptr(), coef.data_ptr() if need_coefficients else None,
-                ptr(state))  # fmt: skip
+                ptr(state), ptr(terms))  # fmt: skip
         run_blocks(lambda k, start, stop: kernel.forward(start, stop, *args), blocks(p), WHAT)
         ctx.save_for_backward(pose, act, weight, beta_u, beta_a, offsets, lam, state)
         ctx.settings = (min_var, cost_div, variant)
@@ -110,22 +110,29 @@ class _EMWindows(torch.autograd.Function):
 
         grad_w = total(part_w).view(weight.shape) if want_w else None
         grad_b = total(part_b)
-        return grad_pose, grad_act, grad_w, grad_b[0], grad_b[1], None, None, None, None, None, None, None
+        return grad_pose, grad_act, grad_w, grad_b[0], grad_b[1], None, None, None, None, None, None, None, None
 
 
-def em_routing_cpu(pose, act, weight, beta_u, beta_a, offsets, *, lambdas, min_var, cost, need_coefficients, variant=0):
+def em_routing_cpu(pose, act, weight, beta_u, beta_a, offsets, *, lambdas, min_var, cost, need_coefficients, variant=0,
+                   terms=None):  # fmt: skip
     """EM over windows ``pose [P, I, 16]``, ``act [P, I]``, per-child ``weight [I, J, 4, 4]``, ``offsets [I, 16]``.
 
     ``variant``: 0 (capsbench's EM) or the flags ``RENORMALISE | INITIAL_ONE``; one M-step per lambda
     (the ``coefficients="uniform"`` control is one lambda, the last).
 
     Returns pose ``[P, J, 16]``, activation ``[P, J]`` and, when ``need_coefficients``, the
-    detached coefficients ``[P, J, I]`` (else None). Call only where :func:`usable` holds.
+    detached coefficients ``[P, J, I]`` (else None). ``terms``: an optional ``[P, 3, J]`` buffer (the
+    poses' dtype, contiguous) the forward fills with the last M-step's mass, cost and activation logit
+    per parent, as telemetry reads them (``EMRouting.last_terms``); it gets no gradient. Call only where
+    :func:`usable` holds.
     """
+    if terms is not None and (terms.shape != (act.shape[0], 3, weight.shape[1]) or terms.dtype != pose.dtype
+                              or not terms.is_contiguous()):  # fmt: skip
+        raise ValueError(f"terms: expected a contiguous {pose.dtype} buffer [P, 3, J], got {tuple(terms.shape)}")
     cost_div = float(act.shape[1]) if cost == "mean" else 1.0
     keep_state = torch.is_grad_enabled() and any(t.requires_grad for t in (pose, act, weight, beta_u, beta_a))
     out_pose, out_act, coef = _EMWindows.apply(
         pose, act, weight, beta_u, beta_a, offsets, tuple(lambdas), float(min_var), cost_div, need_coefficients,
-        keep_state, variant,
+        keep_state, variant, terms,
     )  # fmt: skip
     return out_pose, out_act, (coef if need_coefficients else None)

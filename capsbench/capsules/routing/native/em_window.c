@@ -9,7 +9,7 @@
  *
  * Layouts (arguments): pose [P, I, 16] (U[i, r, k] at 4r + k), act [P, I], weight [I, J, 4, 4]
  * (W[i, j, k, c]), offsets [I, 16] or NULL, out_pose [P, J, 16], out_act [P, J], coef [P, J, I]
- * or NULL. A vote is v[i, j, 4r + c] = sum_k U[i, r, k] W[i, j, k, c] (+ offset).
+ * or NULL, terms [P, 3, J] (the last M-step's mass, cost and logit, for telemetry) or NULL. A vote is v[i, j, 4r + c] = sum_k U[i, r, k] W[i, j, k, c] (+ offset).
  *
  * Why per window: a window's votes (I x J x 16) are recomputed into a private buffer that
  * stays in L2 while every iteration reads it; nothing votes-sized reaches main memory. The
@@ -349,7 +349,8 @@ static void window_forward(Work *w, const REAL *u, const REAL *a, const REAL *of
 
 int NAME(em_forward)(long p0, long p1, int I, int J, int T, const REAL *pose, const REAL *act, const REAL *weight,
                      const REAL *offsets, const REAL *beta_u, const REAL *beta_a, const REAL *lambdas, REAL min_var,
-                     REAL cost_div, int variant, REAL *out_pose, REAL *out_act, REAL *coef, REAL *state) {
+                     REAL cost_div, int variant, REAL *out_pose, REAL *out_act, REAL *coef, REAL *state,
+                     REAL *terms) {
     Work w;
     if (work_alloc(&w, I, J, T, variant, weight)) return -1;
     const int JP = w.JP;
@@ -367,6 +368,15 @@ int NAME(em_forward)(long p0, long p1, int I, int J, int T, const REAL *pose, co
             const REAL *r = w.r + (size_t)(T - 1) * I * JP;
             for (int j = 0; j < J; j++)
                 for (int i = 0; i < I; i++) coef[((size_t)p * J + j) * I + i] = T > 1 ? r[(size_t)i * JP + j] : (REAL)1 / J;
+        }
+        if (terms) { /* telemetry: the last M-step's mass, cost (m_step's expression, same bits) and logit [3, J] */
+            const REAL *mass = w.mass + (size_t)(T - 1) * JP, *lv = w.logvar + (size_t)(T - 1) * JP;
+            REAL *out = terms + (size_t)p * 3 * J;
+            for (int j = 0; j < J; j++) {
+                out[j] = mass[j];
+                out[J + j] = (POSE * beta_u[j] + (REAL)0.5 * lv[j]) * mass[j] / cost_div;
+                out[2 * J + j] = w.logit[(size_t)(T - 1) * JP + j];
+            }
         }
     }
     free(w.base);
