@@ -140,6 +140,12 @@ def inverse_temperatures(final_lambda: float, iterations: int) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 
 
+def last_m_step_terms(beta_a, lam, logit, mass, cost) -> dict[str, torch.Tensor]:
+    """``last_terms`` from the last M-step's ``[N, L, J]`` logit, mass and cost: one definition for the reference
+    path, the compiled kernel's output and the blockwise recomputation."""
+    return type_means(beta_a=beta_a, lambda_t=lam, margin=logit / lam, logit=logit, mass=mass, cost=cost)
+
+
 class EMRouting(Routing):
     """EM routing; see the module docstring for the formulas and the options.
 
@@ -245,7 +251,7 @@ class EMRouting(Routing):
                 r = norm(self._log_likelihood(x, mean, var) + F.logsigmoid(logit).unsqueeze(-1))
         # the reference path sets the layer's terms here; the blockwise path runs this per block, then replaces them
         if self.diagnostics:
-            self.last_terms = type_means(beta_a=beta_a, lambda_t=lam, margin=logit / lam, logit=logit, **terms)
+            self.last_terms = last_m_step_terms(beta_a, lam, logit, terms["mass"], terms["cost"])
         return mean + centre, torch.sigmoid(logit), r
 
     def _weights(self, r, a_child):
@@ -308,7 +314,7 @@ class EMRouting(Routing):
         if terms is not None:
             mass, cost, logit = terms.view(n, length, 3, j).unbind(2)
             lam = self._kernel_lambdas()[-1]
-            terms = type_means(beta_a=beta_a, lambda_t=lam, margin=logit / lam, logit=logit, mass=mass, cost=cost)
+            terms = last_m_step_terms(beta_a, lam, logit, mass, cost)
         return new_pose.view(n, length, j, d), new_act.view(n, length, j), r, terms
 
     def _gpu_kernel(self, votes: LazyVotes, need_coefficients: bool):
@@ -337,7 +343,7 @@ class EMRouting(Routing):
         # With telemetry on (validation epochs), coupled windows need the reference path for the terms, and
         # portable numerics keep it: it is the path the committed ci records were made with, so changing it
         # means re-recording them on the CI machine (docs/remedies.md, cost section). Elsewhere the fast path
-        # serves telemetry too: 2.4-3.2x less CPU per validation batch (benchmarks/em_eval_cost.py).
+        # serves telemetry too: 2.3-4.3x less CPU per validation batch (benchmarks/em_eval_cost.py).
         if self.diagnostics and (self.normalised_over != "parents" or numerics.active() == "portable"):
             return self.forward(votes.materialize(), activation, votes.pose, geometry)
         out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
@@ -405,7 +411,7 @@ class EMRouting(Routing):
 
         per_window = (activation.reshape(n * length, i), r.reshape(n * length, j, i))
         logit, mass, cost = (t.view(n, length, j) for t in fused.map_windows(terms, votes, dtype, per_window))
-        return type_means(beta_a=beta_a, lambda_t=lam, margin=logit / lam, logit=logit, mass=mass, cost=cost)
+        return last_m_step_terms(beta_a, lam, logit, mass, cost)
 
     def _m_step(self, weights, x, beta_u, beta_a, lam):
         """-> mean, variance, activation logit, and the activation's terms (mass, cost) ``[N, L, J]``."""

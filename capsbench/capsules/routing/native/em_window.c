@@ -9,7 +9,8 @@
  *
  * Layouts (arguments): pose [P, I, 16] (U[i, r, k] at 4r + k), act [P, I], weight [I, J, 4, 4]
  * (W[i, j, k, c]), offsets [I, 16] or NULL, out_pose [P, J, 16], out_act [P, J], coef [P, J, I]
- * or NULL, terms [P, 3, J] (the last M-step's mass, cost and logit, for telemetry) or NULL. A vote is v[i, j, 4r + c] = sum_k U[i, r, k] W[i, j, k, c] (+ offset).
+ * or NULL, terms [P, 3, J] (the last M-step's mass, cost and logit, for telemetry) or NULL. A vote
+ * is v[i, j, 4r + c] = sum_k U[i, r, k] W[i, j, k, c] (+ offset).
  *
  * Why per window: a window's votes (I x J x 16) are recomputed into a private buffer that
  * stays in L2 while every iteration reads it; nothing votes-sized reaches main memory. The
