@@ -4,12 +4,16 @@ Why: the same run on another x86 CPU gives other numbers in ``native`` mode. Re-
 committed paper-mini record capsnet-self / mnist / depth 1 on an AVX-512 machine gave 85.5%
 test accuracy against the committed 85.9% (issue 15): ATen picks vectorised kernels (and Sleef
 transcendental functions) by the CPU's instruction set, MKL picks GEMM code paths by CPU, oneDNN
-JIT-compiles convolutions for the CPU it finds, and the number of threads changes how reductions
-are split. ``portable`` pins every one of these:
+JIT-compiles convolutions for the CPU it finds, NNPACK (ATen's convolution once oneDNN is off, for
+batches of 16 or more) sizes its blocks from the CPU's cache sizes, and the number of threads changes
+how reductions are split. ``portable`` pins every one of these:
 
 - ``ATEN_CPU_CAPABILITY=default``: ATen's non-vectorised kernels, the same code on every x86 CPU;
 - ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility, one code path for all CPUs;
 - ``torch.backends.mkldnn`` off: no oneDNN (its kernels are generated for the CPU found at run time);
+- ``torch.backends.nnpack`` off: ATen's own im2col + GEMM convolution. NNPACK blocks its channel sums by
+  the cache sizes cpuinfo reports, so an Intel Xeon and an AMD EPYC sum in other orders (found
+  2026-12-03: every ci record failed ``verify`` on Intel by float32 rounding; benchmarks/README.md);
 - one intra-op thread, and deterministic algorithms.
 
 What it does not pin: the software (torch, MKL, glibc's libm). Records state both the mode and
@@ -23,7 +27,7 @@ Measured cost and cross-ISA evidence: benchmarks/README.md ("Numerics modes").
 Example::
 
     env = process_env("portable")           # {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
-    with applied("portable"):               # mkldnn off, one thread, for the duration of a run
+    with applied("portable"):               # mkldnn and nnpack off, one thread, for the duration of a run
         ...
 """
 
@@ -73,38 +77,31 @@ def check_process(mode: str) -> None:
             )
 
 
-_active: str | None = None  # the mode of the run in progress (``applied``); None outside a run
-
-
-def active() -> str | None:
-    """The numerics mode of the run in progress, None outside ``applied`` (code that must keep a path for
-    portable records asks this: EM's validation under telemetry, ``EMRouting.forward_lazy``)."""
-    return _active
-
-
 @contextlib.contextmanager
 def applied(mode: str):
     """The in-process part of ``mode`` for the duration of a run; the previous settings come back after."""
     import torch
 
-    global _active
     check_process(mode)
-    saved_mode, _active = _active, mode
     if mode != "portable":
-        try:
-            yield
-        finally:
-            _active = saved_mode
+        yield
         return
-    saved = (torch.backends.mkldnn.enabled, torch.get_num_threads())
+    saved = (torch.backends.mkldnn.enabled, torch.backends.nnpack.set_flags(False)[0], torch.get_num_threads())
     torch.backends.mkldnn.enabled = False
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.backends.mkldnn.enabled = saved[0]
-        torch.set_num_threads(saved[1])
-        _active = saved_mode
+        torch.backends.nnpack.set_flags(saved[1])
+        torch.set_num_threads(saved[2])
+
+
+def _nnpack_enabled() -> bool:
+    """Whether ATen may route convolutions to NNPACK (torch.backends.nnpack exposes a setter and no getter)."""
+    import torch
+
+    return bool(torch._C._get_nnpack_enabled())
 
 
 @lru_cache(maxsize=1)
@@ -128,9 +125,11 @@ def describe() -> dict:
 
     return {
         "mode": "portable" if not missing_env("portable") and torch.backends.cpu.get_cpu_capability() == "DEFAULT"
-        and not torch.backends.mkldnn.enabled and torch.get_num_threads() == 1 else "native",
+        and not torch.backends.mkldnn.enabled and not _nnpack_enabled()
+        and torch.get_num_threads() == 1 else "native",
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkl_cbwr": os.environ.get("MKL_CBWR"),
         "mkldnn": bool(torch.backends.mkldnn.enabled),
+        "nnpack": _nnpack_enabled(),
         "threads": torch.get_num_threads(),
     }

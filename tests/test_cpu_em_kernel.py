@@ -366,18 +366,3 @@ def test_diagnostics_keep_the_fast_path_and_fill_the_reference_terms(variant, la
         torch.testing.assert_close(terms[key], value, rtol=1e-9, atol=1e-12, msg=key)
     assert torch.equal(out.pose, plain_out.pose) and torch.equal(out.activation, plain_out.activation)
     torch.testing.assert_close(out.activation, expected_out.activation, rtol=1e-9, atol=1e-12)
-
-
-def test_portable_numerics_keep_the_reference_path_under_diagnostics(kernel_calls, monkeypatch):
-    """The committed ci records (portable numerics) were made with EM's validation on the reference path:
-    there it stays, bit for bit, until they are re-recorded on the CI machine."""
-    from capsbench import numerics
-
-    monkeypatch.setattr(numerics, "_active", "portable")
-    ref, fus = pair("conv_k3_s1_p1", {}, torch.float64, 3)
-    pose, act = inputs(torch.float64)
-    expected_out, expected = _terms_and_outputs(ref, pose, act, True)
-    out, terms = _terms_and_outputs(fus, pose, act, True)
-    assert kernel_calls == []
-    assert torch.equal(out.pose, expected_out.pose) and torch.equal(out.activation, expected_out.activation)
-    assert all(torch.equal(terms[k], v) for k, v in expected.items())

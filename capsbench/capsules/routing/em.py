@@ -102,7 +102,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from capsbench import numerics
 from capsbench.capsules.routing import declared_options, fused
 from capsbench.capsules.routing.base import (
     IDENTITY_GEOMETRY,
@@ -340,11 +339,10 @@ class EMRouting(Routing):
         backward recomputes each block instead of storing its votes. Coefficients come back
         detached (None unless ``need_coefficients``).
         """
-        # With telemetry on (validation epochs), coupled windows need the reference path for the terms, and
-        # portable numerics keep it: it is the path the committed ci records were made with, so changing it
-        # means re-recording them on the CI machine (docs/remedies.md, cost section). Elsewhere the fast path
-        # serves telemetry too: 2.3-4.3x less CPU per validation batch (benchmarks/em_eval_cost.py).
-        if self.diagnostics and (self.normalised_over != "parents" or numerics.active() == "portable"):
+        # With telemetry on (validation epochs), coupled windows need the reference path for the terms.
+        # Independent windows keep the fast path: the kernel writes the terms too, 2.3-4.3x less CPU per
+        # validation batch than the reference path (benchmarks/em_eval_cost.py).
+        if self.diagnostics and self.normalised_over != "parents":
             return self.forward(votes.materialize(), activation, votes.pose, geometry)
         out_dtype, dtype = votes.pose.dtype, compute_dtype(votes.pose.dtype)
         with torch.autocast(device_type=votes.pose.device.type, enabled=False):
