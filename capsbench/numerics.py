@@ -5,15 +5,16 @@ committed paper-mini record capsnet-self / mnist / depth 1 on an AVX-512 machine
 test accuracy against the committed 85.9% (issue 15): ATen picks vectorised kernels (and Sleef
 transcendental functions) by the CPU's instruction set, MKL picks GEMM code paths by CPU, oneDNN
 JIT-compiles convolutions for the CPU it finds, NNPACK (ATen's convolution once oneDNN is off, for
-batches of 16 or more) sizes its blocks from the CPU's cache sizes, and the number of threads changes
+batches of 16 or more) sizes its blocks from the CPU's caches, and the number of threads changes
 how reductions are split. ``portable`` pins every one of these:
 
 - ``ATEN_CPU_CAPABILITY=default``: ATen's non-vectorised kernels, the same code on every x86 CPU;
 - ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility, one code path for all CPUs;
 - ``torch.backends.mkldnn`` off: no oneDNN (its kernels are generated for the CPU found at run time);
-- ``torch.backends.nnpack`` off: ATen's own im2col + GEMM convolution. NNPACK blocks its channel sums by
-  the cache sizes cpuinfo reports, so an Intel Xeon and an AMD EPYC sum in other orders (found
-  2026-12-03: every ci record failed ``verify`` on Intel by float32 rounding; benchmarks/README.md);
+- ``torch.backends.nnpack`` off: ATen's own im2col + GEMM convolution. NNPACK dispatches through cpuinfo
+  and sizes its blocks from the cache sizes it reports, properties of the CPU model that no variable
+  above touches. It was in the path of every portable run until 2026-12-03, after every ci record had
+  failed ``verify`` on an Intel Xeon by float32 rounding (benchmarks/README.md, "Numerics modes");
 - one intra-op thread, and deterministic algorithms.
 
 What it does not pin: the software (torch, MKL, glibc's libm). Records state both the mode and

@@ -42,8 +42,8 @@ def test_records_state_the_cpu_model_and_numerics():
 
 
 def test_a_portable_process_applies_and_reports_the_mode():
-    # NNPACK must be off inside: its blocking follows the CPU's cache sizes, so Intel and AMD sum convolutions in
-    # other orders (every ci record failed verify on an Intel Xeon until portable turned it off)
+    # NNPACK must be off inside: it dispatches and blocks by the CPU model (cpuinfo), which ATEN_CPU_CAPABILITY and
+    # MKL_CBWR do not pin; with it on, every ci record failed verify on an Intel Xeon
     code = ("import torch\nfrom capsbench import numerics\nwith numerics.applied('portable'):\n"
             "    d = numerics.describe()\n"
             "print(d['mode'], d['aten_cpu_capability'], d['mkldnn'], d['nnpack'], d['threads'],"
