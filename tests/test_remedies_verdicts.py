@@ -413,3 +413,22 @@ def test_cli_marks_record_rows_and_rejects_records_elsewhere(tmp_path, capsys):
     assert main(["report", str(runs), "--questions", "remedies", "--plan", "none",
                  "--records", str(tmp_path / "nowhere")]) == 2
     assert "is not a folder of leaderboard records" in capsys.readouterr().err
+
+
+def test_b_on_the_mean_is_reported_beside_the_registered_verdict_and_never_replaces_it(tmp_path):
+    # mean 0.843 < 0.90, upper end 0.94 >= 0.90: the registered B restores (cures), the mean would not (hides)
+    plain_reference(tmp_path, accuracy=0.95)
+    half_dead_plain(tmp_path)
+    for seed, acc in enumerate((0.80, 0.85, 0.88)):
+        write_run(tmp_path, remedy="res", seed=seed, accuracy=acc)
+    for seed in range(3):  # an arm whose mean passes: both rules agree, nothing to list
+        write_run(tmp_path, remedy="ln", seed=seed, accuracy=0.93)
+    v = verdict_of(tmp_path)
+    assert (v["B"], v["verdict"]) == ("restored", CURES)
+    assert (v["B_mean"], v["verdict_if_B_on_mean"]) == ("not restored", HIDES)
+    agree = verdict_of(tmp_path, name="pose-norm+norm=layer")
+    assert agree["verdict"] == agree["verdict_if_B_on_mean"] == CURES
+    text = remedies_markdown(remedy_verdicts([tmp_path], log=lambda line: None), {})
+    section = text.split("### Sensitivity: B on the mean")[1].split("## Which remedy")[0]
+    assert "| dynamic | res | 10 | 3 | 84.3% vs 90.0% | cures | hides the symptom |" in section
+    assert "pose-norm" not in section

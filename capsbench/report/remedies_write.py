@@ -23,6 +23,7 @@ from capsbench.io import write_text
 from capsbench.report.markdown import details, fmt_ci, fmt_num, fmt_pct, md_table, table_or_note
 from capsbench.report.questions import plan_runs
 from capsbench.report.remedies_verdicts import (
+    ACCURACY_SLACK,
     COLLAPSE,
     RHO_HIGH,
     RHO_LOW,
@@ -149,6 +150,17 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
     out.append(table_or_note(["routing", "arm", "depth", "seeds", "A: dead fraction (arm vs plain)", "B: accuracy",
                               "C: rho", "verdict", "deepest layer p5 / p50 / entropy"],
                              _verdict_rows(verdicts), "No remedy run finished yet."))
+
+    flips = [v for v in verdicts["verdicts"] if v.get("verdict_if_B_on_mean", v["verdict"]) != v["verdict"]]
+    out += ["", "### Sensitivity: B on the mean (reported, not the registered rule)", "",
+            "The verdicts that would change if B asked the mean accuracy, not the upper end of its 95% interval, to "
+            "reach A_ref - 5 points. The registered rule decides; this lists where that choice matters.", ""]
+    out.append(table_or_note(
+        ["routing", "arm", "depth", "seeds", "mean accuracy vs A_ref - 5 points", "verdict", "with B on the mean"],
+        [[v["routing"], v["name"], v["depth"], len(v["seeds"]),
+          f"{fmt_pct(v['accuracy'])} vs {fmt_pct(v['a_ref'] - ACCURACY_SLACK)}", v["verdict"],
+          v["verdict_if_B_on_mean"]] for v in flips],
+        "No verdict depends on it."))
 
     out += ["", "## Which remedy keeps capsules alive deepest?", ""]
     rows = [[d["routing"], d["answer"], fmt_pct(d.get("accuracy")),
