@@ -53,20 +53,17 @@ def evaluate_checkpoint(run_dir: str, impl: str, mechanism: bool) -> dict:
     from capsbench.config import RunConfig
     from capsbench.data import build_data
     from capsbench.metrics.system import process_peak_rss_mb
-    from capsbench.registry import MODELS
     from capsbench.train.loop import Trainer, evaluate
-    from capsbench.train.losses import build_loss
+    from capsbench.train.parts import build_model, build_run_loss
 
     run = Path(run_dir)
     cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run / "config.yaml"))
     cfg.model.routing_impl = impl
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
     data = build_data(cfg.data)
-    model = MODELS.get(cfg.model.arch)(
-        cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
-    )
+    model = build_model(cfg, data)
     model.load_state_dict(state["model"])
-    loss_fn = build_loss(cfg.train.loss or model.reference_loss, OmegaConf.to_container(cfg.train.loss_options))
+    _, loss_fn = build_run_loss(cfg, model)
     trainer = Trainer(model, model, loss_fn, None, torch.device("cpu"))
     x = torch.stack([data.val[k][0] for k in range(len(data.val))])
     y = torch.tensor([int(data.val[k][1]) for k in range(len(data.val))])

@@ -26,14 +26,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from capsbench import spec
-from capsbench.config import plain
 from capsbench.data import build_data
 from capsbench.env import environment
 from capsbench.io import write_json
-from capsbench.registry import MODELS
 from capsbench.train.loop import Trainer, _step, evaluate
-from capsbench.train.losses import build_loss
 from capsbench.train.optim import build_optimizer
+from capsbench.train.parts import build_model, build_run_loss
 
 HERE = Path(__file__).resolve().parent
 SPEC = HERE.parent / "specs" / "long" / "confirmation.yaml"
@@ -42,10 +40,8 @@ SPEC = HERE.parent / "specs" / "long" / "confirmation.yaml"
 def measure(cfg, steps: int, repeats: int) -> dict:
     torch.manual_seed(0)
     data = build_data(cfg.data)
-    model = MODELS.get(cfg.model.arch)(
-        cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=tuple(data.image_size)
-    )
-    loss_fn = build_loss(cfg.train.loss or model.reference_loss, plain(cfg.train.loss_options))
+    model = build_model(cfg, data)
+    _, loss_fn = build_run_loss(cfg, model)
     t = Trainer(model, model, loss_fn, build_optimizer(model.parameters(), cfg.train.optimizer), torch.device("cpu"))
     train = DataLoader(data.train, batch_size=cfg.train.batch_size, shuffle=False)
     val = DataLoader(data.val, batch_size=cfg.train.eval_batch_size)

@@ -40,15 +40,13 @@ class Clock:
 
 def main() -> None:
     import torch
-    from omegaconf import OmegaConf
     from run_fused_benchmark import CONFIGS
 
     from capsbench import spec as spec_mod
     from capsbench.capsules.routing.native import build, cpu_em
     from capsbench.data import build_data
-    from capsbench.registry import MODELS
-    from capsbench.train.losses import build_loss
     from capsbench.train.optim import build_optimizer
+    from capsbench.train.parts import build_model, build_run_loss
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="paper-mini", choices=["paper-mini", "32x32"])
@@ -66,10 +64,8 @@ def main() -> None:
     batch = int(cfg.train.batch_size)
     x = torch.stack([data.train[i % len(data.train)][0] for i in range(batch)])
     y = torch.tensor([int(data.train[i % len(data.train)][1]) for i in range(batch)])
-    model = MODELS.get(cfg.model.arch)(
-        cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
-    )
-    loss_fn = build_loss(cfg.train.loss or model.reference_loss, OmegaConf.to_container(cfg.train.loss_options))
+    model = build_model(cfg, data)
+    _, loss_fn = build_run_loss(cfg, model)
     optimizer = build_optimizer(model.parameters(), cfg.train.optimizer)
 
     clock = Clock()

@@ -29,10 +29,9 @@ def measure(cfg, steps: int = 5, warmup: int = 1, phase: str = "train") -> dict:
 
     from capsbench.data import build_data
     from capsbench.metrics.system import process_peak_rss_mb
-    from capsbench.registry import MODELS
     from capsbench.train.loop import Trainer, evaluate
-    from capsbench.train.losses import build_loss
     from capsbench.train.optim import build_optimizer
+    from capsbench.train.parts import build_model, build_run_loss
     from capsbench.train.runner import resolve_device, routing_backends, routing_implementations
 
     torch.manual_seed(cfg.seed)
@@ -42,10 +41,8 @@ def measure(cfg, steps: int = 5, warmup: int = 1, phase: str = "train") -> dict:
     index = torch.arange(batch) % len(data.train)
     x = torch.stack([data.train[int(i)][0] for i in index]).to(device)
     y = torch.tensor([int(data.train[int(i)][1]) for i in index], device=device)
-    model = MODELS.get(cfg.model.arch)(
-        cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
-    ).to(device)
-    loss_fn = build_loss(cfg.train.loss or model.reference_loss, OmegaConf.to_container(cfg.train.loss_options))
+    model = build_model(cfg, data, device)
+    _, loss_fn = build_run_loss(cfg, model)
     optimizer = build_optimizer(model.parameters(), cfg.train.optimizer)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.train.amp))
     if cfg.train.compile and phase == "train":  # the runner evaluates the eager model

@@ -40,14 +40,13 @@ from capsbench.io import write_text
 from capsbench.metrics.grad_norms import GradNorms
 from capsbench.metrics.layers import capsule_layers
 from capsbench.metrics.system import peak_memory_mb, reset_peak_memory
-from capsbench.registry import MODELS
 from capsbench.results.run_record import RUN_RECORD_VERSION, read_record, write_record
 from capsbench.runlock import run_lock
 from capsbench.train.checkpoint import load_checkpoint, save_checkpoint
 from capsbench.train.display import Display
 from capsbench.train.loop import Trainer, evaluate, train_epoch
-from capsbench.train.losses import build_loss
 from capsbench.train.optim import build_optimizer, build_scheduler
+from capsbench.train.parts import build_model, build_run_loss
 from capsbench.train.precise_bn import recompute_bn_statistics
 from capsbench.train.rng import epoch_generator, rng_state, seed_everything, set_rng_state
 from capsbench.train.signals import StopFlag, sigterm_as_interrupt
@@ -176,19 +175,8 @@ class _Run:
     def _build(self, data) -> _Parts:
         cfg = self.cfg
         seed_everything(cfg.seed)  # right before the model: its init never depends on what ran earlier
-        MODELS.check(cfg.model.arch, "model.arch")
-        model = MODELS.get(cfg.model.arch)(
-            cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=tuple(data.image_size)
-        ).to(self.device)
-        loss_name = cfg.train.loss or getattr(model, "reference_loss", None)
-        if not loss_name:
-            raise UserError(f"train.loss: model '{cfg.model.arch}' declares no reference loss; set train.loss")
-        options = (
-            OmegaConf.to_container(cfg.train.loss_options)
-            if isinstance(cfg.train.loss_options, DictConfig)
-            else cfg.train.loss_options
-        )
-        loss_fn = build_loss(loss_name, options)
+        model = build_model(cfg, data, self.device)
+        loss_name, loss_fn = build_run_loss(cfg, model)
         optimizer = build_optimizer(model.parameters(), cfg.train.optimizer)
         scheduler = build_scheduler(optimizer, cfg.train.scheduler, cfg.train.epochs)
         # train.amp, max_steps_per_epoch and grad_clip were checked against config.py when the spec loaded
