@@ -304,7 +304,7 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
         "provisional": len(plain) < REQUIRED_SEEDS or (seeds < REQUIRED_SEEDS and a != NO_SYMPTOM),
         "symptom": symptom, "dead_fraction": dead, "plain_dead_fraction": plain_dead,
         "plain_accuracy": plain_accuracy, "A": a,
-        "accuracy": _mean(accuracy), "accuracy_ci95": list(interval) if interval else None, "a_ref": a_ref,
+        "accuracy": mean, "accuracy_ci95": list(interval) if interval else None, "a_ref": a_ref,
         "a_ref_depth": ref_depth, "B": b, "rho": [r["rho"] for r in ok], "C": c, "C_counts": c_counts,
         "verdict": verdict, "B_mean": b_mean, "verdict_if_B_on_mean": verdict_b_mean,
         "alive_not_routing": verdict == CURES and bool(ok) and all(r["near_uniform"] for r in ok),

@@ -151,7 +151,7 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
                               "C: rho", "verdict", "deepest layer p5 / p50 / entropy"],
                              _verdict_rows(verdicts), "No remedy run finished yet."))
 
-    flips = [v for v in verdicts["verdicts"] if v.get("verdict_if_B_on_mean", v["verdict"]) != v["verdict"]]
+    flips = [v for v in verdicts["verdicts"] if v["verdict_if_B_on_mean"] != v["verdict"]]
     out += ["", "### Sensitivity: B on the mean (reported, not the registered rule)", "",
             "The verdicts that would change if B asked the mean accuracy, not the upper end of its 95% interval, to "
             "reach A_ref - 5 points. The registered rule decides; this lists where that choice matters.", ""]
