@@ -323,6 +323,20 @@ def test_a_plain_preset_with_one_seed_makes_the_verdict_provisional(tmp_path):
     assert v["verdict"] == CURES and v["provisional"]
 
 
+def test_a_diverged_seed_of_the_plain_preset_counts_as_run(tmp_path):
+    """A diverged run is never re-run, so the plain preset with two finished seeds and one diverged is complete:
+    its verdict is final, with A decided on the two finished seeds."""
+    plain_reference(tmp_path)
+    half_dead_plain(tmp_path, seeds=[0, 2])
+    write_run(tmp_path, seed=1, status="diverged")
+    for seed in range(3):
+        write_run(tmp_path, remedy="res", seed=seed, accuracy=0.93)
+    v = verdict_of(tmp_path)
+    assert (v["verdict"], v["provisional"], v["plain_dead_fraction"]) == (CURES, False, 0.75)
+    shutil.rmtree(tmp_path / "dynamic_none-depth10-seed1")  # two seeds run: provisional again
+    assert verdict_of(tmp_path)["provisional"]
+
+
 def test_unfinished_screening_run_is_pending_not_failed(tmp_path):
     path = write_run(tmp_path, remedy="ln", depth=20)
     (path / "record.json").rename(path / "metrics.jsonl")  # a run folder without its record: still running

@@ -75,7 +75,8 @@ INTERPRETATIONS = [
     "verdict, not a verdict.",
     "The deepest cure per routing counts confirmed verdicts (3 seeds) first; where a routing has none, a provisional "
     "one is named as such. A verdict is provisional when either side (the arm or the plain preset at that depth) "
-    "has fewer than 3 seeds, except 'no symptom at this depth', which rests on the plain preset's seeds alone "
+    "has fewer than 3 seeds run (a diverged seed counts as run on both sides: it is never re-run), except "
+    "'no symptom at this depth', which rests on the plain preset's seeds alone "
     "(amendment 5: no seed of the arm can change it).",
     "With A holding, an exploding gradient makes the verdict 'unstable' even when B also fails; C failing because "
     "the seeds disagree (no side reaches two thirds) counts as C failing ('hides the symptom').",
@@ -261,8 +262,9 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     mine = [r for r in rows if (r["routing"], r["name"], r["depth"]) == (routing, name, depth)]
     ok = sorted((r for r in mine if r["status"] == "ok"), key=lambda r: r["seed"])
     diverged = [r["seed"] for r in mine if r["status"] == "diverged"]
-    plain = [r for r in rows if r["routing"] == routing and _is_plain(r) and r["depth"] == depth
-             and r["status"] == "ok"]
+    plain_run = [r for r in rows if r["routing"] == routing and _is_plain(r) and r["depth"] == depth
+                 and r["status"] in ("ok", "diverged")]
+    plain = [r for r in plain_run if r["status"] == "ok"]
     dead, plain_dead = _mean(r["dead_fraction"] for r in ok), _mean(r["dead_fraction"] for r in plain)
     accuracy = [r["test_accuracy"] for r in ok]
     limit = collapse_limit((plain or ok or [{"num_classes": 10}])[0]["num_classes"])
@@ -300,8 +302,10 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     seeds = len(ok) + len(diverged)
     return {
         "routing": routing, "name": name, "depth": depth, "seeds": [r["seed"] for r in ok], "diverged": diverged,
-        # amendment 5: "no symptom" rests on the plain preset alone, so the arm's seed count cannot make it provisional
-        "provisional": len(plain) < REQUIRED_SEEDS or (seeds < REQUIRED_SEEDS and a != NO_SYMPTOM),
+        # amendment 5: "no symptom" rests on the plain preset alone, so the arm's seed count cannot make it provisional.
+        # A diverged seed is a seed run on either side: it is never re-run, so counting only finished plain seeds
+        # would leave a verdict provisional for good (plain ida at depth 20, seed 1, diverged in its first epoch)
+        "provisional": len(plain_run) < REQUIRED_SEEDS or (seeds < REQUIRED_SEEDS and a != NO_SYMPTOM),
         "symptom": symptom, "dead_fraction": dead, "plain_dead_fraction": plain_dead,
         "plain_accuracy": plain_accuracy, "A": a,
         "accuracy": mean, "accuracy_ci95": list(interval) if interval else None, "a_ref": a_ref,
