@@ -47,6 +47,7 @@ NEAR_UNIFORM = 0.99  # the "alive, not routing" flag
 AMENDMENT_3 = "amendment 3: accurate, half-dead"  # confirmed although rule S fails on the dead fraction alone
 PLAIN = "none"
 UNFINISHED = "unfinished"
+RESULTS = ("ok", "diverged")  # statuses that are a seed's result: never re-run (executors/plan.py)
 PLAN_SPECS = ("screening.yaml", "confirmation.yaml", "confirmation_no_symptom.yaml", "confirmation_cures.yaml",
               "contrib_reference.yaml")
 _EPS = 1e-12  # B: an upper end of exactly A_ref - 5 points is restored (0.95 - 0.05 is 0.8999999999999999)
@@ -263,7 +264,7 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     ok = sorted((r for r in mine if r["status"] == "ok"), key=lambda r: r["seed"])
     diverged = [r["seed"] for r in mine if r["status"] == "diverged"]
     plain_run = [r for r in rows if r["routing"] == routing and _is_plain(r) and r["depth"] == depth
-                 and r["status"] in ("ok", "diverged")]
+                 and r["status"] in RESULTS]
     plain = [r for r in plain_run if r["status"] == "ok"]
     dead, plain_dead = _mean(r["dead_fraction"] for r in ok), _mean(r["dead_fraction"] for r in plain)
     accuracy = [r["test_accuracy"] for r in ok]
@@ -321,7 +322,7 @@ def verdicts(rows: list[dict], depths=(10, 20, 30)) -> list[dict]:
     """``judge`` for every remedy arm (not the plain presets) at every depth in ``depths`` where it has a finished
     (or diverged) run; the rest are missing runs."""
     keys = sorted({(r["routing"], r["name"], r["depth"]) for r in rows if is_remedy(r) and not _is_plain(r)
-                   and r["depth"] in depths and r["status"] in ("ok", "diverged")})
+                   and r["depth"] in depths and r["status"] in RESULTS})
     return [judge(rows, *key) for key in keys]
 
 
