@@ -209,6 +209,34 @@ def test_no_symptom_rests_on_the_plain_preset_alone(tmp_path):
     assert verdict_of(tmp_path, depth=30)["provisional"]
 
 
+@pytest.mark.parametrize("accuracy, rho, status, costs", [
+    (0.86, 1.0, "ok", []),                                   # 4 points below plain's 0.9: within B's margin
+    (0.849, 1.0, "ok", ["accuracy -5.1 points"]),            # just past it
+    (0.9, 1e3, "ok", ["gradient exploding (plain: reaches)"]),
+    (0.9, 1e-3, "ok", ["gradient vanished (plain: reaches)"]),
+    (0.9, 50.0, "ok", []),                                   # inside C's band
+    (0.9, 1.0, "diverged", ["gradient exploding (plain: reaches)", "1 seed(s) diverged (plain: none)"]),
+])
+def test_cost_where_there_is_no_symptom_is_reported(tmp_path, accuracy, rho, status, costs):
+    """'No symptom at this depth' whatever the arm does; what the arm costs there is listed beside it, never
+    deciding (VB's pre and bn at depth 30: no symptom, 47.9% and 10.0% against plain VB's 90.5%)."""
+    for seed in range(3):
+        write_run(tmp_path, depth=30, seed=seed, accuracy=0.9)
+    write_run(tmp_path, remedy="res", depth=30, accuracy=accuracy, rho=rho, status=status)
+    v = verdict_of(tmp_path, depth=30)
+    assert v["verdict"] == NO_SYMPTOM and v["cost_without_symptom"] == costs
+    text = remedies_markdown(remedy_verdicts([tmp_path], log=lambda line: None), {})
+    assert ("No arm costs anything measurable" in text) == (not costs)
+
+
+def test_cost_is_only_for_no_symptom(tmp_path):
+    """Where there is a symptom, B and C already judge the arm: no separate cost."""
+    plain_reference(tmp_path)
+    half_dead_plain(tmp_path)
+    write_run(tmp_path, remedy="res", accuracy=0.2, rho=1e3)
+    assert verdict_of(tmp_path)["cost_without_symptom"] is None
+
+
 # --- rule S and the whole pass --------------------------------------------------------------------
 
 @pytest.mark.parametrize("accuracy, dead_types, survives, confirmed_by", [

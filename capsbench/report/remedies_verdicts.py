@@ -300,6 +300,20 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     b_mean = None if a_ref is None or mean is None else (
         "restored" if mean >= a_ref - ACCURACY_SLACK - _EPS else "not restored")
     verdict_b_mean = _verdict(a, b_mean, c) if b_mean is not None else verdict
+    # Reported, never decisive (added 2026-12-03, after VB's pre and bn arms at depth 30): where the plain preset has
+    # no symptom, A says "no symptom at this depth" whatever the arm does, so an arm that costs accuracy or breaks
+    # the gradient there would show only in the per-run table. Same 5 points as B, against the plain preset's mean
+    # at this depth; C's side against the plain preset's own C there
+    costs = None
+    if a == NO_SYMPTOM:
+        plain_c, _ = _criterion_c(plain, len(plain_run) - len(plain))
+        costs = []
+        if mean is not None and mean < plain_accuracy - ACCURACY_SLACK - _EPS:
+            costs.append(f"accuracy {100 * (mean - plain_accuracy):+.1f} points")
+        if c in ("exploding", "vanished") and plain_c == "reaches":
+            costs.append(f"gradient {c} (plain: reaches)")
+        if diverged and not any(r["status"] == "diverged" for r in plain_run):
+            costs.append(f"{len(diverged)} seed(s) diverged (plain: none)")
     seeds = len(ok) + len(diverged)
     return {
         "routing": routing, "name": name, "depth": depth, "seeds": [r["seed"] for r in ok], "diverged": diverged,
@@ -311,7 +325,7 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
         "plain_accuracy": plain_accuracy, "A": a,
         "accuracy": mean, "accuracy_ci95": list(interval) if interval else None, "a_ref": a_ref,
         "a_ref_depth": ref_depth, "B": b, "rho": [r["rho"] for r in ok], "C": c, "C_counts": c_counts,
-        "verdict": verdict, "B_mean": b_mean, "verdict_if_B_on_mean": verdict_b_mean,
+        "verdict": verdict, "B_mean": b_mean, "verdict_if_B_on_mean": verdict_b_mean, "cost_without_symptom": costs,
         "alive_not_routing": verdict == CURES and bool(ok) and all(r["near_uniform"] for r in ok),
         "deepest_p5": _mean(r["deepest_p5"] for r in ok), "deepest_p50": _mean(r["deepest_p50"] for r in ok),
         "deepest_entropy": _mean(r["deepest_entropy"] for r in ok),

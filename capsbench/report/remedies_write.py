@@ -162,6 +162,19 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
           v["verdict_if_B_on_mean"]] for v in flips],
         "No verdict depends on it."))
 
+    costly = [v for v in verdicts["verdicts"] if v.get("cost_without_symptom")]
+    out += ["", "### Cost where there is no symptom to cure (reported, not a verdict)", "",
+            "Where the plain preset has no symptom, A says *no symptom at this depth* whatever the arm does. Listed "
+            "here: those arms that cost accuracy there (mean more than 5 points below the plain preset's mean at that "
+            "depth, B's margin), break the gradient where the plain preset's reaches (C), or diverge where it does "
+            "not.", ""]
+    out.append(table_or_note(
+        ["routing", "arm", "depth", "seeds", "accuracy (arm vs plain)", "rho", "cost"],
+        [[v["routing"], v["name"], v["depth"], len(v["seeds"]) + len(v["diverged"]),
+          f"{fmt_pct(v['accuracy'])} vs {fmt_pct(v['plain_accuracy'])}",
+          ", ".join(fmt_num(x, ".3g") for x in v["rho"]), "; ".join(v["cost_without_symptom"])] for v in costly],
+        "No arm costs anything measurable where there is no symptom."))
+
     out += ["", "## Which remedy keeps capsules alive deepest?", ""]
     rows = [[d["routing"], d["answer"], fmt_pct(d.get("accuracy")),
              "n/a" if d.get("accuracy_cost_depth10") is None else f"{100 * d['accuracy_cost_depth10']:+.1f}",
