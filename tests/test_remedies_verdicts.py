@@ -237,6 +237,22 @@ def test_cost_is_only_for_no_symptom(tmp_path):
     assert verdict_of(tmp_path)["cost_without_symptom"] is None
 
 
+def test_a_plain_preset_whose_every_seed_diverged_leaves_a_undecided_and_says_why(tmp_path):
+    """Plain ida at depth 30 diverged in epoch 1 on all three seeds: no dead fraction or accuracy to compare with, so
+    A is undecided for good (not provisional: the seeds were run), and the reason names the diverged seeds."""
+    plain_reference(tmp_path)
+    for seed in range(3):
+        write_run(tmp_path, depth=30, seed=seed, status="diverged")
+        write_run(tmp_path, remedy="res", depth=30, seed=seed, accuracy=0.3)
+    v = verdict_of(tmp_path, depth=30)
+    assert v["A"] == "undecided (the plain preset has no finished run at depth 30; 3 diverged)"
+    assert v["verdict"] == v["A"] and not v["provisional"]
+    for seed in range(3):
+        shutil.rmtree(tmp_path / f"dynamic_none-depth30-seed{seed}")
+    v = verdict_of(tmp_path, depth=30)
+    assert v["A"] == "undecided (the plain preset has no finished run at depth 30)" and v["provisional"]
+
+
 # --- rule S and the whole pass --------------------------------------------------------------------
 
 @pytest.mark.parametrize("accuracy, dead_types, survives, confirmed_by", [

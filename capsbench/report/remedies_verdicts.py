@@ -272,8 +272,10 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     plain_accuracy = _mean(r["test_accuracy"] for r in plain)
     symptom = (None if plain_dead is None else DEAD if plain_dead >= HALF_DEAD else
                COLLAPSE if plain_accuracy <= limit else None)
-    if plain_dead is None:
-        a = f"undecided (the plain preset has no finished run at depth {depth})"
+    if plain_dead is None:  # e.g. every plain seed diverged (plain ida at depth 30): the rules have no reference
+        gone = len(plain_run) - len(plain)
+        a = (f"undecided (the plain preset has no finished run at depth {depth}"
+             + (f"; {gone} diverged)" if gone else ")"))
     elif symptom is None:
         a = NO_SYMPTOM
     elif not ok:
