@@ -273,9 +273,9 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     symptom = (None if plain_dead is None else DEAD if plain_dead >= HALF_DEAD else
                COLLAPSE if plain_accuracy <= limit else None)
     if plain_dead is None:  # e.g. every plain seed diverged (plain ida at depth 30): the rules have no reference
-        gone = len(plain_run) - len(plain)
+        plain_diverged = len(plain_run) - len(plain)
         a = (f"undecided (the plain preset has no finished run at depth {depth}"
-             + (f"; {gone} diverged)" if gone else ")"))
+             + (f"; {plain_diverged} diverged)" if plain_diverged else ")"))
     elif symptom is None:
         a = NO_SYMPTOM
     elif not ok:
