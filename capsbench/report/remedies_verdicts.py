@@ -266,6 +266,7 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     plain_run = [r for r in rows if r["routing"] == routing and _is_plain(r) and r["depth"] == depth
                  and r["status"] in RESULTS]
     plain = [r for r in plain_run if r["status"] == "ok"]
+    plain_diverged = len(plain_run) - len(plain)
     dead, plain_dead = _mean(r["dead_fraction"] for r in ok), _mean(r["dead_fraction"] for r in plain)
     accuracy = [r["test_accuracy"] for r in ok]
     limit = collapse_limit((plain or ok or [{"num_classes": 10}])[0]["num_classes"])
@@ -273,7 +274,6 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     symptom = (None if plain_dead is None else DEAD if plain_dead >= HALF_DEAD else
                COLLAPSE if plain_accuracy <= limit else None)
     if plain_dead is None:  # e.g. every plain seed diverged (plain ida at depth 30): the rules have no reference
-        plain_diverged = len(plain_run) - len(plain)
         a = (f"undecided (the plain preset has no finished run at depth {depth}"
              + (f"; {plain_diverged} diverged)" if plain_diverged else ")"))
     elif symptom is None:
@@ -308,13 +308,13 @@ def judge(rows: list[dict], routing: str, name: str, depth: int) -> dict:
     # at this depth; C's side against the plain preset's own C there
     costs = None
     if a == NO_SYMPTOM:
-        plain_c, _ = _criterion_c(plain, len(plain_run) - len(plain))
+        plain_c, _ = _criterion_c(plain, plain_diverged)
         costs = []
         if mean is not None and mean < plain_accuracy - ACCURACY_SLACK - _EPS:
             costs.append(f"accuracy {100 * (mean - plain_accuracy):+.1f} points")
         if c in ("exploding", "vanished") and plain_c == "reaches":
             costs.append(f"gradient {c} (plain: reaches)")
-        if diverged and not any(r["status"] == "diverged" for r in plain_run):
+        if diverged and not plain_diverged:
             costs.append(f"{len(diverged)} seed(s) diverged (plain: none)")
     seeds = len(ok) + len(diverged)
     return {
