@@ -302,6 +302,22 @@ def test_plan_excludes_unplanned_remedy_runs_and_lists_missing_ones(tmp_path):
     assert [m["run"] for m in out["missing"]["missing"]] == ["dynamic_res-depth20-seed0"]
 
 
+def test_markdown_keeps_diverged_runs_apart_from_the_runs_still_to_run(tmp_path):
+    # a diverged run is a result the rules count and the runner never re-runs: the headline must not call it missing
+    plain_reference(tmp_path)
+    half_dead_plain(tmp_path)
+    ok = write_run(tmp_path, remedy="res", seed=0)
+    gone = write_run(tmp_path, remedy="res", seed=1, status="diverged")
+    info = {"routing": "dynamic", "arm": "x", "depth": 10, "spec": "s", "preset": "a.yaml"}
+    plan = {ok.name: {**info, "seed": 0}, gone.name: {**info, "seed": 1},
+            "dynamic_res-depth10-seed2": {**info, "seed": 2}}
+    text = remedies_markdown(remedy_verdicts([tmp_path], plan=plan, log=lambda line: None), {})
+    assert "finished (ok): 1; diverged (a result, counted by the rules): 1; still to run: 1." in text
+    still = text.split("runs still to run")[1].split("</details>")[0]
+    assert "dynamic_res-depth10-seed2" in still and gone.name not in still
+    assert gone.name in text.split("diverged runs")[1]
+
+
 def test_shipped_plan_names_the_remedies_screening_and_confirmation():
     plan = plan_runs(default_plan())
     # screening 34 arms x 2 depths; confirmation 11 arms (5 plain presets, 6 to confirm) x 3 depths x 3 seeds, whose

@@ -112,13 +112,19 @@ def remedies_markdown(verdicts: dict, figures: dict[str, str]) -> str:
     if missing is None:
         out.append("No plan given (`--plan`): which planned runs are missing is not listed.")
     else:
+        # a diverged run is a seed's result (RESULTS: the rules count it, the runner never re-runs it), so the
+        # headline keeps it apart from the runs that are still to run
+        diverged = [m for m in missing["missing"] if m["state"] == "diverged"]
+        todo = [m for m in missing["missing"] if m["state"] != "diverged"]
         out.append(f"Planned by the remedies sweep specs: {missing['planned']} runs; finished (ok): "
-                   f"{missing['finished']}; missing: {len(missing['missing'])}.")
-        if missing["missing"]:
-            listing = md_table(["run", "routing", "arm file", "depth", "seed", "state"],
-                               [[m["run"], m["routing"], m["preset"], m["depth"], m["seed"], m["state"]]
-                                for m in missing["missing"]])
-            out += ["", details("missing runs", listing)]
+                   f"{missing['finished']}; diverged (a result, counted by the rules): {len(diverged)}; "
+                   f"still to run: {len(todo)}.")
+        for title, group in (("runs still to run", todo), ("diverged runs", diverged)):
+            if group:
+                listing = md_table(["run", "routing", "arm file", "depth", "seed", "state"],
+                                   [[m["run"], m["routing"], m["preset"], m["depth"], m["seed"], m["state"]]
+                                    for m in group])
+                out += ["", details(title, listing)]
     out += ["", "Where the pre-registered text leaves a choice open, this tool decides as follows:", ""]
     out += [f"- {line}" for line in verdicts["interpretations"]]
 
